@@ -1,0 +1,144 @@
+//! The bus error type: one [`Error`] with a matchable [`ErrorKind`].
+
+use std::fmt;
+
+use crate::envelope::{EnvelopeError, ErrorPayload};
+use crate::subject::SubjectError;
+
+/// What went wrong, to match on. Marked `#[non_exhaustive]`: new kinds may appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Could not connect to NATS (bad URL, refused, authentication failed).
+    Connect,
+    /// A name is not a valid subject token.
+    InvalidSubject,
+    /// Bytes are not a valid envelope, or an envelope could not be encoded.
+    Envelope,
+    /// Publishing failed (including a missing JetStream ack).
+    Publish,
+    /// Subscribing failed.
+    Subscribe,
+    /// An invoke found no service listening on the target's subject.
+    NoResponders,
+    /// An invoke (or another request) got no answer in time.
+    Timeout,
+    /// The remote handler answered with `agent.response.error`; see [`Error::remote`].
+    Remote,
+    /// A JetStream stream or consumer operation failed.
+    JetStream,
+    /// A JetStream KV operation failed.
+    Kv,
+    /// A resource exists with a configuration that conflicts with the one asked for.
+    Conflict,
+    /// Starting or talking to a local `nats-server` failed.
+    Server,
+    /// Anything else.
+    Other,
+}
+
+/// An error from the bus, with its [`ErrorKind`], a message and an optional source.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    remote: Option<ErrorPayload>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            remote: None,
+            source: None,
+        }
+    }
+
+    /// A new error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            remote: None,
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error a remote handler answered with.
+    pub fn from_remote(target: &str, payload: ErrorPayload) -> Self {
+        Error {
+            kind: ErrorKind::Remote,
+            message: format!("{target} answered with an error"),
+            remote: Some(payload),
+            source: None,
+        }
+    }
+
+    /// The kind, to match on.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// For [`ErrorKind::Remote`]: the error payload the handler sent.
+    pub fn remote(&self) -> Option<&ErrorPayload> {
+        self.remote.as_ref()
+    }
+
+    /// The message without its cause chain.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(r) = &self.remote {
+            write!(f, ": {r}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("remote", &self.remote)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<SubjectError> for Error {
+    fn from(e: SubjectError) -> Self {
+        Error::new(ErrorKind::InvalidSubject, e.to_string())
+    }
+}
+
+impl From<EnvelopeError> for Error {
+    fn from(e: EnvelopeError) -> Self {
+        Error::new(ErrorKind::Envelope, e.to_string())
+    }
+}
+
+/// `Result` with the bus [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,34 @@
+//! # weft-bus
+//!
+//! The part of Weft every other part stands on: the [envelope](envelope), validated
+//! [subjects](subject), the [connection](Bus), durable and fire-and-forget
+//! [publish](publish), core [subscriptions](subscribe), [invoke](invoke) with
+//! request-reply, [services](service) that are also NATS micro services, the
+//! [registry](registry), [durable consumers](consumer) with [dead letters](dlq), the
+//! mesh's JetStream [resources], Prometheus [metrics], a local
+//! [`nats-server`](server) and, with the `testing` feature, a test harness.
+//!
+//! The wire contract (subjects, envelope, headers, streams, buckets) is described in
+//! `docs/protocol.md`.
+
+pub mod connect;
+pub mod consumer;
+pub mod dlq;
+pub mod envelope;
+pub mod error;
+pub mod invoke;
+pub mod metrics;
+pub mod publish;
+pub mod registry;
+pub mod resources;
+pub mod server;
+pub mod service;
+pub mod subject;
+pub mod subscribe;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use connect::{Bus, ConnectOptions};
+pub use envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
+pub use error::{Error, ErrorKind, Result};
+pub use subject::{EventPattern, EventType, Prefix, ServiceName, Target};

@@ -1,0 +1,526 @@
+//! Serving a service: endpoints with handlers, answered over invoke (DESIGN §4, §5).
+//!
+//! A served service is also a NATS micro service (ADR-32: `$SRV.PING|INFO|STATS`), so
+//! standard NATS tooling sees it, and it keeps a registry entry alive on a heartbeat.
+//!
+//! # Examples
+//! ```no_run
+//! use serde_json::json;
+//! use weft_bus::service::{Endpoint, Request, Service};
+//! # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+//! let handle = Service::new("greeter", "1.0.0")
+//!     .description("Says hello")
+//!     .endpoint(Endpoint::new("hello", |req: Request| async move {
+//!         let name = req.payload()["name"].as_str().unwrap_or("world").to_owned();
+//!         Ok(json!({ "greeting": format!("hello {name}") }))
+//!     }))
+//!     .serve(&bus)
+//!     .await?;
+//! // … later, on shutdown: stop taking requests, finish in-flight ones, deregister.
+//! handle.stop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::service::ServiceExt;
+use futures::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connect::Bus;
+use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
+use crate::error::{Error, ErrorKind, Result};
+use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
+use crate::metrics;
+use crate::publish::headers_for;
+use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
+use crate::subject::{ServiceName, Target, validate_token};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a handler returns: the result payload, or an error sent as
+/// `agent.response.error`.
+pub type HandlerResult = std::result::Result<Value, ErrorPayload>;
+
+/// Handles requests to one endpoint. Implemented for every
+/// `Fn(Request) -> impl Future<Output = HandlerResult>`.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    fn call(&self, request: Request) -> BoxFuture<HandlerResult>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, request: Request) -> BoxFuture<HandlerResult> {
+        Box::pin(self(request))
+    }
+}
+
+/// A request as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The request envelope.
+    pub envelope: Envelope,
+    /// The service it was addressed to.
+    pub service: ServiceName,
+    /// The endpoint that serves it.
+    pub endpoint: String,
+    /// The bus, for handlers that publish or invoke in turn.
+    pub bus: Bus,
+}
+
+impl Request {
+    /// The request payload (`null` when absent).
+    pub fn payload(&self) -> &Value {
+        self.envelope.payload_or_null()
+    }
+
+    /// The payload parsed into `T`.
+    ///
+    /// # Errors
+    /// An `INVALID_REQUEST` [`ErrorPayload`] saying what does not match.
+    pub fn parse<T: DeserializeOwned>(&self) -> std::result::Result<T, ErrorPayload> {
+        serde_json::from_value(self.payload().clone()).map_err(|e| {
+            ErrorPayload::invalid_request(format!(
+                "invalid input for {}.{}: {e}",
+                self.service, self.endpoint
+            ))
+        })
+    }
+}
+
+/// One endpoint: a name, a description, JSON Schemas for input and output, and a
+/// handler.
+#[derive(Clone)]
+pub struct Endpoint {
+    name: String,
+    description: String,
+    input_schema: Option<Value>,
+    output_schema: Option<Value>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Endpoint {
+    /// An endpoint `name` (one token) served by `handler`.
+    pub fn new(name: impl Into<String>, handler: impl Handler) -> Self {
+        Endpoint {
+            name: name.into(),
+            description: String::new(),
+            input_schema: None,
+            output_schema: None,
+            handler: Arc::new(handler),
+        }
+    }
+
+    /// What the endpoint does (shown to agents as the tool description). Default empty.
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// JSON Schema of the input payload. Default none (any JSON).
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(schema);
+        self
+    }
+
+    /// JSON Schema of the output payload. Default none.
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+}
+
+/// A service definition; [`Service::serve`] puts it on the bus.
+pub struct Service {
+    name: String,
+    version: String,
+    description: String,
+    kind: Kind,
+    endpoints: Vec<Endpoint>,
+    default_endpoint: Option<String>,
+    metadata: Map<String, Value>,
+    max_concurrency: usize,
+    drain_timeout: Duration,
+}
+
+impl Service {
+    /// A service `name` (one token) at semver `version`, kind [`Kind::Service`].
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Service {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            kind: Kind::Service,
+            endpoints: Vec::new(),
+            default_endpoint: None,
+            metadata: Map::new(),
+            max_concurrency: 256,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// What the service does. Default empty.
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// The registry kind. Default [`Kind::Service`]; agents use [`Kind::Agent`].
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Adds an endpoint, served on `P.invoke.<service>.<endpoint>`.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Also serves endpoint `name` on `P.invoke.<service>`. Default: none, unless the
+    /// service has exactly one endpoint, which is then the default.
+    pub fn default_endpoint(mut self, name: impl Into<String>) -> Self {
+        self.default_endpoint = Some(name.into());
+        self
+    }
+
+    /// Adds a metadata entry to the registration.
+    pub fn metadata(mut self, key: impl Into<String>, value: Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+
+    /// Most requests handled at once; more wait in the subscription. Default 256.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// How long [`ServiceHandle::stop`] waits for in-flight requests. Default 10 s.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Starts serving: subscribes every endpoint (in queue group `q`, so instances
+    /// share requests), starts the NATS micro service and registers the instance.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidSubject`] for a bad service or endpoint name or an unknown
+    /// default endpoint; [`ErrorKind::Subscribe`] when NATS refuses (e.g. a version
+    /// that is not semver); [`ErrorKind::Kv`] when the registry is missing.
+    pub async fn serve(self, bus: &Bus) -> Result<ServiceHandle> {
+        let service: ServiceName = self.name.parse()?;
+        let mut names = Vec::new();
+        for e in &self.endpoints {
+            validate_token("endpoint name", &e.name)?;
+            if names.contains(&e.name) {
+                return Err(Error::new(
+                    ErrorKind::InvalidSubject,
+                    format!("service {service} has two endpoints named {}", e.name),
+                ));
+            }
+            names.push(e.name.clone());
+        }
+        let default = match (&self.default_endpoint, self.endpoints.len()) {
+            (Some(d), _) if !names.contains(d) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidSubject,
+                    format!("default endpoint {d} is not an endpoint of {service}"),
+                ));
+            }
+            (Some(d), _) => Some(d.clone()),
+            (None, 1) => Some(names[0].clone()),
+            (None, _) => None,
+        };
+        let registry = Registry::open(bus).await?;
+
+        let mut registration = Registration::new(self.kind, service.as_str(), &self.version);
+        registration.description = self.description.clone();
+        registration.metadata = self.metadata.clone();
+        let micro_meta: HashMap<String, String> = [
+            ("weft.kind".to_owned(), self.kind.as_str().to_owned()),
+            ("weft.instance".to_owned(), registration.instance.clone()),
+        ]
+        .into();
+        let micro = bus
+            .client()
+            .service_builder()
+            .description(&self.description)
+            .metadata(micro_meta)
+            .start(service.as_str(), &self.version)
+            .await
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Subscribe,
+                    format!("cannot start service {service} {}", self.version),
+                    e,
+                )
+            })?;
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.max_concurrency));
+        let mut loops = Vec::new();
+        for e in &self.endpoints {
+            let target = Target::endpoint(service.clone(), &e.name)?;
+            let subject = bus.subjects().invoke(&target);
+            let is_default = default.as_deref() == Some(e.name.as_str());
+            registration.endpoints.push(EndpointInfo {
+                name: e.name.clone(),
+                subject: subject.clone(),
+                description: e.description.clone(),
+                input_schema: e.input_schema.clone(),
+                output_schema: e.output_schema.clone(),
+                default: is_default,
+            });
+            let mut subjects = vec![(e.name.clone(), subject)];
+            if is_default {
+                subjects.push((
+                    format!("{}-default", e.name),
+                    bus.subjects().invoke(&Target::service(service.clone())),
+                ));
+            }
+            for (micro_name, subject) in subjects {
+                let stream = micro
+                    .endpoint_builder()
+                    .name(&micro_name)
+                    .add(subject.clone())
+                    .await
+                    .map_err(|err| {
+                        Error::with_source(
+                            ErrorKind::Subscribe,
+                            format!("cannot subscribe to {subject}"),
+                            err,
+                        )
+                    })?;
+                let ctx = EndpointCtx {
+                    bus: bus.clone(),
+                    service: service.clone(),
+                    endpoint: e.name.clone(),
+                    handler: e.handler.clone(),
+                };
+                loops.push(tokio::spawn(serve_endpoint(
+                    stream,
+                    ctx,
+                    cancel.clone(),
+                    tracker.clone(),
+                    permits.clone(),
+                )));
+            }
+        }
+        let registered = registry.register(registration.clone()).await?;
+        tracing::info!(service = %service, instance = %registration.instance, "service started");
+        Ok(ServiceHandle {
+            registration,
+            micro,
+            cancel,
+            tracker,
+            loops,
+            registered,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+struct EndpointCtx {
+    bus: Bus,
+    service: ServiceName,
+    endpoint: String,
+    handler: Arc<dyn Handler>,
+}
+
+async fn serve_endpoint(
+    mut stream: async_nats::service::endpoint::Endpoint,
+    ctx: EndpointCtx,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+) {
+    let ctx = Arc::new(ctx);
+    loop {
+        let request = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = stream.next() => match r { Some(r) => r, None => break },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            handle(&ctx, request).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
+    let started = Instant::now();
+    let decoded = Envelope::from_slice(&request.message.payload);
+    let reply_subject = request
+        .message
+        .reply
+        .as_ref()
+        .map(|s| s.to_string())
+        .or_else(|| decoded.as_ref().ok().and_then(|e| e.reply_to.clone()));
+    let (reply, error) = match decoded {
+        Err(e) => {
+            let err = ErrorPayload::new(
+                ErrorCode::CodecFailure,
+                format!(
+                    "request to {}.{} is not a valid envelope: {e}",
+                    ctx.service, ctx.endpoint
+                ),
+            );
+            let mut r = Envelope::new(FrameType::Error.event_type()).with_payload(err.to_value());
+            r.frame_type = Some(FrameType::Error);
+            r.is_final = true;
+            r.from = Some(ctx.service.to_string());
+            (r, Some(err))
+        }
+        Ok(env) => {
+            let req = Request {
+                envelope: env.clone(),
+                service: ctx.service.clone(),
+                endpoint: ctx.endpoint.clone(),
+                bus: ctx.bus.clone(),
+            };
+            let result = AssertUnwindSafe(ctx.handler.call(req)).catch_unwind().await;
+            match result {
+                Ok(Ok(value)) => (env.reply(FrameType::Final, value), None),
+                Ok(Err(err)) => (env.error_reply(&err), Some(err)),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(service = %ctx.service, endpoint = %ctx.endpoint, panic = %what, "handler panicked");
+                    let err = ErrorPayload::new(
+                        ErrorCode::AgentUnavailable,
+                        format!(
+                            "handler {}.{} failed unexpectedly",
+                            ctx.service, ctx.endpoint
+                        ),
+                    )
+                    .retryable()
+                    .with_cause(format!("panic: {what}"));
+                    (env.error_reply(&err), Some(err))
+                }
+            }
+        }
+    };
+    let outcome = error
+        .as_ref()
+        .map(|e| e.code.as_str().to_owned())
+        .unwrap_or_else(|| "ok".into());
+    let m = metrics::bus();
+    m.handled
+        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint, &outcome])
+        .inc();
+    m.handle_duration
+        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint])
+        .observe(started.elapsed().as_secs_f64());
+
+    let Some(reply_subject) = reply_subject else {
+        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, "request has no reply subject and no reply_to; answer dropped");
+        return;
+    };
+    let bytes = match reply.to_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            let err = ErrorPayload::new(
+                ErrorCode::CodecFailure,
+                format!(
+                    "reply of {}.{} cannot be encoded: {e}",
+                    ctx.service, ctx.endpoint
+                ),
+            );
+            let r = reply.clone();
+            let mut r2 = Envelope::new(FrameType::Error.event_type()).with_payload(err.to_value());
+            r2.frame_type = Some(FrameType::Error);
+            r2.is_final = true;
+            r2.correlation_id = r.correlation_id;
+            r2.to_bytes().unwrap_or_default()
+        }
+    };
+    let mut headers: HeaderMap = headers_for(&reply);
+    if let Some(err) = &error {
+        headers.insert(SERVICE_ERROR_HEADER, err.message.as_str());
+        headers.insert(
+            SERVICE_ERROR_CODE_HEADER,
+            err.code.status().to_string().as_str(),
+        );
+    }
+    let sent = if request.message.reply.is_some() {
+        request
+            .respond_with_headers(Ok(bytes.into()), headers)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        ctx.bus
+            .client()
+            .publish_with_headers(reply_subject, headers, bytes.into())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = sent {
+        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
+    }
+}
+
+/// A running service. [`ServiceHandle::stop`] shuts it down cleanly.
+pub struct ServiceHandle {
+    registration: Registration,
+    micro: async_nats::service::Service,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    registered: Registered,
+    drain_timeout: Duration,
+}
+
+impl ServiceHandle {
+    /// The registration this instance keeps alive.
+    pub fn registration(&self) -> &Registration {
+        &self.registration
+    }
+
+    /// Stops taking requests, waits up to the drain timeout for in-flight ones, stops
+    /// the micro service and deletes the registry entry.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the registry entry cannot be deleted (it then expires).
+    pub async fn stop(self) -> Result<()> {
+        self.cancel.cancel();
+        for l in self.loops {
+            let _ = l.await;
+        }
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %self.registration.name, "in-flight requests still running after the drain timeout");
+        }
+        if let Err(e) = self.micro.stop().await {
+            tracing::warn!(error = %e, "cannot stop micro service");
+        }
+        self.registered.deregister().await
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of weft-bus against a real nats-server.
+
+mod durable;
+mod envelope_golden;
+mod invoke;
+mod registry;
