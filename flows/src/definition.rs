@@ -1,0 +1,216 @@
+//! Flow definitions: a trigger and ordered steps, written in Rust or loaded from JSON.
+//!
+//! ```json
+//! {
+//!   "name": "triage",
+//!   "description": "Classify a new ticket, draft a reply, announce it",
+//!   "trigger": "ticket.created",
+//!   "steps": [
+//!     { "name": "classify", "invoke": "tickets.classify", "input": "${trigger.payload}" },
+//!     { "name": "draft", "agent": "support",
+//!       "input": { "message": "Draft a first reply to ticket ${trigger.event_id}" } },
+//!     { "name": "announce", "publish": "ticket.triaged",
+//!       "input": { "classification": "${steps.classify.output}" } }
+//!   ]
+//! }
+//! ```
+//!
+//! Step kinds: `invoke` (a service endpoint, `service` or `service.endpoint`), `agent`
+//! (an agent's `chat`), `publish` (a durable event). A step's `input` is a JSON
+//! template (see [`crate::template`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weft_bus::subject::{EventPattern, EventType, ServiceName, Target, validate_token};
+
+use crate::error::FlowError;
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Invoke a service endpoint and keep its result as the step output.
+    Invoke(Target),
+    /// Ask an agent (its default `chat` endpoint); the output is the agent's reply
+    /// object `{reply, agent, tool_calls, run_id}`.
+    Agent(ServiceName),
+    /// Publish a durable event whose payload is the step input; the output is
+    /// `{event_id, sequence}`.
+    Publish(EventType),
+}
+
+impl StepKind {
+    /// `invoke`, `agent` or `publish`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepKind::Invoke(_) => "invoke",
+            StepKind::Agent(_) => "agent",
+            StepKind::Publish(_) => "publish",
+        }
+    }
+}
+
+/// One step of a flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Step name (one token, unique in the flow); outputs are addressed as
+    /// `${steps.<name>.output}`.
+    pub name: String,
+    /// What it does.
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// The input template. Default `null`.
+    #[serde(default)]
+    pub input: Value,
+    /// How long one attempt may take, in ms. Default 30 000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts before the step (and the run) fails. Default 3.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+impl Step {
+    fn new(name: impl Into<String>, kind: StepKind, input: Value) -> Self {
+        Step {
+            name: name.into(),
+            kind,
+            input,
+            timeout_ms: default_timeout_ms(),
+            max_attempts: default_attempts(),
+        }
+    }
+
+    /// A step invoking `target` with `input`.
+    pub fn invoke(name: impl Into<String>, target: Target, input: Value) -> Self {
+        Step::new(name, StepKind::Invoke(target), input)
+    }
+
+    /// A step asking `agent` with `input` (e.g. `{"message": "…"}`).
+    pub fn agent(name: impl Into<String>, agent: ServiceName, input: Value) -> Self {
+        Step::new(name, StepKind::Agent(agent), input)
+    }
+
+    /// A step publishing `event_type` with `input` as the payload.
+    pub fn publish(name: impl Into<String>, event_type: EventType, input: Value) -> Self {
+        Step::new(name, StepKind::Publish(event_type), input)
+    }
+
+    /// Sets the per-attempt timeout. Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    /// Sets the attempts before failing. Default 3.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The per-attempt timeout.
+    pub fn timeout_duration(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A flow: triggered by events matching `trigger`, running `steps` in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Flow name (one token).
+    pub name: String,
+    /// Semver version. Default `0.1.0`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Events that start a run, e.g. `ticket.created` or `ticket.>`.
+    pub trigger: EventPattern,
+    /// Ordered steps (at least one).
+    pub steps: Vec<Step>,
+}
+
+fn default_version() -> String {
+    "0.1.0".into()
+}
+
+impl Flow {
+    /// A flow `name` triggered by `trigger`, with no steps yet.
+    pub fn new(name: impl Into<String>, trigger: EventPattern) -> Self {
+        Flow {
+            name: name.into(),
+            version: default_version(),
+            description: String::new(),
+            trigger,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// Appends a step.
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Parses and validates a JSON definition.
+    ///
+    /// # Errors
+    /// [`FlowError::Definition`] naming what is wrong (bad JSON, bad token, duplicate
+    /// step name, no steps, a template that refers to an unknown or later step).
+    pub fn from_json(text: &str) -> Result<Flow, FlowError> {
+        let flow: Flow = serde_json::from_str(text)
+            .map_err(|e| FlowError::Definition(format!("invalid flow definition: {e}")))?;
+        flow.validate()?;
+        Ok(flow)
+    }
+
+    /// Checks names and step references.
+    ///
+    /// # Errors
+    /// [`FlowError::Definition`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        let def = |m: String| FlowError::Definition(format!("flow {}: {m}", self.name));
+        validate_token("flow name", &self.name).map_err(|e| def(e.to_string()))?;
+        if self.steps.is_empty() {
+            return Err(def("a flow needs at least one step".into()));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for step in &self.steps {
+            validate_token("step name", &step.name).map_err(|e| def(e.to_string()))?;
+            if seen.contains(&step.name.as_str()) {
+                return Err(def(format!("two steps are named {}", step.name)));
+            }
+            for reference in crate::template::step_references(&step.input) {
+                if !seen.contains(&reference.as_str()) {
+                    return Err(def(format!(
+                        "step {} refers to ${{steps.{reference}…}}, which is not an earlier step",
+                        step.name
+                    )));
+                }
+            }
+            seen.push(&step.name);
+        }
+        Ok(())
+    }
+
+    /// The durable consumer name of this flow: `flow_<name>`.
+    pub fn consumer_name(&self) -> String {
+        format!("flow_{}", self.name)
+    }
+}

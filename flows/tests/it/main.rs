@@ -1,0 +1,189 @@
+//! Flow engine tests against a real nats-server (in-process worker; the crash-and-resume
+//! test with a separate worker process lives in the workspace's tests/).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use weft_bus::ErrorPayload;
+use weft_bus::service::{Endpoint, Request, Service};
+use weft_bus::testing::{TestServer, eventually};
+use weft_flows::worker::{self, WorkerConfig};
+use weft_flows::{Flow, Run, RunStatus, RunStore, Step, StepStatus};
+
+fn fast() -> WorkerConfig {
+    WorkerConfig {
+        ack_wait: Duration::from_secs(2),
+        retry_delay: Duration::from_millis(100),
+        concurrency: 4,
+    }
+}
+
+async fn wait_for_run(store: &RunStore, flow: &str, status: RunStatus) -> Run {
+    eventually(Duration::from_secs(10), || async {
+        store
+            .list(Some(flow))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.status == status)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {status:?} run of {flow} within 10 s"))
+}
+
+#[tokio::test]
+async fn a_three_step_flow_runs_in_order_and_checkpoints_outputs() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("calc", "1.0.0")
+        .endpoint(Endpoint::new("double", move |r: Request| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(json!({"value": r.payload()["n"].as_i64().unwrap() * 2}))
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::from_json(
+        &json!({
+            "name": "math",
+            "trigger": "number.given",
+            "steps": [
+                {"name": "first", "invoke": "calc.double", "input": {"n": "${trigger.payload.n}"}},
+                {"name": "second", "invoke": "calc.double", "input": {"n": "${steps.first.output.value}"}},
+                {"name": "announce", "publish": "number.done",
+                 "input": {"result": "${steps.second.output.value}", "text": "got ${steps.second.output.value} from ${trigger.payload.n}"}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let mut done = bus
+        .subscribe_events(&"number.done".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let trigger = bus
+        .publish(&"number.given".parse().unwrap(), json!({"n": 5}))
+        .await
+        .unwrap();
+
+    let event = tokio::time::timeout(Duration::from_secs(10), done.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload = event.envelope.unwrap().payload.unwrap();
+    assert_eq!(payload, json!({"result": 20, "text": "got 20 from 5"}));
+
+    let store = RunStore::open(&bus).await.unwrap();
+    let run = wait_for_run(&store, "math", RunStatus::Completed).await;
+    assert_eq!(run.trigger_event_id, trigger.event_id);
+    assert_eq!(run.id, weft_flows::run::run_id("math", &trigger.event_id));
+    for s in &run.steps {
+        assert_eq!(s.status, StepStatus::Completed, "{s:?}");
+        assert_eq!(s.attempts, 1);
+        assert!(s.started_at.is_some() && s.finished_at.is_some());
+    }
+    assert_eq!(run.steps[1].output.as_ref().unwrap()["value"], 20);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A redelivered trigger finds the completed run and re-runs nothing.
+    handle.stop().await;
+    let handle = worker::start(&bus, vec![], fast()).await.unwrap();
+    let stored = store.load("math", &run.id).await.unwrap().unwrap();
+    assert_eq!(stored.run, run);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("flaky", "1.0.0")
+        .endpoint(Endpoint::new("once", move |_r: Request| {
+            let c = c.clone();
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(
+                        ErrorPayload::new(weft_bus::ErrorCode::AgentUnavailable, "try later")
+                            .retryable(),
+                    )
+                } else {
+                    Ok(json!("fine"))
+                }
+            }
+        }))
+        .endpoint(Endpoint::new("never", |_r: Request| async {
+            Err::<serde_json::Value, _>(ErrorPayload::invalid_request("bad input"))
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let ok = Flow::new("recovers", "a.b".parse().unwrap()).step(Step::invoke(
+        "s",
+        "flaky.once".parse().unwrap(),
+        json!({}),
+    ));
+    let bad = Flow::new("breaks", "c.d".parse().unwrap())
+        .step(Step::invoke("s", "flaky.never".parse().unwrap(), json!({})))
+        .step(Step::publish(
+            "never_reached",
+            "e.f".parse().unwrap(),
+            json!({}),
+        ));
+    let handle = worker::start(&bus, vec![ok, bad], fast()).await.unwrap();
+    bus.publish(&"a.b".parse().unwrap(), json!({}))
+        .await
+        .unwrap();
+    bus.publish(&"c.d".parse().unwrap(), json!({}))
+        .await
+        .unwrap();
+
+    let store = RunStore::open(&bus).await.unwrap();
+    let run = wait_for_run(&store, "recovers", RunStatus::Completed).await;
+    assert_eq!(run.steps[0].attempts, 2);
+    let run = wait_for_run(&store, "breaks", RunStatus::Failed).await;
+    assert_eq!(run.steps[0].status, StepStatus::Failed);
+    assert_eq!(
+        run.steps[0].attempts, 1,
+        "a non-retryable error is not retried"
+    );
+    assert!(
+        run.error.as_deref().unwrap().contains("bad input"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.steps[1].status, StepStatus::Pending);
+    handle.stop().await;
+}
+
+#[test]
+fn definitions_are_validated() {
+    let bad_ref = json!({"name": "f", "trigger": "a", "steps": [
+        {"name": "one", "publish": "x", "input": "${steps.two.output}"},
+        {"name": "two", "publish": "y"}
+    ]});
+    let err = Flow::from_json(&bad_ref.to_string()).unwrap_err();
+    assert!(err.to_string().contains("not an earlier step"), "{err}");
+    let bad_token =
+        json!({"name": "f", "trigger": "a b", "steps": [{"name": "one", "publish": "x"}]});
+    assert!(Flow::from_json(&bad_token.to_string()).is_err());
+    let empty = json!({"name": "f", "trigger": "a", "steps": []});
+    assert!(
+        Flow::from_json(&empty.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("at least one step")
+    );
+    let dup = json!({"name": "f", "trigger": "a", "steps": [{"name": "s", "publish": "x"}, {"name": "s", "publish": "y"}]});
+    assert!(Flow::from_json(&dup.to_string()).is_err());
+}
