@@ -439,7 +439,8 @@ impl ErrorCode {
     }
 
     /// The numeric code for the NATS micro header `Nats-Service-Error-Code`
-    /// (HTTP-like: 400 for bad requests, 404 no handler, 503 unavailable, 504 timeout…).
+    /// (HTTP-like: 400 for bad requests, 404 no handler or an application `NOT_FOUND`,
+    /// 503 unavailable, 504 timeout, 500 for other application codes).
     pub fn status(&self) -> u16 {
         match self {
             ErrorCode::InvalidRequest | ErrorCode::CodecFailure => 400,
@@ -448,6 +449,7 @@ impl ErrorCode {
             ErrorCode::BackpressureDrop => 429,
             ErrorCode::AgentUnavailable | ErrorCode::TransportFailure => 503,
             ErrorCode::AgentTimeout => 504,
+            ErrorCode::Other(code) if code == "NOT_FOUND" => 404,
             ErrorCode::Other(_) => 500,
         }
     }

@@ -41,7 +41,7 @@ pub enum ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
-    remote: Option<ErrorPayload>,
+    remote: Option<Box<ErrorPayload>>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -75,7 +75,7 @@ impl Error {
         Error {
             kind: ErrorKind::Remote,
             message: format!("{target} answered with an error"),
-            remote: Some(payload),
+            remote: Some(Box::new(payload)),
             source: None,
         }
     }
@@ -87,7 +87,7 @@ impl Error {
 
     /// For [`ErrorKind::Remote`]: the error payload the handler sent.
     pub fn remote(&self) -> Option<&ErrorPayload> {
-        self.remote.as_ref()
+        self.remote.as_deref()
     }
 
     /// The message without its cause chain.

@@ -117,20 +117,20 @@ impl Bus {
             })?;
         if msg.payload.is_empty() {
             // A plain NATS micro service error: headers only.
-            if let Some(h) = &msg.headers {
-                if let Some(text) = h.get(SERVICE_ERROR_HEADER) {
-                    let code = h
-                        .get(SERVICE_ERROR_CODE_HEADER)
-                        .map(|c| c.to_string())
-                        .unwrap_or_default();
-                    return Err(Error::from_remote(
-                        &target.to_string(),
-                        ErrorPayload::new(
-                            ErrorCode::Other(format!("SERVICE_ERROR_{code}")),
-                            text.to_string(),
-                        ),
-                    ));
-                }
+            if let Some(h) = &msg.headers
+                && let Some(text) = h.get(SERVICE_ERROR_HEADER)
+            {
+                let code = h
+                    .get(SERVICE_ERROR_CODE_HEADER)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                return Err(Error::from_remote(
+                    &target.to_string(),
+                    ErrorPayload::new(
+                        ErrorCode::Other(format!("SERVICE_ERROR_{code}")),
+                        text.to_string(),
+                    ),
+                ));
             }
         }
         let reply = Envelope::from_slice(&msg.payload).map_err(|e| {

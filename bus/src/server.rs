@@ -58,10 +58,10 @@ pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf> {
             ))
         };
     }
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
-        if p.is_file() {
-            return Ok(p);
-        }
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from)
+        && p.is_file()
+    {
+        return Ok(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {

@@ -119,10 +119,10 @@ impl RunStore {
             .map_err(store_err)?;
         let mut runs = Vec::new();
         for k in keys {
-            if let Some(f) = flow {
-                if !k.starts_with(&format!("{f}.")) {
-                    continue;
-                }
+            if let Some(f) = flow
+                && !k.starts_with(&format!("{f}."))
+            {
+                continue;
             }
             if let Some(bytes) = self.kv.get(&k).await.map_err(store_err)? {
                 match serde_json::from_slice::<Run>(&bytes) {

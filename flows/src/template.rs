@@ -93,10 +93,10 @@ fn collect(v: &Value, out: &mut Vec<String>) {
             while let Some(start) = rest.find("${") {
                 let after = &rest[start + 2..];
                 let Some(end) = after.find('}') else { break };
-                if let Some(path) = after[..end].trim().strip_prefix("steps.") {
-                    if let Some(name) = path.split('.').next() {
-                        out.push(name.to_owned());
-                    }
+                if let Some(path) = after[..end].trim().strip_prefix("steps.")
+                    && let Some(name) = path.split('.').next()
+                {
+                    out.push(name.to_owned());
                 }
                 rest = &after[end + 1..];
             }

@@ -1,1 +1,213 @@
-//! placeholder
+//! # weft-gateway
+//!
+//! The HTTP gateway of Weft (DESIGN §11): one [axum] server that bridges HTTP onto the
+//! bus, so one port and one auth setting cover every bridge.
+//!
+//! ## Routes
+//!
+//! | method and path | what | success | errors |
+//! |---|---|---|---|
+//! | `POST /v1/events/{event_type}` | publish an event; body = payload JSON ([`routes::events`]) | 202 `{event_id, stream, sequence, duplicate}` after the JetStream ack | 400, 401, 413, 503 |
+//! | `POST /v1/invoke/{target}` | request-reply to `service` or `service.endpoint`; body = payload JSON; optional `?timeout_ms=` ([`routes::invoke`]) | 200, body = the reply's payload | 400, 401, 413, 502, 503, 504, or the handler's own error |
+//! | `GET /metrics` | Prometheus text, `text/plain; version=0.0.4` ([`metrics`]) | 200 | 401 |
+//! | `GET /healthz` | liveness; never needs the token | 200 `{"status":"ok"}` | — |
+//! | `GET /readyz` | readiness: NATS connected, events stream and registry bucket present | 200 `{"status":"ready"}` | 401, 503 `NOT_READY` |
+//! | anything else | | | 404 `NOT_FOUND`, 405 `METHOD_NOT_ALLOWED` |
+//!
+//! Every error has the body `{code, message}` (plus `retryable` when true and `cause`
+//! when a handler gave one); [`ApiError`] lists the codes.
+//!
+//! HTTP headers `traceparent`, `X-Session-Id`, `X-Tenant-Id` and `X-User-Id` map to
+//! the envelope's `traceparent` (and `trace_id`), `session_id`, `tenant_id` and
+//! `user_id`; the envelope's `channel` is `http` ([`routes::HttpContext`]).
+//!
+//! ## Security (DESIGN §8)
+//!
+//! The gateway binds `127.0.0.1:8080` by default. With
+//! [`GatewayConfig::auth_token`] set, every route but `/healthz` requires
+//! `Authorization: Bearer <token>` (401 `AUTH_FAILURE` otherwise). Binding a
+//! non-loopback address without a token is refused unless
+//! [`GatewayConfig::allow_insecure`] is set.
+//!
+//! ## Registry
+//!
+//! While [`Gateway::serve`] runs, the gateway keeps a registry entry
+//! `gateway.gateway.<instance>` (metadata `addr`, `url`, `auth`) alive, and deletes it
+//! when it stops cleanly.
+//!
+//! # Examples
+//!
+//! Run a gateway until Ctrl-C, with graceful shutdown:
+//!
+//! ```no_run
+//! use weft_gateway::{Gateway, GatewayConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = weft_bus::ConnectOptions::from_env()?.connect().await?;
+//! let config = GatewayConfig {
+//!     addr: "127.0.0.1:8080".parse()?,
+//!     ..Default::default()
+//! };
+//! let gateway = Gateway::bind(bus, config).await?;
+//! println!("gateway listening on http://{}", gateway.local_addr());
+//! gateway
+//!     .serve(async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use weft_bus::Bus;
+use weft_bus::registry::{Kind, Registered, Registration, Registry};
+
+pub use config::GatewayConfig;
+pub use error::{ApiError, Error, ErrorBody};
+pub use routes::router;
+
+/// Registry name of every gateway instance (kind [`Kind::Gateway`]).
+pub const REGISTRY_NAME: &str = "gateway";
+
+/// What every handler shares: the bus and the configuration. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    bus: Bus,
+    config: Arc<GatewayConfig>,
+}
+
+impl AppState {
+    /// State over `bus` with `config`.
+    pub fn new(bus: Bus, config: GatewayConfig) -> Self {
+        AppState {
+            bus,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+}
+
+/// A gateway whose listener is bound: read [`Gateway::local_addr`], then
+/// [`Gateway::serve`] it. See the [crate docs](crate) for the routes and an example.
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Gateway {
+    /// Checks `config` ([`GatewayConfig::validate`]) and binds its address. Port 0
+    /// picks a free port.
+    ///
+    /// # Errors
+    /// [`Error::Insecure`] or [`Error::Config`] from the check; [`Error::Bind`] when
+    /// the address cannot be bound (in use, not local, no permission).
+    pub async fn bind(bus: Bus, config: GatewayConfig) -> Result<Gateway, Error> {
+        config.validate()?;
+        let addr = config.addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Gateway {
+            listener,
+            local_addr,
+            state: AppState::new(bus, config),
+        })
+    }
+
+    /// The address the gateway listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The router this gateway serves (see [`router`]).
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone())
+    }
+
+    /// Serves HTTP until `shutdown` completes, then stops taking connections, lets
+    /// in-flight requests finish (an invoke may take up to `invoke_timeout`), and
+    /// returns.
+    ///
+    /// While serving, the gateway keeps its registry entry
+    /// (`gateway.gateway.<instance>`, metadata `addr`, `url`, `auth`) alive and deletes
+    /// it on return. Registering is best effort: without the registry bucket (the mesh's
+    /// resources not created yet) the gateway logs a warning and serves anyway, and
+    /// `/readyz` reports the bucket missing.
+    ///
+    /// # Errors
+    /// [`Error::Serve`] when the HTTP server fails.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Gateway {
+            listener,
+            local_addr,
+            state,
+        } = self;
+        let registered = register(&state, local_addr).await;
+        tracing::info!(addr = %local_addr, auth = state.config().auth_token.is_some(), "gateway listening");
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        if let Some(r) = registered
+            && let Err(e) = r.deregister().await
+        {
+            tracing::warn!(error = %e, "cannot delete the gateway's registry entry; it expires after the registry TTL");
+        }
+        tracing::info!(addr = %local_addr, "gateway stopped");
+        served.map_err(Error::Serve)
+    }
+}
+
+/// Registers this instance, or logs why it cannot.
+async fn register(state: &AppState, addr: SocketAddr) -> Option<Registered> {
+    let mut registration =
+        Registration::new(Kind::Gateway, REGISTRY_NAME, env!("CARGO_PKG_VERSION"));
+    registration.description = "HTTP gateway: events, invoke, metrics".into();
+    registration
+        .metadata
+        .insert("addr".into(), json!(addr.to_string()));
+    registration
+        .metadata
+        .insert("url".into(), json!(format!("http://{addr}")));
+    registration
+        .metadata
+        .insert("auth".into(), json!(state.config().auth_token.is_some()));
+    let result = match Registry::open(state.bus()).await {
+        Ok(registry) => registry.register(registration).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "serving without a registry entry");
+            None
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Errors: [`ApiError`], the one HTTP error type every route answers with, and
+//! [`Error`], what can go wrong starting or running the gateway.
+//!
+//! Every HTTP error has the same JSON body (DESIGN §11):
+//!
+//! ```json
+//! {"code": "INVALID_REQUEST", "message": "request body is not valid JSON: …"}
+//! ```
+//!
+//! `code` and `message` are always there; `retryable` appears when it is true and
+//! `cause` when the remote handler gave one.
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 400 | `INVALID_REQUEST` | bad JSON, bad event type or target, bad header or query |
+//! | 401 | `AUTH_FAILURE` | missing or wrong bearer token |
+//! | 404 | `NOT_FOUND` | no such route |
+//! | 405 | `METHOD_NOT_ALLOWED` | the route exists, the method does not |
+//! | 413 | `PAYLOAD_TOO_LARGE` | body over `max_body_bytes`, or the envelope over 1 MiB |
+//! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope |
+//! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down) |
+//! | 503 | `AGENT_UNAVAILABLE` | nothing serves the invoke target (no responders) |
+//! | 503 | `NOT_READY` | `/readyz`: NATS or a resource is missing |
+//! | 504 | `AGENT_TIMEOUT` | no invoke reply in time |
+//! | per code | the handler's | the service answered `agent.response.error`: status from [`ErrorCode::status`] |
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use weft_bus::envelope::EnvelopeError;
+use weft_bus::subject::SubjectError;
+use weft_bus::{ErrorCode, ErrorKind};
+
+/// An HTTP error: a status, a machine-readable `code` and a `message` a person can act
+/// on, answered as the JSON body `{code, message}` (see the [module docs](self) for the
+/// table). Handlers return `Result<_, ApiError>` and use `?`: bus errors, bad subject
+/// names, envelope errors and axum's path and query rejections convert into it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400 `INVALID_REQUEST`: bad JSON, bad event type or target, bad header or query.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401 `AUTH_FAILURE`: missing or wrong bearer token. Sent with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 404 `NOT_FOUND`: no route for the path.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `METHOD_NOT_ALLOWED`: the path exists, not with this method (the `Allow`
+    /// header lists the methods).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 413 `PAYLOAD_TOO_LARGE`: the body or the envelope is over its limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 503 `NOT_READY`: readiness failed; the message says what is missing.
+    #[error("{0}")]
+    NotReady(String),
+    /// An error from the bus; status and code follow its [`ErrorKind`] (a remote
+    /// handler's error keeps its own code). Boxed to keep `Result<_, ApiError>` small.
+    #[error(transparent)]
+    Bus(Box<weft_bus::Error>),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `INVALID_REQUEST`, `AGENT_TIMEOUT`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Whether trying again may succeed; omitted when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
+    /// Underlying cause a remote handler gave; omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Bus(e) => match e.kind() {
+                ErrorKind::InvalidSubject => StatusCode::BAD_REQUEST,
+                ErrorKind::Envelope => StatusCode::BAD_GATEWAY,
+                ErrorKind::NoResponders | ErrorKind::Publish => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Remote => e
+                    .remote()
+                    .map(|r| remote_status(&r.code))
+                    .unwrap_or(StatusCode::BAD_GATEWAY),
+                ErrorKind::Connect
+                | ErrorKind::Subscribe
+                | ErrorKind::JetStream
+                | ErrorKind::Kv
+                | ErrorKind::Server => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// The `code` of the body, e.g. `INVALID_REQUEST`.
+    pub fn code(&self) -> String {
+        let code = match self {
+            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest.as_str(),
+            ApiError::Unauthorized(_) => ErrorCode::AuthFailure.as_str(),
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::NotReady(_) => "NOT_READY",
+            ApiError::Bus(e) => match e.kind() {
+                ErrorKind::InvalidSubject => ErrorCode::InvalidRequest.as_str(),
+                ErrorKind::Envelope => ErrorCode::CodecFailure.as_str(),
+                ErrorKind::NoResponders => ErrorCode::AgentUnavailable.as_str(),
+                ErrorKind::Timeout => ErrorCode::AgentTimeout.as_str(),
+                ErrorKind::Remote => match e.remote() {
+                    Some(r) => return r.code.as_str().to_owned(),
+                    None => ErrorCode::AgentUnavailable.as_str(),
+                },
+                ErrorKind::Publish
+                | ErrorKind::Connect
+                | ErrorKind::Subscribe
+                | ErrorKind::JetStream
+                | ErrorKind::Kv
+                | ErrorKind::Server => ErrorCode::TransportFailure.as_str(),
+                _ => "INTERNAL",
+            },
+        };
+        code.to_owned()
+    }
+
+    /// The body this error is answered with.
+    pub fn body(&self) -> ErrorBody {
+        let (message, retryable, cause) = match self {
+            ApiError::Bus(e) => match e.remote() {
+                Some(r) => (r.message.clone(), r.retryable, r.cause.clone()),
+                None => (
+                    e.to_string(),
+                    matches!(
+                        e.kind(),
+                        ErrorKind::NoResponders
+                            | ErrorKind::Timeout
+                            | ErrorKind::Publish
+                            | ErrorKind::Connect
+                    ),
+                    None,
+                ),
+            },
+            other => (
+                other.to_string(),
+                matches!(other, ApiError::NotReady(_)),
+                None,
+            ),
+        };
+        ErrorBody {
+            code: self.code(),
+            message,
+            retryable,
+            cause,
+        }
+    }
+}
+
+/// The status of a remote error code: [`ErrorCode::status`], except that a plain NATS
+/// micro error (`SERVICE_ERROR_<n>`) keeps its own code `n` when it is an HTTP error
+/// status.
+fn remote_status(code: &ErrorCode) -> StatusCode {
+    if let ErrorCode::Other(s) = code
+        && let Some(n) = s.strip_prefix("SERVICE_ERROR_")
+        && let Ok(n) = n.parse::<u16>()
+        && (400..=599).contains(&n)
+        && let Ok(status) = StatusCode::from_u16(n)
+    {
+        return status;
+    }
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.body();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), code = %body.code, error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), code = %body.code, error = %self, "request refused");
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<weft_bus::Error> for ApiError {
+    fn from(e: weft_bus::Error) -> Self {
+        ApiError::Bus(Box::new(e))
+    }
+}
+
+impl From<SubjectError> for ApiError {
+    fn from(e: SubjectError) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
+impl From<EnvelopeError> for ApiError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            other => ApiError::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::InvalidRequest(format!("bad path: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::InvalidRequest(format!("bad query string: {}", e.body_text()))
+    }
+}
+
+/// What can go wrong starting or running a [`Gateway`](crate::Gateway).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A non-loopback address without an auth token and without the insecure flag
+    /// (DESIGN §8).
+    #[error(
+        "refusing to listen on {addr} without an auth token: anyone who can reach it could publish events and invoke services; \
+         set an auth token (clients then send `Authorization: Bearer <token>`), bind 127.0.0.1, \
+         or allow insecure access explicitly (allow_insecure) if that is really intended"
+    )]
+    Insecure {
+        /// The address that was refused.
+        addr: SocketAddr,
+    },
+    /// A setting makes no sense (empty token, zero body limit or timeout).
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while serving.
+    #[error("the gateway's HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_bus::ErrorPayload;
+
+    #[test]
+    fn bus_errors_map_to_status_and_code() {
+        let cases = [
+            (ErrorKind::NoResponders, 503, "AGENT_UNAVAILABLE"),
+            (ErrorKind::Timeout, 504, "AGENT_TIMEOUT"),
+            (ErrorKind::Publish, 503, "TRANSPORT_FAILURE"),
+            (ErrorKind::InvalidSubject, 400, "INVALID_REQUEST"),
+            (ErrorKind::Envelope, 502, "CODEC_FAILURE"),
+            (ErrorKind::Other, 500, "INTERNAL"),
+        ];
+        for (kind, status, code) in cases {
+            let e = ApiError::from(weft_bus::Error::new(kind, "x"));
+            assert_eq!(e.status().as_u16(), status, "{kind:?}");
+            assert_eq!(e.code(), code, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn remote_errors_keep_their_code_message_and_cause() {
+        let payload = ErrorPayload::invalid_request("no good")
+            .with_cause("because")
+            .retryable();
+        let e = ApiError::from(weft_bus::Error::from_remote("t", payload));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let body = e.body();
+        assert_eq!(body.code, "INVALID_REQUEST");
+        assert_eq!(body.message, "no good");
+        assert_eq!(body.cause.as_deref(), Some("because"));
+        assert!(body.retryable);
+
+        let app = ErrorPayload::new(ErrorCode::Other("NOT_FOUND".into()), "gone");
+        let e = ApiError::from(weft_bus::Error::from_remote("t", app));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code(), "NOT_FOUND");
+
+        let micro = ErrorPayload::new(ErrorCode::Other("SERVICE_ERROR_404".into()), "nope");
+        let e = ApiError::from(weft_bus::Error::from_remote("t", micro));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn bodies_omit_empty_fields() {
+        let text = serde_json::to_string(&ApiError::NotFound("no route".into()).body()).unwrap();
+        assert_eq!(text, r#"{"code":"NOT_FOUND","message":"no route"}"#);
+    }
+}
