@@ -1,1 +1,18 @@
-//! placeholder
+//! # Weft
+//!
+//! An event mesh for services, agents and flows over NATS. This facade re-exports the
+//! crates a Weft application uses; the `weft` binary is the operator's CLI.
+//!
+//! | crate | what |
+//! |---|---|
+//! | [`bus`] | envelope, subjects, publish/subscribe, invoke, services, registry, durable consumers, dead letters, metrics |
+//! | [`agents`] | agents: model providers, the tool loop, memory |
+//! | [`flows`] | durable flows with checkpointed steps |
+//! | [`gateway`] | the HTTP gateway |
+//!
+//! Start with the README and `docs/protocol.md`.
+
+pub use weft_agents as agents;
+pub use weft_bus as bus;
+pub use weft_flows as flows;
+pub use weft_gateway as gateway;

@@ -1,1 +1,46 @@
-//! placeholder
+//! # weft-agents
+//!
+//! The agent runtime of Weft (DESIGN §5): an [`Agent`] is a service of kind `agent`
+//! whose default endpoint `chat` takes `{message, session_id?}` and answers `{reply,
+//! agent, tool_calls, run_id}`. Its tools are the endpoints of the services it manages,
+//! read from the registry at chat time; its memory is kept per session in the KV bucket
+//! `<prefix>_memory`.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`model`] | the [`Model`] trait and its types; providers [`openai`](model::openai) (any OpenAI-compatible Chat Completions server) and [`scripted`](model::scripted) (a deterministic script for tests and the offline demo, **not an LLM**) |
+//! | [`tool`] | tools from the endpoints of managed services, called over the bus |
+//! | [`memory`] | conversation history per agent and session in KV |
+//! | [`agent`] | the agent definition, the tool loop shared by every provider, serving |
+//! | [`metrics`] | `weft_agent_*` and `weft_model_*` Prometheus metrics |
+//!
+//! # Examples
+//! ```no_run
+//! use std::sync::Arc;
+//! use weft_agents::Agent;
+//! use weft_agents::model::openai::OpenAiModel;
+//! # async fn run(bus: weft_bus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! let handle = Agent::new("support")
+//!     .manages(["tickets"])
+//!     .model(Arc::new(OpenAiModel::from_env()?))
+//!     .system_prompt("You answer questions about support tickets.")
+//!     .serve(&bus)
+//!     .await?;
+//! # handle.stop().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+pub mod memory;
+pub mod metrics;
+pub mod model;
+pub mod tool;
+
+pub use agent::{Agent, AgentError, AgentInfo, ChatReply, ChatRequest, Run, ToolCallRecord};
+pub use memory::{Memory, SessionId};
+pub use model::openai::OpenAiModel;
+pub use model::scripted::ScriptedModel;
+pub use model::{
+    Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, ToolCall, ToolSpec,
+};
+pub use tool::{ServiceTools, Tools};

@@ -1,1 +1,127 @@
-//! placeholder
+//! # The support desk demo
+//!
+//! A small support desk, run by `weft up --demo`:
+//!
+//! - service **`tickets`** ([`tickets`]): `classify`, `get` and `list` over tickets kept
+//!   in KV bucket `<prefix>_tickets`;
+//! - agent **`support`**, managing `tickets`, answering questions by calling its
+//!   endpoints as tools. It runs on the **scripted model** (`support.script.json`, a
+//!   deterministic script, not an LLM) unless `WEFT_MODEL_PROVIDER=openai`, which uses
+//!   an OpenAI-compatible server configured by `OPENAI_BASE_URL`, `OPENAI_API_KEY` and
+//!   `WEFT_MODEL`;
+//! - flow **`triage`** (`flows/triage.json`), triggered by `ticket.created`: invoke
+//!   `tickets.classify`, ask `support` for a first reply, publish `ticket.triaged`.
+
+pub mod tickets;
+
+use std::sync::Arc;
+
+use weft_agents::{Agent, Model, OpenAiModel, ScriptedModel};
+use weft_bus::Bus;
+use weft_bus::service::ServiceHandle;
+use weft_flows::worker::{self, WorkerConfig, WorkerHandle};
+use weft_flows::{Flow, FlowError};
+
+/// The flow definition of `triage`.
+pub const TRIAGE_FLOW: &str = include_str!("../flows/triage.json");
+/// The script of the `support` agent's scripted model.
+pub const SUPPORT_SCRIPT: &str = include_str!("../support.script.json");
+
+/// The `support` agent's system prompt (used by real models).
+pub const SUPPORT_PROMPT: &str = "You are the support desk agent. Use the tickets tools to \
+answer questions about tickets and to draft short, friendly first replies to customers. \
+Never invent ticket data: look it up.";
+
+/// Why the demo did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] weft_bus::Error),
+    /// The flow failed to start.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    /// The model could not be configured.
+    #[error("model: {0}")]
+    Model(String),
+}
+
+/// The running demo.
+pub struct Demo {
+    tickets: tickets::Tickets,
+    support: ServiceHandle,
+    triage: WorkerHandle,
+    model: String,
+}
+
+/// The model of the `support` agent: `openai` when `WEFT_MODEL_PROVIDER=openai`,
+/// otherwise the scripted model.
+///
+/// # Errors
+/// [`DemoError::Model`] when the provider is unknown or misconfigured.
+pub fn model_from_env() -> Result<Arc<dyn Model>, DemoError> {
+    match std::env::var("WEFT_MODEL_PROVIDER").as_deref() {
+        Ok("openai") => Ok(Arc::new(
+            OpenAiModel::from_env().map_err(|e| DemoError::Model(e.to_string()))?,
+        )),
+        Ok("scripted") | Err(_) => Ok(Arc::new(
+            ScriptedModel::from_json(SUPPORT_SCRIPT)
+                .map_err(|e| DemoError::Model(e.to_string()))?,
+        )),
+        Ok(other) => Err(DemoError::Model(format!(
+            "unknown WEFT_MODEL_PROVIDER {other:?}: use `scripted` or `openai`"
+        ))),
+    }
+}
+
+/// Starts the demo's service, agent and flow on `bus` (whose streams and buckets must
+/// exist: `weft up` creates them).
+///
+/// # Errors
+/// [`DemoError`] when a part cannot start.
+pub async fn start(bus: &Bus) -> Result<Demo, DemoError> {
+    let model = model_from_env()?;
+    let model_name = model.name().to_owned();
+    let tickets = tickets::start(bus).await?;
+    let support = Agent::new("support")
+        .version("0.1.0")
+        .description("Support desk agent: answers questions about tickets and drafts replies")
+        .manages(["tickets"])
+        .model(model)
+        .system_prompt(SUPPORT_PROMPT)
+        .serve(bus)
+        .await?;
+    let triage = worker::start(
+        bus,
+        vec![Flow::from_json(TRIAGE_FLOW)?],
+        WorkerConfig::default(),
+    )
+    .await?;
+    Ok(Demo {
+        tickets,
+        support,
+        triage,
+        model: model_name,
+    })
+}
+
+impl Demo {
+    /// One line saying what runs.
+    pub fn describe(&self) -> String {
+        format!(
+            "service tickets (classify, get, list), agent support (model: {}), flow triage (on ticket.created)",
+            self.model
+        )
+    }
+
+    /// Stops the flow, then the agent, then the service.
+    ///
+    /// # Errors
+    /// When a registry entry cannot be deleted (it then expires).
+    pub async fn stop(self) -> Result<(), DemoError> {
+        self.triage.stop().await;
+        self.support.stop().await?;
+        self.tickets.stop().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,979 @@
+//! Agents: the definition, the tool loop every provider shares, and serving on the bus.
+//!
+//! An agent (DESIGN §5) is a service of kind `agent` whose default endpoint is `chat`:
+//!
+//! - input: `{"message": "...", "session_id"?: "..."}`, a bare JSON string, or
+//!   `{"text": "..."}`; without `session_id` in the payload, the request envelope's
+//!   `session_id` is used;
+//! - output ([`ChatReply`]): `{"reply", "agent", "tool_calls": [{"name", "arguments",
+//!   "result" | "error"}], "run_id"}` with `run_id` a UUIDv7.
+//!
+//! Its tools are the endpoints of the services it manages ([`ServiceTools`]); its
+//! memory is kept per session in KV ([`Memory`]).
+//!
+//! # The tool loop
+//! [`Agent::run`]: send the model the conversation (system prompt, memory, the new
+//! message) and the tools. If it answers with tool calls, call them in order, append
+//! each result as a tool message and ask again; when it answers without tool calls,
+//! its text is the reply. At most [`Agent::max_steps`] model calls (default 8): a model
+//! still calling tools at the last step fails the run with `AGENT_TIMEOUT`, and the
+//! tools of that last turn are not called.
+//!
+//! A failed tool call does not fail the run: its error goes back to the model as the
+//! tool result (`{"error": {code, message, retryable}}`), as do arguments that are
+//! not valid JSON and names of tools that do not exist.
+//!
+//! # Errors on the wire
+//! | [`AgentError`] | code | retryable |
+//! |---|---|---|
+//! | `InvalidInput` (bad input shape, empty message, bad session id) | `INVALID_REQUEST` | no |
+//! | `Model`, kind timeout | `AGENT_TIMEOUT` | yes |
+//! | `Model`, kind auth | `AUTH_FAILURE` | no |
+//! | `Model`, other kinds | `AGENT_UNAVAILABLE` | as [`ModelErrorKind::is_retryable`] |
+//! | `MaxSteps` | `AGENT_TIMEOUT` | no |
+//! | `Memory`, `Registry` (KV failed) | `TRANSPORT_FAILURE` | yes |
+//!
+//! # Examples
+//! ```no_run
+//! use std::sync::Arc;
+//! use weft_agents::Agent;
+//! use weft_agents::model::scripted::ScriptedModel;
+//! # async fn run(bus: weft_bus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! let model = ScriptedModel::from_file("examples/support-desk/script.json")?;
+//! let handle = Agent::new("support")
+//!     .description("Answers questions about support tickets")
+//!     .manages(["tickets"])
+//!     .model(Arc::new(model))
+//!     .system_prompt("You are a helpful support agent.")
+//!     .serve(&bus)
+//!     .await?;
+//! let reply = bus
+//!     .invoke(&"support".parse()?, serde_json::json!({"message": "how many tickets are open?"}))
+//!     .await?;
+//! println!("{}", reply["reply"]);
+//! handle.stop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::Instrument;
+use weft_bus::envelope::{ErrorCode, ErrorPayload};
+use weft_bus::registry::{Kind, Registry};
+use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
+use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
+
+use crate::memory::{DEFAULT_MEMORY_LIMIT, Memory, SessionId};
+use crate::metrics;
+use crate::model::{
+    Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, ToolCall, ToolSpec,
+};
+use crate::tool::{DEFAULT_TOOL_TIMEOUT, ServiceTools, ToolOutcome, Tools, error_content};
+
+/// Default most model calls per run: 8.
+pub const DEFAULT_MAX_STEPS: usize = 8;
+
+/// The agent's default endpoint.
+pub const CHAT_ENDPOINT: &str = "chat";
+
+/// An agent definition; [`Agent::serve`] puts it on the bus, [`Agent::chat`] runs one
+/// chat in process.
+#[derive(Clone)]
+pub struct Agent {
+    name: String,
+    version: String,
+    description: String,
+    manages: Vec<String>,
+    model: Option<Arc<dyn Model>>,
+    system_prompt: Option<String>,
+    max_steps: usize,
+    tool_timeout: Duration,
+    memory_limit: usize,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("manages", &self.manages)
+            .field("model", &self.model.as_ref().map(|m| m.name().to_owned()))
+            .field("max_steps", &self.max_steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent `name` (one token, `[A-Za-z0-9_-]+`; checked by [`Agent::serve`]) at
+    /// version `0.1.0`, managing no services, with no model yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Agent {
+            name: name.into(),
+            version: "0.1.0".into(),
+            description: String::new(),
+            manages: Vec::new(),
+            model: None,
+            system_prompt: None,
+            max_steps: DEFAULT_MAX_STEPS,
+            tool_timeout: DEFAULT_TOOL_TIMEOUT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+
+    /// Semver version of the agent service. Default `0.1.0`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// What the agent does (registry description, A2A card). Default empty.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Adds services whose endpoints are the agent's tools. Default none.
+    pub fn manages<I, S>(mut self, services: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.manages.extend(services.into_iter().map(Into::into));
+        self
+    }
+
+    /// The model. Required: without one, [`Agent::serve`] fails and
+    /// [`Agent::chat`] answers a [`ModelErrorKind::Config`] error.
+    pub fn model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The system prompt, sent first on every model call (not stored in memory).
+    /// Default none.
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// Most model calls per run (at least 1). Default [`DEFAULT_MAX_STEPS`] (8).
+    pub fn max_steps(mut self, steps: usize) -> Self {
+        self.max_steps = steps.max(1);
+        self
+    }
+
+    /// How long one tool call may take. Default [`DEFAULT_TOOL_TIMEOUT`] (30 s).
+    pub fn tool_timeout(mut self, timeout: Duration) -> Self {
+        self.tool_timeout = timeout;
+        self
+    }
+
+    /// Most messages remembered per session. Default [`DEFAULT_MEMORY_LIMIT`] (50).
+    pub fn memory_limit(mut self, messages: usize) -> Self {
+        self.memory_limit = messages;
+        self
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The services it manages.
+    pub fn managed_services(&self) -> &[String] {
+        &self.manages
+    }
+
+    /// Runs one chat: loads the session's memory, discovers the tools of the managed
+    /// services in the registry, runs [the tool loop](Agent::run) and stores the
+    /// exchange in memory. Counted in `weft_agent_runs_total`.
+    ///
+    /// A failed run stores nothing in memory. A failure to store memory after a
+    /// successful run is logged and the reply is still returned.
+    ///
+    /// # Errors
+    /// [`AgentError`]; [`AgentError::to_error_payload`] gives its wire form.
+    pub async fn chat(&self, bus: &Bus, request: ChatRequest) -> Result<ChatReply, AgentError> {
+        let result = self.chat_inner(bus, request).await;
+        record_run(&self.name, &result);
+        result
+    }
+
+    async fn chat_inner(&self, bus: &Bus, request: ChatRequest) -> Result<ChatReply, AgentError> {
+        if request.message.trim().is_empty() {
+            return Err(AgentError::InvalidInput(format!(
+                "the message to agent {} is empty",
+                self.name
+            )));
+        }
+        let memory = match &request.session_id {
+            Some(session) => {
+                let memory = Memory::open(bus)
+                    .await
+                    .map_err(AgentError::Memory)?
+                    .limit(self.memory_limit);
+                let history = memory
+                    .load(&self.name, session)
+                    .await
+                    .map_err(AgentError::Memory)?;
+                Some((memory, session, history))
+            }
+            None => None,
+        };
+        let tools = if self.manages.is_empty() {
+            ServiceTools::from_registrations(bus, &[])
+        } else {
+            ServiceTools::discover(bus, &self.manages)
+                .await
+                .map_err(AgentError::Registry)?
+        }
+        .timeout(self.tool_timeout)
+        .caller(&self.name)
+        .session_id(request.session_id.as_ref().map(|s| s.to_string()))
+        .parent(request.parent);
+        let history = memory
+            .as_ref()
+            .map(|(_, _, h)| h.clone())
+            .unwrap_or_default();
+        let run = self.run(&tools, history, &request.message).await?;
+        if let Some((memory, session, mut history)) = memory {
+            history.extend(run.messages.iter().cloned());
+            if let Err(e) = memory.save(&self.name, session, history).await {
+                tracing::error!(agent = %self.name, run_id = %run.run_id, error = %e, "cannot store agent memory; the reply is sent anyway");
+            }
+        }
+        Ok(ChatReply {
+            reply: run.reply,
+            agent: self.name.clone(),
+            tool_calls: run.tool_calls,
+            run_id: run.run_id,
+        })
+    }
+
+    /// The tool loop ([module docs](self)): answers `message` given the earlier
+    /// `history` (oldest first, without system prompt) and `tools`. Uses no memory and
+    /// no registry, so it can run with any [`Tools`]. Counts model and tool calls in
+    /// the metrics.
+    ///
+    /// # Errors
+    /// [`AgentError::Model`] when the model fails or the agent has none;
+    /// [`AgentError::MaxSteps`] when the model still calls tools after
+    /// [`Agent::max_steps`] calls.
+    pub async fn run(
+        &self,
+        tools: &dyn Tools,
+        history: Vec<Message>,
+        message: &str,
+    ) -> Result<Run, AgentError> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("agent.run", agent = %self.name, run_id = %run_id);
+        self.run_loop(tools, history, message, run_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_loop(
+        &self,
+        tools: &dyn Tools,
+        history: Vec<Message>,
+        message: &str,
+        run_id: String,
+    ) -> Result<Run, AgentError> {
+        let Some(model) = self.model.as_deref() else {
+            return Err(AgentError::Model {
+                provider: "none".into(),
+                error: ModelError::new(
+                    ModelErrorKind::Config,
+                    format!(
+                        "agent {} has no model (set one with Agent::model)",
+                        self.name
+                    ),
+                ),
+            });
+        };
+        let mut request = ModelRequest {
+            messages: Vec::with_capacity(history.len() + 2),
+            tools: tools.specs(),
+        };
+        if let Some(prompt) = &self.system_prompt {
+            request.messages.push(Message::system(prompt.clone()));
+        }
+        request.messages.extend(history);
+        let first_new = request.messages.len();
+        request.messages.push(Message::user(message));
+        let mut records = Vec::new();
+        for step in 1..=self.max_steps {
+            let turn = complete(model, &request).await?;
+            if turn.tool_calls.is_empty() {
+                let reply = turn.content.unwrap_or_default();
+                request
+                    .messages
+                    .push(Message::assistant(reply.clone(), Vec::new()));
+                tracing::debug!(steps = step, tool_calls = records.len(), "run finished");
+                return Ok(Run {
+                    run_id,
+                    reply,
+                    tool_calls: records,
+                    messages: request.messages.split_off(first_new),
+                    steps: step,
+                });
+            }
+            if step == self.max_steps {
+                break;
+            }
+            request.messages.push(Message::assistant(
+                turn.content.unwrap_or_default(),
+                turn.tool_calls.clone(),
+            ));
+            for call in turn.tool_calls {
+                let (record, content) = self.call_tool(tools, &request.tools, &call).await;
+                request.messages.push(Message::tool(call.id, content));
+                records.push(record);
+            }
+        }
+        Err(AgentError::MaxSteps {
+            agent: self.name.clone(),
+            max_steps: self.max_steps,
+        })
+    }
+
+    async fn call_tool(
+        &self,
+        tools: &dyn Tools,
+        specs: &[ToolSpec],
+        call: &ToolCall,
+    ) -> (ToolCallRecord, String) {
+        let known = specs.iter().any(|s| s.name == call.name);
+        let (outcome, result): (&str, ToolOutcome) = if !known {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            (
+                "unknown_tool",
+                Err(ErrorPayload::new(
+                    ErrorCode::NoHandler,
+                    format!(
+                        "there is no tool named {:?}; the tools are: {}",
+                        call.name,
+                        if names.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                )),
+            )
+        } else if let Some(why) = &call.arguments_error {
+            (
+                "invalid_arguments",
+                Err(ErrorPayload::invalid_request(format!(
+                    "the arguments of {} are not valid JSON ({why}); call it again with a JSON object",
+                    call.name
+                ))),
+            )
+        } else {
+            let result = tools.call(&call.name, &call.arguments).await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => match e.code {
+                    ErrorCode::AgentTimeout => "timeout",
+                    ErrorCode::AgentUnavailable => "unavailable",
+                    ErrorCode::TransportFailure => "transport",
+                    _ => "error",
+                },
+            };
+            (outcome, result)
+        };
+        metrics::agents()
+            .tool_calls
+            .with_label_values(&[
+                self.name.as_str(),
+                if known { call.name.as_str() } else { "unknown" },
+                outcome,
+            ])
+            .inc();
+        if let Err(e) = &result {
+            tracing::info!(tool = %call.name, code = %e.code, message = %e.message, "tool call failed; the error goes back to the model");
+        }
+        let content = match &result {
+            Ok(v) => v.to_string(),
+            Err(e) => error_content(e).to_string(),
+        };
+        let (result, error) = match result {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        (
+            ToolCallRecord {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                result,
+                error,
+            },
+            content,
+        )
+    }
+
+    /// Starts serving the agent: a [`Service`] of kind [`Kind::Agent`] with the default
+    /// endpoint `chat` (input and output schemas included) and registry metadata
+    /// `{"manages": [...], "model": <provider>, "model_id"?: <model>}`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidSubject`] for a bad agent or managed service name;
+    /// [`ErrorKind::Other`] when no model is set; otherwise as [`Service::serve`].
+    pub async fn serve(self, bus: &Bus) -> weft_bus::Result<ServiceHandle> {
+        for s in &self.manages {
+            s.parse::<ServiceName>().map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidSubject,
+                    format!("agent {} manages {s:?}: {e}", self.name),
+                )
+            })?;
+        }
+        let Some(model) = &self.model else {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "agent {} has no model (set one with Agent::model)",
+                    self.name
+                ),
+            ));
+        };
+        let mut service = Service::new(&self.name, &self.version)
+            .kind(Kind::Agent)
+            .description(&self.description)
+            .metadata("manages", json!(self.manages))
+            .metadata("model", json!(model.name()));
+        if let Some(id) = model.model_id() {
+            service = service.metadata("model_id", json!(id));
+        }
+        let agent = Arc::new(self);
+        let handler = move |req: Request| {
+            let agent = agent.clone();
+            async move { agent.handle(req).await }
+        };
+        service
+            .endpoint(
+                Endpoint::new(CHAT_ENDPOINT, handler)
+                    .description("Chat with the agent: send a message, get its reply and the tools it called")
+                    .input_schema(chat_input_schema())
+                    .output_schema(chat_output_schema()),
+            )
+            .default_endpoint(CHAT_ENDPOINT)
+            .serve(bus)
+            .await
+    }
+
+    async fn handle(&self, req: Request) -> Result<Value, ErrorPayload> {
+        let mut request =
+            match ChatRequest::from_payload(req.payload(), req.envelope.session_id.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    record_run(&self.name, &Err::<(), _>(&e));
+                    return Err(e.to_error_payload());
+                }
+            };
+        request.parent = Some(req.envelope);
+        let reply = self
+            .chat(&req.bus, request)
+            .await
+            .map_err(|e| e.to_error_payload())?;
+        serde_json::to_value(reply).map_err(|e| {
+            ErrorPayload::new(
+                ErrorCode::CodecFailure,
+                format!("cannot encode the reply: {e}"),
+            )
+        })
+    }
+}
+
+fn record_run<T, E: std::borrow::Borrow<AgentError>>(agent: &str, result: &Result<T, E>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.borrow().outcome(),
+    };
+    metrics::agents()
+        .runs
+        .with_label_values(&[agent, outcome])
+        .inc();
+}
+
+/// One model call, timed and counted.
+async fn complete(model: &dyn Model, request: &ModelRequest) -> Result<ModelTurn, AgentError> {
+    let started = Instant::now();
+    let result = model.complete(request).await;
+    let m = metrics::agents();
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind().as_str(),
+    };
+    m.model_requests
+        .with_label_values(&[model.name(), outcome])
+        .inc();
+    m.model_duration
+        .with_label_values(&[model.name()])
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|error| AgentError::Model {
+        provider: model.name().to_owned(),
+        error,
+    })
+}
+
+/// JSON Schema of the `chat` input (the canonical object form; a bare string and
+/// `{text}` are accepted too).
+pub fn chat_input_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "message": {"type": "string", "description": "What to ask or tell the agent"},
+            "session_id": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{1,128}$",
+                "description": "Conversation to continue; the agent remembers earlier messages of the same session"
+            }
+        },
+        "required": ["message"]
+    })
+}
+
+/// JSON Schema of the `chat` output ([`ChatReply`]).
+pub fn chat_output_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "reply": {"type": "string"},
+            "agent": {"type": "string"},
+            "run_id": {"type": "string", "format": "uuid"},
+            "tool_calls": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "arguments": {},
+                        "result": {},
+                        "error": {"type": "object"}
+                    },
+                    "required": ["name", "arguments"]
+                }
+            }
+        },
+        "required": ["reply", "agent", "tool_calls", "run_id"]
+    })
+}
+
+/// The input of one chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// What the user says.
+    pub message: String,
+    /// The session to remember the exchange in; `None` for a fresh conversation.
+    pub session_id: Option<SessionId>,
+    /// The request envelope the chat came in, if any: tool requests inherit its trace,
+    /// tenant, user, conversation and channel ([`ServiceTools::parent`]).
+    pub parent: Option<Envelope>,
+}
+
+impl ChatRequest {
+    /// A message without a session.
+    pub fn new(message: impl Into<String>) -> Self {
+        ChatRequest {
+            message: message.into(),
+            session_id: None,
+            parent: None,
+        }
+    }
+
+    /// Sets the session.
+    pub fn session(mut self, session_id: SessionId) -> Self {
+        self.session_id = Some(session_id);
+        self
+    }
+
+    /// Reads the `chat` payload: `{"message", "session_id"?}`, `{"text",
+    /// "session_id"?}` or a bare JSON string. `envelope_session` (the request
+    /// envelope's `session_id`) is used when the payload has none; an empty session
+    /// id counts as none.
+    ///
+    /// # Errors
+    /// [`AgentError::InvalidInput`] saying what is wrong: another shape, a
+    /// non-string field, an empty message, a session id that is not one token.
+    pub fn from_payload(
+        payload: &Value,
+        envelope_session: Option<&str>,
+    ) -> Result<ChatRequest, AgentError> {
+        let invalid = |m: String| AgentError::InvalidInput(m);
+        let (message, session) = match payload {
+            Value::String(s) => (s.clone(), None),
+            Value::Object(o) => {
+                let message = match (o.get("message"), o.get("text")) {
+                    (Some(Value::String(s)), _) => s.clone(),
+                    (None, Some(Value::String(s))) => s.clone(),
+                    (Some(other), _) => {
+                        return Err(invalid(format!(
+                            "chat input field `message` must be a string, not {}",
+                            json_type(other)
+                        )));
+                    }
+                    (None, Some(other)) => {
+                        return Err(invalid(format!(
+                            "chat input field `text` must be a string, not {}",
+                            json_type(other)
+                        )));
+                    }
+                    (None, None) => {
+                        return Err(invalid(
+                            "chat input has no `message`: send {\"message\": \"...\", \"session_id\": \"...\"} or a JSON string".into(),
+                        ));
+                    }
+                };
+                let session = match o.get("session_id") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) if s.is_empty() => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "chat input field `session_id` must be a string, not {}",
+                            json_type(other)
+                        )));
+                    }
+                };
+                (message, session)
+            }
+            other => {
+                return Err(invalid(format!(
+                    "chat input must be {{\"message\": \"...\", \"session_id\"?: \"...\"}}, {{\"text\": \"...\"}} or a JSON string, not {}",
+                    json_type(other)
+                )));
+            }
+        };
+        if message.trim().is_empty() {
+            return Err(invalid("chat input `message` is empty".into()));
+        }
+        let session = session.or_else(|| {
+            envelope_session
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        });
+        let session_id = session
+            .map(|s| s.parse::<SessionId>())
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(ChatRequest {
+            message,
+            session_id,
+            parent: None,
+        })
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The output of one chat: `{"reply", "agent", "tool_calls", "run_id"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatReply {
+    /// The model's final text.
+    pub reply: String,
+    /// The agent's name.
+    pub agent: String,
+    /// The tools called during the run, in order.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// The run's id (UUIDv7), also in the agent's logs.
+    pub run_id: String,
+}
+
+/// One tool call of a run: `{"name", "arguments", "result"}` or `{"name", "arguments",
+/// "error"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// The tool name, e.g. `tickets_list`.
+    pub name: String,
+    /// The arguments the model gave (the raw text as a JSON string when it was not
+    /// valid JSON).
+    pub arguments: Value,
+    /// The result payload, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error payload, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorPayload>,
+}
+
+/// The result of [`Agent::run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// The run's id (UUIDv7).
+    pub run_id: String,
+    /// The model's final text.
+    pub reply: String,
+    /// The tools called, in order.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// The messages this run added, starting with the user message and ending with
+    /// the final assistant message (what memory appends).
+    pub messages: Vec<Message>,
+    /// Model calls made.
+    pub steps: usize,
+}
+
+/// Why a chat failed. `#[non_exhaustive]`: new variants may appear.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The input is not a valid chat request.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The model failed (or the agent has none).
+    #[error("model {provider} failed: {error}")]
+    Model {
+        /// The provider ([`Model::name`]).
+        provider: String,
+        /// What went wrong.
+        error: ModelError,
+    },
+    /// The model still called tools after the most steps allowed.
+    #[error(
+        "agent {agent} gave no answer within {max_steps} model calls (the model kept calling tools)"
+    )]
+    MaxSteps {
+        /// The agent.
+        agent: String,
+        /// The limit ([`Agent::max_steps`]).
+        max_steps: usize,
+    },
+    /// Agent memory could not be read.
+    #[error("{0}")]
+    Memory(weft_bus::Error),
+    /// The registry could not be read to find the tools.
+    #[error("{0}")]
+    Registry(weft_bus::Error),
+}
+
+impl AgentError {
+    /// The `outcome` label of `weft_agent_runs_total`: `invalid_input`,
+    /// `model_error`, `max_steps`, `memory_error` or `registry_error`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AgentError::InvalidInput(_) => "invalid_input",
+            AgentError::Model { .. } => "model_error",
+            AgentError::MaxSteps { .. } => "max_steps",
+            AgentError::Memory(_) => "memory_error",
+            AgentError::Registry(_) => "registry_error",
+        }
+    }
+
+    /// The error as an `agent.response.error` payload (table in the [module
+    /// docs](self)).
+    pub fn to_error_payload(&self) -> ErrorPayload {
+        match self {
+            AgentError::InvalidInput(m) => ErrorPayload::invalid_request(m.clone()),
+            AgentError::Model { error, .. } => {
+                let code = match error.kind() {
+                    ModelErrorKind::Timeout => ErrorCode::AgentTimeout,
+                    ModelErrorKind::Auth => ErrorCode::AuthFailure,
+                    _ => ErrorCode::AgentUnavailable,
+                };
+                let mut p = ErrorPayload::new(code, self.to_string());
+                p.retryable = error.kind().is_retryable();
+                if let Some(source) = std::error::Error::source(error) {
+                    p.cause = Some(source.to_string());
+                }
+                p
+            }
+            AgentError::MaxSteps { .. } => {
+                ErrorPayload::new(ErrorCode::AgentTimeout, self.to_string())
+            }
+            AgentError::Memory(e) | AgentError::Registry(e) => {
+                ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()).retryable()
+            }
+        }
+    }
+}
+
+impl From<AgentError> for ErrorPayload {
+    fn from(e: AgentError) -> Self {
+        e.to_error_payload()
+    }
+}
+
+/// A served agent as `weft agent list` shows it: the registry entries of kind `agent`
+/// grouped by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The agent's name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Versions its instances run, sorted.
+    pub versions: Vec<String>,
+    /// Number of live instances.
+    pub instances: usize,
+    /// Services it manages (from the registry metadata `manages`).
+    pub manages: Vec<String>,
+    /// Model provider (metadata `model`), e.g. `openai` or `scripted`.
+    pub model: String,
+    /// Model id (metadata `model_id`), e.g. `gpt-4o-mini`, when the provider has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+}
+
+/// Every live agent in the registry, by name.
+///
+/// # Errors
+/// [`ErrorKind::Kv`] when the registry cannot be read.
+pub async fn list(bus: &Bus) -> weft_bus::Result<Vec<AgentInfo>> {
+    let registry = Registry::open(bus).await?;
+    let mut out: Vec<AgentInfo> = Vec::new();
+    for r in registry.list_kind(Kind::Agent, None).await? {
+        if let Some(a) = out.iter_mut().find(|a| a.name == r.name) {
+            a.instances += 1;
+            if !a.versions.contains(&r.version) {
+                a.versions.push(r.version.clone());
+                a.versions.sort();
+            }
+            continue;
+        }
+        let meta_str = |k: &str| r.metadata.get(k).and_then(Value::as_str).map(str::to_owned);
+        out.push(AgentInfo {
+            name: r.name.clone(),
+            description: r.description.clone(),
+            versions: vec![r.version.clone()],
+            instances: 1,
+            manages: r
+                .metadata
+                .get("manages")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            model: meta_str("model").unwrap_or_default(),
+            model_id: meta_str("model_id"),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::scripted::ScriptedModel;
+    use serde_json::json;
+
+    #[test]
+    fn chat_input_shapes() {
+        let r =
+            ChatRequest::from_payload(&json!({"message": "hi", "session_id": "s1"}), None).unwrap();
+        assert_eq!(r.message, "hi");
+        assert_eq!(r.session_id.unwrap().as_str(), "s1");
+        let r = ChatRequest::from_payload(&json!("hello"), Some("env-s")).unwrap();
+        assert_eq!(r.message, "hello");
+        assert_eq!(r.session_id.unwrap().as_str(), "env-s");
+        let r = ChatRequest::from_payload(&json!({"text": "yo"}), None).unwrap();
+        assert_eq!(r.message, "yo");
+        assert!(r.session_id.is_none());
+        for bad in [
+            json!(42),
+            json!({}),
+            json!({"message": 1}),
+            json!({"message": "  "}),
+            json!({"message": "x", "session_id": "a.b"}),
+            json!({"message": "x", "session_id": 3}),
+        ] {
+            let e = ChatRequest::from_payload(&bad, None).unwrap_err();
+            assert!(matches!(e, AgentError::InvalidInput(_)), "{bad}: {e}");
+            assert_eq!(e.to_error_payload().code, ErrorCode::InvalidRequest);
+        }
+    }
+
+    /// In-process tools: `add` sums `a` and `b`; `fail` always fails.
+    struct Calc;
+
+    #[async_trait::async_trait]
+    impl Tools for Calc {
+        fn specs(&self) -> Vec<ToolSpec> {
+            ["add", "fail"]
+                .iter()
+                .map(|n| ToolSpec {
+                    name: (*n).into(),
+                    description: String::new(),
+                    parameters: json!({"type": "object"}),
+                })
+                .collect()
+        }
+        async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome {
+            match name {
+                "add" => Ok(
+                    json!({"sum": arguments["a"].as_i64().unwrap_or(0) + arguments["b"].as_i64().unwrap_or(0)}),
+                ),
+                _ => Err(ErrorPayload::new(ErrorCode::Other("NOPE".into()), "no")),
+            }
+        }
+    }
+
+    fn agent(script: Value) -> Agent {
+        Agent::new("calc").model(Arc::new(
+            ScriptedModel::from_json(&script.to_string()).unwrap(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_loop_calls_tools_and_feeds_results_back() {
+        let a = agent(
+            json!({"rules": [{"match": "add (?P<a>\\d+) and (?P<b>\\d+)", "turns": [
+                {"tool_calls": [{"name": "add", "arguments": {"a": "{{match.a}}", "b": 2}},
+                                {"name": "fail"},
+                                {"name": "nope"}]},
+                {"content": "sum={{result.0./sum}} err={{result.1./error/code}} unknown={{result.2./error/code}}"}
+            ]}]}),
+        );
+        let run = a.run(&Calc, Vec::new(), "add 40 and 2").await.unwrap();
+        // "40" is a string, so only b counts.
+        assert_eq!(run.reply, "sum=2 err=NOPE unknown=NO_HANDLER");
+        assert_eq!(run.steps, 2);
+        assert_eq!(run.tool_calls.len(), 3);
+        assert_eq!(run.tool_calls[0].result, Some(json!({"sum": 2})));
+        assert!(run.tool_calls[1].error.is_some());
+        // user, assistant(tool calls), 3 tool results, final assistant
+        assert_eq!(run.messages.len(), 6);
+        assert_eq!(run.messages[0], Message::user("add 40 and 2"));
+    }
+
+    #[tokio::test]
+    async fn the_loop_stops_at_max_steps_without_calling_the_last_tools() {
+        let a = agent(json!({"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "add", "arguments": {}}]}
+        ]}]}))
+        .max_steps(3);
+        let e = a.run(&Calc, Vec::new(), "loop").await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::MaxSteps { max_steps: 3, .. }),
+            "{e}"
+        );
+        assert_eq!(e.to_error_payload().code, ErrorCode::AgentTimeout);
+    }
+
+    #[tokio::test]
+    async fn no_model_is_a_config_error() {
+        let e = Agent::new("x")
+            .run(&Calc, Vec::new(), "hi")
+            .await
+            .unwrap_err();
+        match e {
+            AgentError::Model { error, .. } => assert_eq!(error.kind(), ModelErrorKind::Config),
+            other => panic!("{other}"),
+        }
+    }
+}

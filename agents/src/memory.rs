@@ -1,0 +1,253 @@
+//! Agent memory: the conversation of one agent with one session, kept in JetStream KV.
+//!
+//! | what | where |
+//! |---|---|
+//! | bucket | `<prefix>_memory` ([`Names::memory_bucket`](weft_bus::resources::Names)) |
+//! | key | `<agent>.<session_id>` |
+//! | value | JSON list of [`Message`]s, oldest first, without the system prompt |
+//!
+//! The list is bounded: [`Memory::save`] keeps the last [`DEFAULT_MEMORY_LIMIT`] (50)
+//! messages, cut so that it starts at a user message (a tool result never loses the
+//! call it answers), and drops older exchanges while the value is larger than
+//! [`MAX_MEMORY_BYTES`]. A chat without a session id has no memory.
+//!
+//! Two chats on the same session at the same time are not serialized: the last one to
+//! finish writes the history (the other's exchange is lost from memory, not from its
+//! reply).
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_nats::jetstream::kv;
+use weft_bus::subject::{SubjectError, validate_token};
+use weft_bus::{Bus, Error, ErrorKind};
+
+use crate::model::{Message, Role};
+
+/// Default number of messages kept per session: 50.
+pub const DEFAULT_MEMORY_LIMIT: usize = 50;
+
+/// Largest stored history in bytes (512 KiB, half the NATS default `max_payload`).
+pub const MAX_MEMORY_BYTES: usize = 512 * 1024;
+
+/// Longest session id, in characters: 128.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// A session id: one KV key token, `[A-Za-z0-9_-]{1,128}`, e.g. `demo-1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// The validated id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = SubjectError;
+
+    fn from_str(s: &str) -> Result<Self, SubjectError> {
+        validate_token("session id", s)?;
+        if s.len() > MAX_SESSION_ID_LEN {
+            return Err(SubjectError {
+                what: "session id",
+                input: s.to_owned(),
+                reason: format!("longer than {MAX_SESSION_ID_LEN} characters"),
+            });
+        }
+        Ok(SessionId(s.to_owned()))
+    }
+}
+
+/// The KV key of `agent`'s memory of `session`: `<agent>.<session_id>`.
+pub fn memory_key(agent: &str, session: &SessionId) -> String {
+    format!("{agent}.{session}")
+}
+
+/// The memory bucket of one mesh.
+///
+/// # Examples
+/// ```no_run
+/// use weft_agents::memory::Memory;
+/// # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+/// let memory = Memory::open(&bus).await?;
+/// let history = memory.load("support", &"demo-1".parse().unwrap()).await?;
+/// println!("{} messages remembered", history.len());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Memory {
+    store: kv::Store,
+    limit: usize,
+}
+
+impl fmt::Debug for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memory")
+            .field("bucket", &self.store.name)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Memory {
+    /// Opens the mesh's memory bucket `<prefix>_memory`, keeping
+    /// [`DEFAULT_MEMORY_LIMIT`] messages per session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket does not exist (`weft up` creates it).
+    pub async fn open(bus: &Bus) -> weft_bus::Result<Memory> {
+        Ok(Memory {
+            store: bus.kv(&bus.names().memory_bucket).await?,
+            limit: DEFAULT_MEMORY_LIMIT,
+        })
+    }
+
+    /// Most messages kept per session (at least 2). Default [`DEFAULT_MEMORY_LIMIT`].
+    pub fn limit(mut self, messages: usize) -> Self {
+        self.limit = messages.max(2);
+        self
+    }
+
+    /// The history of `agent` with `session`, oldest first; empty when there is none.
+    /// An unreadable entry is logged and treated as empty.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket cannot be read.
+    pub async fn load(&self, agent: &str, session: &SessionId) -> weft_bus::Result<Vec<Message>> {
+        let key = memory_key(agent, session);
+        let entry = self.store.get(&key).await.map_err(|e| {
+            Error::with_source(ErrorKind::Kv, format!("cannot read agent memory {key}"), e)
+        })?;
+        Ok(match entry {
+            None => Vec::new(),
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(%key, error = %e, "unreadable agent memory; starting afresh");
+                Vec::new()
+            }),
+        })
+    }
+
+    /// Stores `history` (oldest first) for `agent` with `session`, trimmed as the
+    /// [module docs](self) say, and returns what was stored.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the write fails.
+    pub async fn save(
+        &self,
+        agent: &str,
+        session: &SessionId,
+        history: Vec<Message>,
+    ) -> weft_bus::Result<Vec<Message>> {
+        let key = memory_key(agent, session);
+        let history = trim(history, self.limit);
+        let bytes = serde_json::to_vec(&history)
+            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot encode {key}: {e}")))?;
+        self.store.put(&key, bytes.into()).await.map_err(|e| {
+            Error::with_source(ErrorKind::Kv, format!("cannot write agent memory {key}"), e)
+        })?;
+        Ok(history)
+    }
+
+    /// Forgets the history of `agent` with `session`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the delete fails.
+    pub async fn clear(&self, agent: &str, session: &SessionId) -> weft_bus::Result<()> {
+        let key = memory_key(agent, session);
+        self.store.delete(&key).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Kv,
+                format!("cannot delete agent memory {key}"),
+                e,
+            )
+        })
+    }
+}
+
+/// Keeps the last `limit` messages, starting at a user message, within
+/// [`MAX_MEMORY_BYTES`].
+fn trim(mut history: Vec<Message>, limit: usize) -> Vec<Message> {
+    if history.len() > limit {
+        history.drain(..history.len() - limit);
+    }
+    drop_to_next_user(&mut history, 0);
+    while history.len() > 1
+        && serde_json::to_vec(&history).map_or(0, |b| b.len()) > MAX_MEMORY_BYTES
+    {
+        drop_to_next_user(&mut history, 1);
+    }
+    history
+}
+
+/// Drops messages from the front until the first one at or after `from` that is a
+/// user message (everything when there is none).
+fn drop_to_next_user(history: &mut Vec<Message>, from: usize) {
+    let cut = history
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, m)| m.role == Role::User)
+        .map_or(history.len(), |(i, _)| i);
+    history.drain(..cut);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ToolCall;
+    use serde_json::json;
+
+    #[test]
+    fn session_ids_are_single_tokens() {
+        assert!("demo-1".parse::<SessionId>().is_ok());
+        let err = "a.b".parse::<SessionId>().unwrap_err();
+        assert!(err.to_string().contains("session id"), "{err}");
+        assert!("a b".parse::<SessionId>().is_err());
+        assert!("".parse::<SessionId>().is_err());
+        assert!("x".repeat(129).parse::<SessionId>().is_err());
+    }
+
+    #[test]
+    fn trimming_keeps_the_tail_from_a_user_message() {
+        let mut h = Vec::new();
+        for i in 0..4 {
+            h.push(Message::user(format!("q{i}")));
+            h.push(Message::assistant(
+                "",
+                vec![ToolCall::new("c", "t", json!({}))],
+            ));
+            h.push(Message::tool("c", "{}"));
+            h.push(Message::assistant(format!("a{i}"), vec![]));
+        }
+        let t = trim(h.clone(), 6);
+        // The last 6 start mid-exchange; the cut moves on to the next user message.
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].content, "q3");
+        assert_eq!(trim(h.clone(), 100).len(), 16);
+        assert_eq!(trim(h, 8)[0].content, "q2");
+    }
+
+    #[test]
+    fn trimming_bounds_the_size() {
+        let big = "x".repeat(MAX_MEMORY_BYTES / 3);
+        let h = vec![
+            Message::user("1"),
+            Message::assistant(big.clone(), vec![]),
+            Message::user("2"),
+            Message::assistant(big.clone(), vec![]),
+            Message::user("3"),
+            Message::assistant(big, vec![]),
+        ];
+        let t = trim(h, 50);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].content, "2");
+    }
+}

@@ -1,0 +1,247 @@
+//! Tools: what a model may call during a run.
+//!
+//! [`Tools`] is the interface the tool loop uses: the specs to show the model and a
+//! way to call one tool. [`ServiceTools`] is the implementation agents use: the
+//! endpoints of the services an agent manages, read from the registry at chat time, so
+//! a service that starts, stops or adds an endpoint changes the agent's tools on its
+//! next chat.
+//!
+//! | tool | from the registry |
+//! |---|---|
+//! | name | `<service>_<endpoint>`, e.g. `tickets_list` (see [`tool_name`]) |
+//! | description | the endpoint's description |
+//! | parameters | the endpoint's input JSON Schema, default `{"type": "object"}` |
+//! | call | invoke `P.invoke.<service>.<endpoint>` with the arguments as payload |
+//!
+//! A call's result payload, or its error payload as `{"error": {code, message,
+//! retryable}}`, goes back to the model as the tool message (JSON text).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weft_bus::envelope::{Envelope, ErrorCode, ErrorPayload};
+use weft_bus::registry::{Kind, Registration, Registry};
+use weft_bus::{Bus, ErrorKind, ServiceName, Target};
+
+use crate::model::ToolSpec;
+
+/// What a tool call gives back: the result payload, or an error payload.
+pub type ToolOutcome = Result<Value, ErrorPayload>;
+
+/// Longest tool name OpenAI-compatible servers accept.
+pub const MAX_TOOL_NAME_LEN: usize = 64;
+
+/// Default timeout of one tool call: 30 s.
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A set of tools the tool loop can offer a model and call.
+#[async_trait::async_trait]
+pub trait Tools: Send + Sync {
+    /// The tools, as the model sees them.
+    fn specs(&self) -> Vec<ToolSpec>;
+
+    /// Calls the tool `name` with `arguments`.
+    ///
+    /// # Errors
+    /// The error payload goes back to the model; `NO_HANDLER` for an unknown name.
+    async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome;
+}
+
+/// The tool name of `endpoint` of `service`: `<service>_<endpoint>`. Both are subject
+/// tokens (`[A-Za-z0-9_-]+`), so the name fits OpenAI's `[a-zA-Z0-9_-]` rule.
+pub fn tool_name(service: &str, endpoint: &str) -> String {
+    format!("{service}_{endpoint}")
+}
+
+/// An error payload as tool message content: `{"error": {code, message, retryable,
+/// cause?}}`.
+pub fn error_content(error: &ErrorPayload) -> Value {
+    json!({ "error": error.to_value() })
+}
+
+/// The endpoints of some services as tools, called over the bus.
+///
+/// # Examples
+/// ```no_run
+/// use weft_agents::tool::{ServiceTools, Tools};
+/// # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+/// let tools = ServiceTools::discover(&bus, &["tickets".to_owned()]).await?;
+/// for spec in tools.specs() {
+///     println!("{}: {}", spec.name, spec.description);
+/// }
+/// let open = tools.call("tickets_list", &serde_json::json!({"status": "open"})).await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServiceTools {
+    bus: Bus,
+    tools: Vec<(ToolSpec, Target)>,
+    timeout: Duration,
+    caller: Option<String>,
+    session_id: Option<String>,
+    parent: Option<Envelope>,
+}
+
+impl ServiceTools {
+    /// The tools of the named services, from the live registry entries of kind
+    /// `service` (for each service, the most recently started instance). A service
+    /// that is not registered contributes no tools (logged as a warning).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the registry cannot be read.
+    pub async fn discover(bus: &Bus, services: &[String]) -> weft_bus::Result<ServiceTools> {
+        let registry = Registry::open(bus).await?;
+        let live = registry.list().await?;
+        let mut chosen = Vec::new();
+        for name in services {
+            let newest = live
+                .iter()
+                .filter(|r| r.kind == Kind::Service && &r.name == name)
+                .max_by(|a, b| a.started_at.cmp(&b.started_at));
+            match newest {
+                Some(r) => chosen.push(r.clone()),
+                None => {
+                    tracing::warn!(service = %name, "managed service is not registered; it has no tools now")
+                }
+            }
+        }
+        Ok(ServiceTools::from_registrations(bus, &chosen))
+    }
+
+    /// The tools of these registrations' endpoints. Endpoints whose tool name is longer
+    /// than [`MAX_TOOL_NAME_LEN`] or repeats an earlier one are left out (logged).
+    pub fn from_registrations(bus: &Bus, registrations: &[Registration]) -> ServiceTools {
+        let mut tools: Vec<(ToolSpec, Target)> = Vec::new();
+        for r in registrations {
+            let Ok(service) = r.name.parse::<ServiceName>() else {
+                tracing::warn!(service = %r.name, "registry entry with an invalid service name");
+                continue;
+            };
+            for e in &r.endpoints {
+                let name = tool_name(&r.name, &e.name);
+                if name.len() > MAX_TOOL_NAME_LEN {
+                    tracing::warn!(tool = %name, "tool name longer than {MAX_TOOL_NAME_LEN} characters; left out");
+                    continue;
+                }
+                if tools.iter().any(|(t, _)| t.name == name) {
+                    tracing::warn!(tool = %name, "two endpoints give the same tool name; the second is left out");
+                    continue;
+                }
+                let Ok(target) = Target::endpoint(service.clone(), &e.name) else {
+                    continue;
+                };
+                let description = if e.description.is_empty() {
+                    format!("Invokes {}.{}", r.name, e.name)
+                } else {
+                    e.description.clone()
+                };
+                tools.push((
+                    ToolSpec {
+                        name,
+                        description,
+                        parameters: e
+                            .input_schema
+                            .clone()
+                            .unwrap_or_else(|| json!({"type": "object"})),
+                    },
+                    target,
+                ));
+            }
+        }
+        ServiceTools {
+            bus: bus.clone(),
+            tools,
+            timeout: DEFAULT_TOOL_TIMEOUT,
+            caller: None,
+            session_id: None,
+            parent: None,
+        }
+    }
+
+    /// How long one call may take. Default [`DEFAULT_TOOL_TIMEOUT`] (30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The `from` of the request envelopes (the agent's name). Default none.
+    pub fn caller(mut self, name: impl Into<String>) -> Self {
+        self.caller = Some(name.into());
+        self
+    }
+
+    /// The `session_id` of the request envelopes. Default none.
+    pub fn session_id(mut self, session_id: Option<String>) -> Self {
+        self.session_id = session_id;
+        self
+    }
+
+    /// The envelope of the request that started the run: tool requests inherit its
+    /// trace (`trace_id`, `traceparent`), `tenant_id`, `user_id`, `conversation_id`
+    /// and `channel`, so one trace covers caller → agent → service. Default none.
+    pub fn parent(mut self, parent: Option<Envelope>) -> Self {
+        self.parent = parent;
+        self
+    }
+
+    /// The invoke target of tool `name`, if there is such a tool.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.tools
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map(|(_, t)| t)
+    }
+}
+
+#[async_trait::async_trait]
+impl Tools for ServiceTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome {
+        let Some(target) = self.target(name) else {
+            let known: Vec<&str> = self.tools.iter().map(|(t, _)| t.name.as_str()).collect();
+            return Err(ErrorPayload::new(
+                ErrorCode::NoHandler,
+                format!(
+                    "there is no tool named {name:?}; the tools are: {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        let mut request = Envelope::request(target.to_string(), arguments.clone());
+        if let Some(p) = &self.parent {
+            request.trace_id = p.trace_id.clone();
+            request.traceparent = p.traceparent.clone();
+            request.tenant_id = p.tenant_id.clone();
+            request.user_id = p.user_id.clone();
+            request.conversation_id = p.conversation_id.clone();
+            request.channel = p.channel.clone();
+        }
+        request.from = self.caller.clone();
+        request.session_id = self.session_id.clone();
+        match self.bus.request(target, request, self.timeout).await {
+            Ok(reply) => Ok(reply.payload.unwrap_or(Value::Null)),
+            Err(e) => Err(match e.kind() {
+                ErrorKind::Remote => e.remote().cloned().unwrap_or_else(|| {
+                    ErrorPayload::new(ErrorCode::TransportFailure, e.to_string())
+                }),
+                ErrorKind::Timeout => ErrorPayload::new(
+                    ErrorCode::AgentTimeout,
+                    format!(
+                        "{target} did not answer within {} ms",
+                        self.timeout.as_millis()
+                    ),
+                )
+                .retryable(),
+                ErrorKind::NoResponders => ErrorPayload::new(
+                    ErrorCode::AgentUnavailable,
+                    format!("{target} is not running (no responders)"),
+                )
+                .retryable(),
+                _ => ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()).retryable(),
+            }),
+        }
+    }
+}

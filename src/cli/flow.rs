@@ -1,0 +1,124 @@
+//! `weft flow runs` and `weft flow worker`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use weft_bus::resources::{self, ResourceConfig};
+use weft_flows::worker::{self, WorkerConfig};
+use weft_flows::{Flow, RunStore};
+
+use super::{Global, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum FlowCommand {
+    /// List runs (of one flow, or all) with their status and per-step state.
+    Runs(RunsArgs),
+    /// Run flows from JSON definition files until Ctrl-C or SIGTERM. Workers of the
+    /// same flow share its trigger consumer, so runs spread over them.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this flow.
+    pub flow: Option<String>,
+    /// Show at most the newest N runs.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Flow definition files (JSON), e.g. examples/support-desk/flows/triage.json.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Ack wait of the trigger consumers in ms: how soon another worker picks up the
+    /// runs of a worker that died.
+    #[arg(long, default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+}
+
+pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
+    match cmd {
+        FlowCommand::Runs(args) => runs(g, args).await,
+        FlowCommand::Worker(args) => run_worker(g, args).await,
+    }
+}
+
+async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
+    let bus = g.connect().await?;
+    let mut runs = RunStore::open(&bus)
+        .await?
+        .list(args.flow.as_deref())
+        .await?;
+    let skip = runs.len().saturating_sub(args.limit);
+    runs.drain(..skip);
+    if g.json {
+        let out: Vec<_> = runs.iter().map(|r| r.summary()).collect();
+        return print_json(&out);
+    }
+    if runs.is_empty() {
+        println!("no runs yet");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<10} {:<9}  {:<24} STEPS",
+        "RUN", "FLOW", "STATUS", "CREATED"
+    );
+    for r in runs {
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|s| {
+                let status = serde_json::to_value(s.status).unwrap_or_default();
+                format!(
+                    "{}:{}({})",
+                    s.name,
+                    status.as_str().unwrap_or("?"),
+                    s.attempts
+                )
+            })
+            .collect();
+        println!(
+            "{:<36}  {:<10} {:<9}  {:<24} {}",
+            r.id,
+            r.flow,
+            r.status.as_str(),
+            r.created_at,
+            steps.join(" ")
+        );
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
+    let mut flows = Vec::new();
+    for f in &args.files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        flows.push(Flow::from_json(&text).with_context(|| format!("in {}", f.display()))?);
+    }
+    let bus = g.connect().await?;
+    resources::ensure_exists(&bus, &ResourceConfig::default()).await?;
+    let config = WorkerConfig {
+        ack_wait: Duration::from_millis(args.ack_wait_ms),
+        ..WorkerConfig::default()
+    };
+    let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
+    let handle = worker::start(&bus, flows, config).await?;
+    eprintln!(
+        "flow worker running {} on {} (Ctrl-C to stop)",
+        names.join(", "),
+        bus.server_url()
+    );
+    super::up::shutdown_signal().await;
+    eprintln!("stopping: finishing running steps");
+    handle.stop().await;
+    bus.drain().await.ok();
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `weft up`: a local mesh in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use weft_bus::resources::{self, ResourceConfig};
+use weft_bus::server::{LocalServer, LocalServerConfig};
+use weft_gateway::{Gateway, GatewayConfig};
+
+use super::Global;
+
+/// `weft up [--demo]`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Also run the support desk demo: service `tickets`, agent `support` (scripted
+    /// model unless WEFT_MODEL_PROVIDER=openai), flow `triage`.
+    #[arg(long)]
+    pub demo: bool,
+    /// Address of the HTTP gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Client port of the local nats-server.
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+    /// Data directory: JetStream store and server log.
+    #[arg(long, default_value = ".weft")]
+    pub data: PathBuf,
+    /// The nats-server binary (default: $NATS_SERVER_BIN, PATH, .tools/).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Bearer token the gateway requires (needed to bind a non-loopback address).
+    #[arg(long, env = "WEFT_GATEWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Allow a non-loopback gateway address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
+    // 1. NATS: an existing server, or a local one.
+    let local = match &g.server {
+        Some(_) => None,
+        None => {
+            let mut config = LocalServerConfig::new(args.data.join("nats"));
+            config.port = Some(args.nats_port);
+            config.binary = args.nats_server.clone();
+            let server = LocalServer::start(config).await.with_context(|| {
+                format!(
+                    "cannot start a local nats-server on port {}",
+                    args.nats_port
+                )
+            })?;
+            Some(server)
+        }
+    };
+    let mut options = g.connect_options()?;
+    if let Some(server) = &local {
+        options = options.url(server.url());
+    }
+    let bus = options.name("weft-up").connect().await?;
+
+    // 2. Streams and buckets.
+    let made = resources::ensure(&bus, &ResourceConfig::default()).await?;
+
+    // 3. Gateway.
+    let gateway = Gateway::bind(
+        bus.clone(),
+        GatewayConfig {
+            addr: args.http,
+            auth_token: args.token.clone(),
+            allow_insecure: args.insecure,
+            ..GatewayConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot start the gateway on {}", args.http))?;
+    let http = gateway.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway_join = tokio::spawn(gateway.serve(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // 4. The demo.
+    let demo = if args.demo {
+        Some(weft_example_support_desk::start(&bus).await?)
+    } else {
+        None
+    };
+
+    // 5. Tell the user what runs and what to try.
+    println!("weft is up (prefix {})", bus.prefix());
+    match &local {
+        Some(s) => println!(
+            "  nats-server  {} (JetStream store in {}, log {})",
+            s.url(),
+            args.data.join("nats").display(),
+            s.log_path().display()
+        ),
+        None => println!("  nats         {} (existing server)", bus.server_url()),
+    }
+    println!("  streams      {}", made.streams.join(", "));
+    println!("  kv buckets   {}", made.buckets.join(", "));
+    println!("  gateway      http://{http}  (/v1/events, /v1/invoke, /metrics, /healthz)");
+    if let Some(d) = &demo {
+        println!("  demo         {}", d.describe());
+    }
+    println!();
+    let env_hint = match &local {
+        Some(s) if s.url() != "nats://127.0.0.1:4222" => format!("NATS_URL={} ", s.url()),
+        _ => String::new(),
+    };
+    println!("try, from another terminal:");
+    println!(
+        "  curl -X POST http://{http}/v1/events/ticket.created -H 'content-type: application/json' -d '{{\"title\":\"Cannot log in\",\"body\":\"The reset link fails\"}}'"
+    );
+    println!("  {env_hint}weft flow runs triage");
+    println!("  {env_hint}weft call support '{{\"message\":\"How many tickets are open?\"}}'");
+    println!("(also: weft sub 'ticket.>', weft ls, curl http://{http}/metrics; Ctrl-C stops)");
+
+    // 6. Wait, then stop in order: demo, gateway, connection, server.
+    shutdown_signal().await;
+    eprintln!("stopping: demo, gateway, then nats-server");
+    if let Some(d) = demo {
+        if let Err(e) = d.stop().await {
+            eprintln!("warning: demo did not stop cleanly: {e}");
+        }
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(10), gateway_join).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("warning: gateway stopped with an error: {e}"),
+        Ok(Err(e)) => eprintln!("warning: gateway task failed: {e}"),
+        Err(_) => eprintln!("warning: gateway did not stop within 10 s"),
+    }
+    bus.drain().await.ok();
+    if let Some(s) = local {
+        s.stop(Duration::from_secs(10)).await;
+    }
+    eprintln!("stopped");
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! End-to-end tests across crates, with real processes: the `weft` binary against a
+//! real nats-server.
+
+mod demo;
+mod processes;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    /// Runs the `weft` binary with `args`, stdout piped, stderr to a file in `log_dir`.
+    pub fn weft(name: &'static str, args: &[&str], log_dir: &std::path::Path) -> Proc {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .env_remove("NATS_URL")
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weft");
+        Proc { child, name }
+    }
+
+    /// SIGKILL now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits up to `timeout` for the exit status.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `weft args…` to completion and returns stdout; panics with stderr on failure.
+pub fn weft_output(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("run weft");
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,175 @@
+//! Process-level guarantees: a registry entry expires after SIGKILL, and a flow run
+//! survives its worker being killed mid-step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weft_bus::registry::{Kind, Registry};
+use weft_bus::service::{Endpoint, Request, Service};
+use weft_bus::testing::{TestServer, eventually};
+use weft_flows::{RunStatus, RunStore, StepStatus};
+
+use crate::Proc;
+
+fn write_flow(dir: &std::path::Path, name: &str, flow: serde_json::Value) -> String {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, flow.to_string()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+async fn wait_registered(registry: &Registry, name: &str) {
+    let found = eventually(Duration::from_secs(20), || async {
+        (!registry
+            .list_kind(Kind::Flow, Some(name))
+            .await
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "flow worker {name} never registered");
+}
+
+#[tokio::test]
+async fn registry_entry_expires_within_its_ttl_after_sigkill() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await; // registry TTL 3 s
+    let file = write_flow(
+        server.dir(),
+        "idle",
+        json!({"name": "idle", "trigger": "never.happens", "steps": [{"name": "s", "publish": "x"}]}),
+    );
+    let mut worker = Proc::weft(
+        "idle-worker",
+        &["flow", "worker", &file, "--server", server.url()],
+        server.dir(),
+    );
+    let registry = Registry::open(&bus).await.unwrap();
+    wait_registered(&registry, "idle").await;
+
+    worker.kill();
+    let killed = Instant::now();
+    let gone = eventually(Duration::from_secs(10), || async {
+        registry
+            .list_kind(Kind::Flow, Some("idle"))
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "entry still there 10 s after SIGKILL");
+    // TTL 3 s; allow for the server's expiry sweep.
+    assert!(
+        killed.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_run_resumes_on_another_worker_after_sigkill_without_rerunning_finished_steps() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let counts: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let (c1, c2, c3) = (counts.clone(), counts.clone(), counts.clone());
+    let _fx = Service::new("fx", "1.0.0")
+        .endpoint(Endpoint::new("one", move |_r: Request| {
+            let c = c1.clone();
+            async move {
+                c[0].fetch_add(1, Ordering::SeqCst);
+                Ok(json!({"one": true}))
+            }
+        }))
+        .endpoint(Endpoint::new("slow", move |_r: Request| {
+            let c = c2.clone();
+            async move {
+                c[1].fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(json!({"slow": true}))
+            }
+        }))
+        .endpoint(Endpoint::new("three", move |_r: Request| {
+            let c = c3.clone();
+            async move {
+                c[2].fetch_add(1, Ordering::SeqCst);
+                Ok(json!({"three": true}))
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let file = write_flow(
+        server.dir(),
+        "crashy",
+        json!({"name": "crashy", "trigger": "job.start", "steps": [
+            {"name": "one", "invoke": "fx.one"},
+            {"name": "two", "invoke": "fx.slow", "input": "${steps.one.output}"},
+            {"name": "three", "invoke": "fx.three", "input": "${steps.two.output}"}
+        ]}),
+    );
+    let args = [
+        "flow",
+        "worker",
+        file.as_str(),
+        "--server",
+        server.url(),
+        "--ack-wait-ms",
+        "1500",
+    ];
+    let mut first = Proc::weft("worker-a", &args, server.dir());
+    let registry = Registry::open(&bus).await.unwrap();
+    wait_registered(&registry, "crashy").await;
+
+    let trigger = bus
+        .publish(&"job.start".parse().unwrap(), json!({}))
+        .await
+        .unwrap();
+    let in_step_two = eventually(Duration::from_secs(10), || async {
+        (counts[1].load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert!(in_step_two.is_some(), "worker A never reached step two");
+    first.kill(); // SIGKILL while step two is in progress
+
+    let store = RunStore::open(&bus).await.unwrap();
+    let run_id = weft_flows::run::run_id("crashy", &trigger.event_id);
+    let run = store.load("crashy", &run_id).await.unwrap().unwrap().run;
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.steps[0].status, StepStatus::Completed);
+    assert_eq!(
+        run.steps[1].status,
+        StepStatus::Running,
+        "{:?}",
+        run.steps[1]
+    );
+
+    let _second = Proc::weft("worker-b", &args, server.dir());
+    let done = eventually(Duration::from_secs(20), || async {
+        let s = store.load("crashy", &run_id).await.unwrap()?;
+        (s.run.status == RunStatus::Completed).then_some(s.run)
+    })
+    .await
+    .expect("worker B did not complete the run");
+
+    assert_eq!(
+        counts[0].load(Ordering::SeqCst),
+        1,
+        "finished step one ran again"
+    );
+    assert_eq!(
+        counts[2].load(Ordering::SeqCst),
+        1,
+        "step three ran more than once"
+    );
+    assert_eq!(
+        counts[1].load(Ordering::SeqCst),
+        2,
+        "the interrupted step runs again, once"
+    );
+    let attempts: Vec<u32> = done.steps.iter().map(|s| s.attempts).collect();
+    assert_eq!(attempts, [1, 2, 1]);
+    assert_eq!(done.steps[2].output.as_ref().unwrap()["three"], true);
+}
