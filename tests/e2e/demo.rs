@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::{Proc, free_port, weft_output};
+use crate::{Proc, free_port, http_client, weft_output};
 
 #[tokio::test]
 async fn weft_up_demo_triages_a_ticket_end_to_end() {
@@ -67,7 +67,7 @@ async fn weft_up_demo_triages_a_ticket_end_to_end() {
         .unwrap();
 
     // POST a ticket: 202 with an event id, after the JetStream ack.
-    let client = reqwest::Client::new();
+    let client = http_client();
     let resp = client
         .post(format!("http://{http}/v1/events/ticket.created"))
         .header("content-type", "application/json")

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 /// A child process killed (SIGKILL) on drop.
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Its name in logs.
     pub name: &'static str,
 }
 
@@ -78,4 +80,11 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A reqwest client. The workspace builds reqwest with `rustls-no-provider` (for
+/// async-openai), so a crypto provider must be installed before the first client.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -37,7 +37,7 @@ pub async fn start_with(bus: &Bus, config: GatewayConfig) -> Running {
     }));
     Running {
         addr,
-        http: reqwest::Client::new(),
+        http: http_client(),
         stop,
         task,
     }
@@ -98,4 +98,11 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
         .unwrap_or_else(|| panic!("no message: {body}"));
     assert!(!message.is_empty(), "{body}");
     message.to_owned()
+}
+
+/// A reqwest client. The workspace builds reqwest with `rustls-no-provider` (for
+/// async-openai), so a crypto provider must be installed before the first client.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
