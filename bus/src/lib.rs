@@ -1,10 +1,10 @@
 //! # weft-bus
 //!
-//! The part of Weft every other part stands on: the [envelope](envelope), validated
+//! The part of Weft every other part stands on: the [envelope], validated
 //! [subjects](subject), the [connection](Bus), durable and fire-and-forget
-//! [publish](publish), core [subscriptions](subscribe), [invoke](invoke) with
+//! [publish], core [subscriptions](subscribe), [invoke] with
 //! request-reply, [services](service) that are also NATS micro services, the
-//! [registry](registry), [durable consumers](consumer) with [dead letters](dlq), the
+//! [registry], [durable consumers](consumer) with [dead letters](dlq), the
 //! mesh's JetStream [resources], Prometheus [metrics], a local
 //! [`nats-server`](server) and, with the `testing` feature, a test harness.
 //!

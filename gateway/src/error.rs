@@ -308,9 +308,14 @@ mod tests {
         assert_eq!(body.cause.as_deref(), Some("because"));
         assert!(body.retryable);
 
-        let app = ErrorPayload::new(ErrorCode::Other("NOT_FOUND".into()), "gone");
+        let app = ErrorPayload::new(ErrorCode::Other("QUOTA_EXCEEDED".into()), "spent");
         let e = ApiError::from(weft_bus::Error::from_remote("t", app));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code(), "QUOTA_EXCEEDED");
+
+        let missing = ErrorPayload::new(ErrorCode::Other("NOT_FOUND".into()), "gone");
+        let e = ApiError::from(weft_bus::Error::from_remote("t", missing));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert_eq!(e.code(), "NOT_FOUND");
 
         let micro = ErrorPayload::new(ErrorCode::Other("SERVICE_ERROR_404".into()), "nope");

@@ -1,8 +1,7 @@
 //! `weft ls` and `weft agent list`.
 
 use clap::Subcommand;
-use serde_json::json;
-use weft_bus::registry::{Kind, Registry};
+use weft_bus::registry::Registry;
 
 use super::{Global, print_json};
 
@@ -46,53 +45,31 @@ pub enum AgentCommand {
 pub async fn agent(g: &Global, cmd: AgentCommand) -> anyhow::Result<()> {
     let AgentCommand::List = cmd;
     let bus = g.connect().await?;
-    let registry = Registry::open(&bus).await?;
-    let agents = registry.list_kind(Kind::Agent, None).await?;
-    let listing: Vec<_> = registry
-        .listing()
-        .await?
-        .into_iter()
-        .filter(|l| l.kind == Kind::Agent)
-        .map(|l| {
-            let one = agents.iter().find(|a| a.name == l.name);
-            json!({
-                "name": l.name,
-                "instances": l.instances,
-                "versions": l.versions,
-                "description": l.description,
-                "model": one.and_then(|a| a.metadata.get("model")).cloned(),
-                "manages": one.and_then(|a| a.metadata.get("manages")).cloned(),
-            })
-        })
-        .collect();
+    let agents = weft_agents::agent::list(&bus).await?;
     if g.json {
-        return print_json(&listing);
+        return print_json(&agents);
     }
-    if listing.is_empty() {
+    if agents.is_empty() {
         println!("no agents registered on {}", bus.server_url());
         return Ok(());
     }
     println!(
-        "{:<16} {:>9}  {:<12} {:<20} DESCRIPTION",
-        "NAME", "INSTANCES", "MODEL", "MANAGES"
+        "{:<16} {:>9}  {:<10} {:<20} {:<20} DESCRIPTION",
+        "NAME", "INSTANCES", "VERSION", "MODEL", "MANAGES"
     );
-    for a in listing {
-        let manages = a["manages"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+    for a in agents {
+        let model = match &a.model_id {
+            Some(id) => format!("{} ({id})", a.model),
+            None => a.model.clone(),
+        };
         println!(
-            "{:<16} {:>9}  {:<12} {:<20} {}",
-            a["name"].as_str().unwrap_or_default(),
-            a["instances"].as_u64().unwrap_or(0),
-            a["model"].as_str().unwrap_or("-"),
-            manages,
-            a["description"].as_str().unwrap_or_default()
+            "{:<16} {:>9}  {:<10} {:<20} {:<20} {}",
+            a.name,
+            a.instances,
+            a.versions.join(","),
+            model,
+            a.manages.join(","),
+            a.description
         );
     }
     Ok(())

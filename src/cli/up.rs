@@ -149,10 +149,10 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     // 6. Wait, then stop in order: demo, gateway, connection, server.
     shutdown_signal().await;
     eprintln!("stopping: demo, gateway, then nats-server");
-    if let Some(d) = demo {
-        if let Err(e) = d.stop().await {
-            eprintln!("warning: demo did not stop cleanly: {e}");
-        }
+    if let Some(d) = demo
+        && let Err(e) = d.stop().await
+    {
+        eprintln!("warning: demo did not stop cleanly: {e}");
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(10), gateway_join).await {
