@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::one_line(&e));
             if let Some(hint) = cli::hint(&e) {
                 eprintln!("hint: {hint}");
             }

@@ -212,12 +212,7 @@ impl Tools for ServiceTools {
         };
         let mut request = Envelope::request(target.to_string(), arguments.clone());
         if let Some(p) = &self.parent {
-            request.trace_id = p.trace_id.clone();
-            request.traceparent = p.traceparent.clone();
-            request.tenant_id = p.tenant_id.clone();
-            request.user_id = p.user_id.clone();
-            request.conversation_id = p.conversation_id.clone();
-            request.channel = p.channel.clone();
+            request.inherit_context(p);
         }
         request.from = self.caller.clone();
         request.session_id = self.session_id.clone();

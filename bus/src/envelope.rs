@@ -266,12 +266,7 @@ impl Envelope {
         r.from = self.to.clone();
         r.to = self.from.clone();
         r.session_id = self.session_id.clone();
-        r.conversation_id = self.conversation_id.clone();
-        r.tenant_id = self.tenant_id.clone();
-        r.user_id = self.user_id.clone();
-        r.channel = self.channel.clone();
-        r.trace_id = self.trace_id.clone();
-        r.traceparent = self.traceparent.clone();
+        r.inherit_context(self);
         r.metadata = self
             .metadata
             .iter()
@@ -279,6 +274,19 @@ impl Envelope {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         r
+    }
+
+    /// Copies the context fields of the envelope that caused this one: `trace_id`,
+    /// `traceparent`, `conversation_id`, `tenant_id`, `user_id` and `channel`. Used by
+    /// replies, by flow steps (from their trigger) and by agent tool calls (from the
+    /// chat request), so one trace and one tenant follow the work across the mesh.
+    pub fn inherit_context(&mut self, cause: &Envelope) {
+        self.trace_id = cause.trace_id.clone();
+        self.traceparent = cause.traceparent.clone();
+        self.conversation_id = cause.conversation_id.clone();
+        self.tenant_id = cause.tenant_id.clone();
+        self.user_id = cause.user_id.clone();
+        self.channel = cause.channel.clone();
     }
 
     /// An error reply to this request: `agent.response.error`, payload an

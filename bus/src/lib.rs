@@ -5,7 +5,7 @@
 //! [publish], core [subscriptions](subscribe), [invoke] with
 //! request-reply, [services](service) that are also NATS micro services, the
 //! [registry], [durable consumers](consumer) with [dead letters](dlq), the
-//! mesh's JetStream [resources], Prometheus [metrics], a local
+//! mesh's JetStream [resources], [KV helpers](kv), Prometheus [metrics], a local
 //! [`nats-server`](server) and, with the `testing` feature, a test harness.
 //!
 //! The wire contract (subjects, envelope, headers, streams, buckets) is described in
@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod invoke;
+pub mod kv;
 pub mod metrics;
 pub mod publish;
 pub mod registry;

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -160,29 +159,11 @@ impl Registry {
     /// # Errors
     /// [`ErrorKind::Kv`] when the bucket cannot be read.
     pub async fn list(&self) -> Result<Vec<Registration>> {
-        let kv_err = |e: &dyn std::fmt::Display| {
-            Error::new(ErrorKind::Kv, format!("cannot read the registry: {e}"))
-        };
-        let keys: Vec<String> = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| kv_err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| kv_err(&e))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            // An entry may expire between listing and reading it.
-            if let Some(bytes) = self.store.get(&key).await.map_err(|e| kv_err(&e))? {
-                match serde_json::from_slice::<Registration>(&bytes) {
-                    Ok(r) => out.push(r),
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "skipping unreadable registry entry")
-                    }
-                }
-            }
-        }
+        let mut out: Vec<Registration> = crate::kv::read_all(&self.store, "")
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         out.sort_by(|a, b| (a.kind, &a.name, &a.instance).cmp(&(b.kind, &b.name, &b.instance)));
         Ok(out)
     }

@@ -4,7 +4,6 @@
 //! other's progress: the loser gets [`FlowError::Conflict`] and backs off.
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use weft_bus::Bus;
 
 use crate::error::FlowError;
@@ -109,28 +108,12 @@ impl RunStore {
     /// # Errors
     /// [`FlowError::Store`] when KV fails.
     pub async fn list(&self, flow: Option<&str>) -> Result<Vec<Run>, FlowError> {
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(store_err)?
-            .try_collect()
-            .await
-            .map_err(store_err)?;
-        let mut runs = Vec::new();
-        for k in keys {
-            if let Some(f) = flow
-                && !k.starts_with(&format!("{f}."))
-            {
-                continue;
-            }
-            if let Some(bytes) = self.kv.get(&k).await.map_err(store_err)? {
-                match serde_json::from_slice::<Run>(&bytes) {
-                    Ok(r) => runs.push(r),
-                    Err(e) => tracing::warn!(key = %k, error = %e, "skipping unreadable run"),
-                }
-            }
-        }
+        let prefix = flow.map(|f| format!("{f}.")).unwrap_or_default();
+        let mut runs: Vec<Run> = weft_bus::kv::read_all(&self.kv, &prefix)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(runs)
     }

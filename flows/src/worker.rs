@@ -258,10 +258,7 @@ async fn execute_step(
     let trigger = &run.trigger;
     let inherit = |env: &mut Envelope| {
         env.event_id = event_id.clone();
-        env.trace_id = trigger.trace_id.clone();
-        env.traceparent = trigger.traceparent.clone();
-        env.tenant_id = trigger.tenant_id.clone();
-        env.user_id = trigger.user_id.clone();
+        env.inherit_context(trigger);
         env.from = Some(format!("flow.{}", run.flow));
         env.metadata
             .insert("weft.flow.run_id".into(), json!(run.id));

@@ -211,3 +211,45 @@ async fn register(state: &AppState, addr: SocketAddr) -> Option<Registered> {
         }
     }
 }
+
+/// A bare metrics endpoint for long-running processes that run no gateway (e.g.
+/// `weft flow worker`): `GET /metrics` (Prometheus text) and `GET /healthz` only,
+/// without auth, so bind it to loopback or a private interface.
+pub struct MetricsServer {
+    listener: TcpListener,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the address cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> Result<MetricsServer, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(MetricsServer { listener })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves.
+    ///
+    /// # Errors
+    /// [`Error::Serve`] when the HTTP server fails.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(routes::ops::metrics))
+            .route("/healthz", axum::routing::get(routes::ops::healthz));
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Serve)
+    }
+}

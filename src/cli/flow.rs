@@ -38,6 +38,9 @@ pub struct WorkerArgs {
     /// runs of a worker that died.
     #[arg(long, default_value_t = 30_000)]
     pub ack_wait_ms: u64,
+    /// Serve Prometheus metrics (GET /metrics) on this address; port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics: std::net::SocketAddr,
 }
 
 pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
@@ -110,15 +113,24 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         ..WorkerConfig::default()
     };
     let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
+    let metrics = weft_gateway::MetricsServer::bind(args.metrics).await?;
+    let metrics_addr = metrics.local_addr();
+    let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = tokio::spawn(metrics.serve(async move {
+        let _ = stopped.await;
+    }));
     let handle = worker::start(&bus, flows, config).await?;
     eprintln!(
-        "flow worker running {} on {} (Ctrl-C to stop)",
+        "flow worker running {} on {}; metrics on http://{}/metrics (Ctrl-C to stop)",
         names.join(", "),
-        bus.server_url()
+        bus.server_url(),
+        metrics_addr.map_or("?".into(), |a| a.to_string())
     );
     super::up::shutdown_signal().await;
     eprintln!("stopping: finishing running steps");
     handle.stop().await;
+    let _ = stop_metrics.send(());
+    let _ = metrics_task.await;
     bus.drain().await.ok();
     Ok(())
 }

@@ -128,6 +128,23 @@ pub fn parse_json_arg(what: &str, text: &str) -> anyhow::Result<serde_json::Valu
     })
 }
 
+/// The error and its causes on one line, leaving out causes whose text an earlier
+/// message already contains (library errors often repeat their source).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// A hint for errors a person can fix, printed under the error.
 pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
     let bus = e

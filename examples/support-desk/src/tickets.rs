@@ -10,7 +10,6 @@
 //! `ticket.triaged` event adds the classification and the drafted reply.
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableConfig};
@@ -105,21 +104,12 @@ fn store_failure(e: impl std::fmt::Display) -> ErrorPayload {
 }
 
 async fn all_tickets(kv: &kv::Store) -> Result<Vec<Ticket>, ErrorPayload> {
-    let keys: Vec<String> = kv
-        .keys()
+    let mut out: Vec<Ticket> = weft_bus::kv::read_all(kv, "")
         .await
         .map_err(store_failure)?
-        .try_collect()
-        .await
-        .map_err(store_failure)?;
-    let mut out = Vec::new();
-    for k in keys {
-        if let Some(bytes) = kv.get(&k).await.map_err(store_failure)?
-            && let Ok(t) = serde_json::from_slice::<Ticket>(&bytes)
-        {
-            out.push(t);
-        }
-    }
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
     out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
     Ok(out)
 }
