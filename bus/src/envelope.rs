@@ -189,14 +189,15 @@ pub enum EnvelopeError {
     },
 }
 
-/// Current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-21T14:03:07.123Z`.
+/// Current time as RFC 3339 UTC with exactly three fractional digits, e.g.
+/// `2026-11-21T14:03:07.120Z`, so that times sort as strings.
 pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// A fresh UUIDv7 as a string.
@@ -567,6 +568,13 @@ mod tests {
                 .get_version_num(),
             7
         );
+    }
+
+    #[test]
+    fn timestamps_have_fixed_width() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), "2026-11-21T14:03:07.120Z".len(), "{t}");
+        assert!(OffsetDateTime::parse(&t, &Rfc3339).is_ok(), "{t}");
     }
 
     #[test]

@@ -19,11 +19,11 @@ use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableC
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 use weft_bus::{Bus, Envelope, ErrorKind, Target};
 
-use crate::checkpoint::{RunStore, Stored};
+use crate::checkpoint::RunStore;
 use crate::definition::{Flow, Step, StepKind};
 use crate::error::FlowError;
 use crate::metrics;
-use crate::run::{Run, RunStatus, StepStatus};
+use crate::run::{Run, RunStatus};
 use crate::template;
 
 /// Settings of a worker. Every field states its default.
@@ -143,6 +143,7 @@ async fn execute_run(
     if stored.run.steps.iter().all(|s| s.attempts == 0) && delivery.attempt == 1 {
         m.runs.with_label_values(&[&flow.name, "started"]).inc();
     }
+    let mut finished_here = false;
     while let Some(i) = stored.run.next_step() {
         let step = &flow.steps[i];
         if stored.run.steps[i].attempts >= step.max_attempts {
@@ -175,6 +176,7 @@ async fn execute_run(
                     .inc();
                 stored.run.complete_step(i, output);
                 store.save(&mut stored).await.map_err(retry)?;
+                finished_here = stored.run.status == RunStatus::Completed;
             }
             Err(failure) => {
                 let give_up =
@@ -194,29 +196,11 @@ async fn execute_run(
             }
         }
     }
-    if stored.run.status == RunStatus::Completed
-        && stored
-            .run
-            .steps
-            .last()
-            .is_some_and(|s| s.status == StepStatus::Completed)
-        && just_finished(&stored)
-    {
+    if finished_here {
         m.runs.with_label_values(&[&flow.name, "completed"]).inc();
         tracing::info!(flow = %flow.name, run = %stored.run.id, "run completed");
     }
     Ok(())
-}
-
-/// True when the last step finished during this delivery (its finish is the run's
-/// last update), so a redelivered, already completed run is not counted twice.
-fn just_finished(stored: &Stored) -> bool {
-    stored
-        .run
-        .steps
-        .last()
-        .and_then(|s| s.finished_at.as_deref())
-        == Some(stored.run.updated_at.as_str())
 }
 
 /// The `event_id` every attempt of step `i` uses: a UUIDv5 of (run, step), so retries

@@ -87,7 +87,10 @@ fn dashboards_and_alerts_use_only_registered_metrics() {
                 continue; // the dashboard uid
             }
             let b = base(&name).to_owned();
-            assert!(code.contains(&b), "{file} queries {name}, which the code does not register");
+            assert!(
+                code.contains(&b),
+                "{file} queries {name}, which the code does not register"
+            );
             used.insert(b);
         }
     }

@@ -94,9 +94,37 @@ async fn a_three_step_flow_runs_in_order_and_checkpoints_outputs() {
     assert_eq!(run.steps[1].output.as_ref().unwrap()["value"], 20);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
-    // A redelivered trigger finds the completed run and re-runs nothing.
-    handle.stop().await;
-    let handle = worker::start(&bus, vec![], fast()).await.unwrap();
+    // The same trigger delivered again (same event_id, new message id, as a replay
+    // would) finds the completed run: nothing re-runs, nothing is counted twice.
+    let m = weft_flows::metrics::flows();
+    let completed = m.runs.with_label_values(&["math", "completed"]);
+    assert_eq!(completed.get(), 1);
+    let acks = weft_bus::metrics::bus()
+        .deliveries
+        .with_label_values(&["flow_math", "ack"]);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "replayed-trigger");
+    bus.jetstream()
+        .publish_with_headers(
+            "weft.events.number.given",
+            headers,
+            run.trigger.to_bytes().unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let handled = eventually(Duration::from_secs(5), || async {
+        (acks.get() == 2).then_some(())
+    })
+    .await;
+    assert!(handled.is_some(), "the replayed trigger was not handled");
+    assert_eq!(completed.get(), 1, "a completed run was counted twice");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a completed step ran again"
+    );
     let stored = store.load("math", &run.id).await.unwrap().unwrap();
     assert_eq!(stored.run, run);
     handle.stop().await;
