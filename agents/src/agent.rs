@@ -62,6 +62,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::Instrument;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
+use weft_bus::invoke::Invoker;
+use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer};
 use weft_bus::registry::{Kind, Registry};
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
@@ -92,6 +94,7 @@ pub struct Agent {
     max_steps: usize,
     tool_timeout: Duration,
     memory_limit: usize,
+    breaker: CircuitBreakerLayer,
 }
 
 impl std::fmt::Debug for Agent {
@@ -120,7 +123,16 @@ impl Agent {
             max_steps: DEFAULT_MAX_STEPS,
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            breaker: CircuitBreakerLayer::default(),
         }
+    }
+
+    /// Circuit breaker on tool calls: a failing service is not called for a while and
+    /// the model is told so at once. Default [`BreakerConfig::default`] (5 failures,
+    /// 10 s).
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = CircuitBreakerLayer::new(config);
+        self
     }
 
     /// Semver version of the agent service. Default `0.1.0`.
@@ -230,6 +242,7 @@ impl Agent {
                 .await
                 .map_err(AgentError::Registry)?
         }
+        .invoker(Invoker::guarded(bus, &self.breaker))
         .timeout(self.tool_timeout)
         .caller(&self.name)
         .session_id(request.session_id.as_ref().map(|s| s.to_string()))

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use weft_bus::envelope::{Envelope, ErrorCode, ErrorPayload};
+use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
+use weft_bus::middleware::ServiceExt;
 use weft_bus::registry::{Kind, Registration, Registry};
 use weft_bus::{Bus, ErrorKind, ServiceName, Target};
 
@@ -72,14 +74,24 @@ pub fn error_content(error: &ErrorPayload) -> Value {
 /// let open = tools.call("tickets_list", &serde_json::json!({"status": "open"})).await;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceTools {
-    bus: Bus,
+    invoker: BoxInvoker,
     tools: Vec<(ToolSpec, Target)>,
     timeout: Duration,
     caller: Option<String>,
     session_id: Option<String>,
     parent: Option<Envelope>,
+}
+
+impl std::fmt::Debug for ServiceTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceTools")
+            .field("tools", &self.tools)
+            .field("timeout", &self.timeout)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceTools {
@@ -149,13 +161,20 @@ impl ServiceTools {
             }
         }
         ServiceTools {
-            bus: bus.clone(),
+            invoker: tower::util::BoxCloneSyncService::new(Invoker::new(bus.clone())),
             tools,
             timeout: DEFAULT_TOOL_TIMEOUT,
             caller: None,
             session_id: None,
             parent: None,
         }
+    }
+
+    /// The invoke stack tool calls go through. Default a plain [`Invoker`]; agents pass
+    /// one guarded by their circuit breaker ([`Invoker::guarded`]).
+    pub fn invoker(mut self, invoker: BoxInvoker) -> Self {
+        self.invoker = invoker;
+        self
     }
 
     /// How long one call may take. Default [`DEFAULT_TOOL_TIMEOUT`] (30 s).
@@ -216,7 +235,8 @@ impl Tools for ServiceTools {
         }
         request.from = self.caller.clone();
         request.session_id = self.session_id.clone();
-        match self.bus.request(target, request, self.timeout).await {
+        let call = InvokeRequest::new(target.clone(), request, self.timeout);
+        match self.invoker.clone().oneshot(call).await {
             Ok(reply) => Ok(reply.payload.unwrap_or(Value::Null)),
             Err(e) => Err(match e.kind() {
                 ErrorKind::Remote => e.remote().cloned().unwrap_or_else(|| {
@@ -235,6 +255,9 @@ impl Tools for ServiceTools {
                     format!("{target} is not running (no responders)"),
                 )
                 .retryable(),
+                ErrorKind::Rejected => {
+                    ErrorPayload::new(ErrorCode::AgentUnavailable, e.to_string()).retryable()
+                }
                 _ => ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()).retryable(),
             }),
         }

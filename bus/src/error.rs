@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Conflict,
     /// Starting or talking to a local `nats-server` failed.
     Server,
+    /// The call was not made: a circuit breaker is open, or a limit was reached.
+    Rejected,
     /// Anything else.
     Other,
 }
@@ -78,6 +80,11 @@ impl Error {
             remote: Some(Box::new(payload)),
             source: None,
         }
+    }
+
+    /// A [`ErrorKind::Rejected`] error: the call was not made.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Rejected, message)
     }
 
     /// The kind, to match on.

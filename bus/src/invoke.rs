@@ -6,7 +6,10 @@
 //! ACP peers. The answer is `agent.response.final` (payload = result) or
 //! `agent.response.error` (payload [`ErrorPayload`]).
 
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use async_nats::RequestErrorKind;
 use serde_json::Value;
@@ -150,5 +153,88 @@ impl Bus {
             return Err(Error::from_remote(&target.to_string(), payload));
         }
         Ok(reply)
+    }
+}
+
+/// One outbound invoke, as the [`Invoker`] service takes it.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    /// Where to.
+    pub target: Target,
+    /// The request envelope (`reply_to` is set when sent).
+    pub envelope: Envelope,
+    /// How long to wait for the terminal reply.
+    pub timeout: Duration,
+}
+
+impl InvokeRequest {
+    /// A request to `target` carrying `envelope`, waiting up to `timeout`.
+    pub fn new(target: Target, envelope: Envelope, timeout: Duration) -> Self {
+        InvokeRequest {
+            target,
+            envelope,
+            timeout,
+        }
+    }
+}
+
+/// Outbound invokes as a tower [`Service`](tower::Service), so callers (flows, agents,
+/// your code) stack middleware such as
+/// [`CircuitBreakerLayer`](crate::middleware::CircuitBreakerLayer) on them. The
+/// response is the terminal reply envelope; errors are as [`Bus::request`].
+///
+/// # Examples
+/// ```no_run
+/// use std::time::Duration;
+/// use weft_bus::invoke::{InvokeRequest, Invoker};
+/// use weft_bus::middleware::{CircuitBreakerLayer, ServiceBuilder, ServiceExt};
+/// # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+/// let invoker = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::default())
+///     .service(Invoker::new(bus));
+/// let target: weft_bus::Target = "tickets.list".parse()?;
+/// let env = weft_bus::Envelope::request("tickets.list", serde_json::json!({}));
+/// let reply = invoker
+///     .oneshot(InvokeRequest::new(target, env, Duration::from_secs(5)))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    bus: Bus,
+}
+
+/// An outbound invoke stack, boxed so callers can keep it in a struct.
+pub type BoxInvoker = tower::util::BoxCloneSyncService<InvokeRequest, Envelope, Error>;
+
+impl Invoker {
+    /// Invokes over `bus`.
+    pub fn new(bus: Bus) -> Self {
+        Invoker { bus }
+    }
+
+    /// The invoke stack flows and agents use: `breaker` around an [`Invoker`] on `bus`.
+    /// Callers keep one breaker per component so circuits persist between calls.
+    pub fn guarded(bus: &Bus, breaker: &crate::middleware::CircuitBreakerLayer) -> BoxInvoker {
+        use tower::Layer as _;
+        tower::util::BoxCloneSyncService::new(breaker.layer(Invoker::new(bus.clone())))
+    }
+}
+
+impl tower::Service<InvokeRequest> for Invoker {
+    type Response = Envelope;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Envelope>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: InvokeRequest) -> Self::Future {
+        let bus = self.bus.clone();
+        Box::pin(async move {
+            bus.request(&request.target, request.envelope, request.timeout)
+                .await
+        })
     }
 }

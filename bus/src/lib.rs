@@ -19,6 +19,7 @@ pub mod error;
 pub mod invoke;
 pub mod kv;
 pub mod metrics;
+pub mod middleware;
 pub mod publish;
 pub mod registry;
 pub mod resources;

@@ -23,25 +23,28 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::service::ServiceExt;
-use futures::{FutureExt, StreamExt};
+use async_nats::service::ServiceExt as _;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt as _};
 
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use crate::metrics;
+use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
 use crate::publish::headers_for;
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
 use crate::subject::{ServiceName, Target, validate_token};
@@ -69,6 +72,29 @@ where
         Box::pin(self(request))
     }
 }
+
+/// An endpoint's handler with its middleware: a cloneable tower service.
+pub type BoxHandler = BoxCloneSyncService<Request, Value, ErrorPayload>;
+
+/// A [`Handler`] as a tower service (the innermost service of an endpoint's stack).
+#[derive(Clone)]
+struct HandlerService(Arc<dyn Handler>);
+
+impl tower::Service<Request> for HandlerService {
+    type Response = Value;
+    type Error = ErrorPayload;
+    type Future = BoxFuture<HandlerResult>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ErrorPayload>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+type LayerFn = Arc<dyn Fn(BoxHandler) -> BoxHandler + Send + Sync>;
 
 /// A request as a handler sees it.
 #[derive(Debug, Clone)]
@@ -111,6 +137,7 @@ pub struct Endpoint {
     description: String,
     input_schema: Option<Value>,
     output_schema: Option<Value>,
+    timeout: Option<Duration>,
     handler: Arc<dyn Handler>,
 }
 
@@ -122,6 +149,7 @@ impl Endpoint {
             description: String::new(),
             input_schema: None,
             output_schema: None,
+            timeout: None,
             handler: Arc::new(handler),
         }
     }
@@ -143,6 +171,13 @@ impl Endpoint {
         self.output_schema = Some(schema);
         self
     }
+
+    /// Time budget of one call; past it the handler is cancelled and the caller gets
+    /// `AGENT_TIMEOUT` (retryable). Default none (the caller's invoke timeout applies).
+    pub fn timeout(mut self, budget: Duration) -> Self {
+        self.timeout = Some(budget);
+        self
+    }
 }
 
 /// A service definition; [`Service::serve`] puts it on the bus.
@@ -156,6 +191,7 @@ pub struct Service {
     metadata: Map<String, Value>,
     max_concurrency: usize,
     drain_timeout: Duration,
+    layers: Vec<LayerFn>,
 }
 
 impl Service {
@@ -171,7 +207,29 @@ impl Service {
             metadata: Map::new(),
             max_concurrency: 256,
             drain_timeout: Duration::from_secs(10),
+            layers: Vec::new(),
         }
+    }
+
+    /// Wraps every endpoint's handler in `layer` (any tower layer that keeps the
+    /// request, response and error types; see [`crate::middleware`]). The first layer
+    /// added is the outermost. Weft's own layers sit around them: recover (a panic
+    /// becomes `AGENT_UNAVAILABLE`, retryable) and trace outside, the endpoint's
+    /// timeout inside.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxHandler> + Send + Sync + 'static,
+        L::Service: tower::Service<Request, Response = Value, Error = ErrorPayload>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Request>>::Future: Send + 'static,
+    {
+        self.layers.push(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
     }
 
     /// What the service does. Default empty.
@@ -313,7 +371,7 @@ impl Service {
                     bus: bus.clone(),
                     service: service.clone(),
                     endpoint: e.name.clone(),
-                    handler: e.handler.clone(),
+                    handler: self.stack(&service, e),
                 };
                 loops.push(tokio::spawn(serve_endpoint(
                     stream,
@@ -338,11 +396,36 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The middleware stack of one endpoint, outermost first: recover, trace, the
+    /// service's layers, the endpoint's timeout, the handler.
+    fn stack(&self, service: &ServiceName, e: &Endpoint) -> BoxHandler {
+        let mut svc = BoxCloneSyncService::new(HandlerService(e.handler.clone()));
+        if let Some(budget) = e.timeout {
+            svc = BoxCloneSyncService::new(TimeoutLayer::new(budget).layer(svc));
+        }
+        for layer in self.layers.iter().rev() {
+            svc = layer(svc);
+        }
+        let (s, ep) = (service.to_string(), e.name.clone());
+        let trace = TraceLayer::new(move |r: &Request| {
+            tracing::info_span!(
+                "handle",
+                service = %s,
+                endpoint = %ep,
+                event_id = %r.envelope.event_id,
+                trace_id = r.envelope.trace_id.as_deref().unwrap_or_default(),
+            )
+        });
+        BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
+    }
+}
+
 struct EndpointCtx {
     bus: Bus,
     service: ServiceName,
     endpoint: String,
-    handler: Arc<dyn Handler>,
+    handler: BoxHandler,
 }
 
 async fn serve_endpoint(
@@ -400,28 +483,9 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
                 endpoint: ctx.endpoint.clone(),
                 bus: ctx.bus.clone(),
             };
-            let result = AssertUnwindSafe(ctx.handler.call(req)).catch_unwind().await;
-            match result {
-                Ok(Ok(value)) => (env.reply(FrameType::Final, value), None),
-                Ok(Err(err)) => (env.error_reply(&err), Some(err)),
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    tracing::error!(service = %ctx.service, endpoint = %ctx.endpoint, panic = %what, "handler panicked");
-                    let err = ErrorPayload::new(
-                        ErrorCode::AgentUnavailable,
-                        format!(
-                            "handler {}.{} failed unexpectedly",
-                            ctx.service, ctx.endpoint
-                        ),
-                    )
-                    .retryable()
-                    .with_cause(format!("panic: {what}"));
-                    (env.error_reply(&err), Some(err))
-                }
+            match ctx.handler.clone().oneshot(req).await {
+                Ok(value) => (env.reply(FrameType::Final, value), None),
+                Err(err) => (env.error_reply(&err), Some(err)),
             }
         }
     };

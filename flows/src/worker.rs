@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableConfig};
+use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
+use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer, ServiceExt};
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 use weft_bus::{Bus, Envelope, ErrorKind, Target};
 
@@ -36,6 +38,10 @@ pub struct WorkerConfig {
     pub retry_delay: Duration,
     /// Runs handled at once per flow in this worker. Default 8.
     pub concurrency: usize,
+    /// Circuit breaker on the worker's invokes: a failing target is not called for a
+    /// while, and its steps fail fast (and are retried later). Default
+    /// [`BreakerConfig::default`] (5 failures, 10 s).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +50,7 @@ impl Default for WorkerConfig {
             ack_wait: Duration::from_secs(30),
             retry_delay: Duration::from_secs(1),
             concurrency: 8,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -81,6 +88,7 @@ pub async fn start(
 ) -> Result<WorkerHandle, FlowError> {
     let store = RunStore::open(bus).await?;
     let registry = Registry::open(bus).await?;
+    let invoker = Invoker::guarded(bus, &CircuitBreakerLayer::new(config.breaker));
     let mut consumers = Vec::new();
     let mut registrations = Vec::new();
     for flow in flows {
@@ -97,10 +105,10 @@ pub async fn start(
             .sum::<i64>()
             + 10;
         let flow = Arc::new(flow);
-        let (b, s, f) = (bus.clone(), store.clone(), flow.clone());
+        let (b, s, f, i) = (bus.clone(), store.clone(), flow.clone(), invoker.clone());
         let handle = consumer::start(bus, durable, move |d: Delivery| {
-            let (b, s, f) = (b.clone(), s.clone(), f.clone());
-            async move { execute_run(&b, &s, &f, d).await }
+            let (b, s, f, i) = (b.clone(), s.clone(), f.clone(), i.clone());
+            async move { execute_run(&b, &i, &s, &f, d).await }
         })
         .await?;
         consumers.push(handle);
@@ -133,6 +141,7 @@ fn retry(e: FlowError) -> DeliveryError {
 /// Runs (or resumes) the run of `flow` for one trigger delivery.
 async fn execute_run(
     bus: &Bus,
+    invoker: &BoxInvoker,
     store: &RunStore,
     flow: &Flow,
     delivery: Delivery,
@@ -160,7 +169,7 @@ async fn execute_run(
 
         let started = Instant::now();
         let result = match template::render(&step.input, &stored.run.context()) {
-            Ok(input) => execute_step(bus, &stored.run, step, input, event_id).await,
+            Ok(input) => execute_step(bus, invoker, &stored.run, step, input, event_id).await,
             Err(e) => Err(StepFailure {
                 message: format!("input template: {e}"),
                 retryable: false,
@@ -222,7 +231,10 @@ impl From<weft_bus::Error> for StepFailure {
     fn from(e: weft_bus::Error) -> Self {
         let retryable = match e.kind() {
             ErrorKind::Remote => e.remote().is_some_and(|r| r.retryable),
-            ErrorKind::Timeout | ErrorKind::NoResponders | ErrorKind::Publish => true,
+            ErrorKind::Timeout
+            | ErrorKind::NoResponders
+            | ErrorKind::Publish
+            | ErrorKind::Rejected => true,
             _ => false,
         };
         StepFailure {
@@ -234,6 +246,7 @@ impl From<weft_bus::Error> for StepFailure {
 
 async fn execute_step(
     bus: &Bus,
+    invoker: &BoxInvoker,
     run: &Run,
     step: &Step,
     input: Value,
@@ -250,9 +263,16 @@ async fn execute_step(
             .insert("weft.flow.step".into(), json!(step.name));
     };
     match &step.kind {
-        StepKind::Invoke(target) => invoke(bus, target, input, step, inherit).await,
+        StepKind::Invoke(target) => invoke(invoker, target, input, step, inherit).await,
         StepKind::Agent(agent) => {
-            invoke(bus, &Target::service(agent.clone()), input, step, inherit).await
+            invoke(
+                invoker,
+                &Target::service(agent.clone()),
+                input,
+                step,
+                inherit,
+            )
+            .await
         }
         StepKind::Publish(event_type) => {
             let mut env = Envelope::event(event_type, input);
@@ -266,7 +286,7 @@ async fn execute_step(
 }
 
 async fn invoke(
-    bus: &Bus,
+    invoker: &BoxInvoker,
     target: &Target,
     input: Value,
     step: &Step,
@@ -274,6 +294,7 @@ async fn invoke(
 ) -> Result<Value, StepFailure> {
     let mut env = Envelope::request(target.to_string(), input);
     inherit(&mut env);
-    let reply = bus.request(target, env, step.timeout_duration()).await?;
+    let request = InvokeRequest::new(target.clone(), env, step.timeout_duration());
+    let reply = invoker.clone().oneshot(request).await?;
     Ok(reply.payload.unwrap_or(Value::Null))
 }

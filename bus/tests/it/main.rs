@@ -3,4 +3,5 @@
 mod durable;
 mod envelope_golden;
 mod invoke;
+mod middleware;
 mod registry;

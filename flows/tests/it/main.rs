@@ -18,6 +18,7 @@ fn fast() -> WorkerConfig {
         ack_wait: Duration::from_secs(2),
         retry_delay: Duration::from_millis(100),
         concurrency: 4,
+        ..WorkerConfig::default()
     }
 }
 

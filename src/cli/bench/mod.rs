@@ -1,0 +1,700 @@
+//! `weft bench`: Weft's figures beside the raw `async-nats` client doing the same work
+//! with the same bytes on the wire.
+//!
+//! Every scenario runs twice, once through Weft's API and once through the bare
+//! `async-nats` client (the "raw twin"), and reports both rates and their ratio
+//! (`weft / raw`). The raw twin sends the very envelope bytes and headers Weft sends:
+//! a [`Wire`] template is an envelope encoded once by Weft, whose `event_id` the raw
+//! twin rewrites in place per message (so JetStream de-duplication treats every message
+//! as new). The ratio thus measures Weft's overhead (building, validating, encoding
+//! and decoding envelopes, metrics, task handling), not payload size.
+//!
+//! Every figure is measured over a bounded time (`--duration-ms`, after a short
+//! warm-up) and the run always ends: subscribers that fall behind lose messages inside
+//! the client (slow consumer), which are counted and reported as drops.
+//!
+//! The bench runs under its own prefix `<prefix>_bench_<random>` with its own streams
+//! and buckets, so it never touches a mesh's events; on an existing server they are
+//! deleted at the end.
+
+mod durable_consume;
+mod durable_publish;
+mod flow;
+mod invoke;
+mod pubsub;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::{Value, json};
+use weft_bus::publish::MSG_ID_HEADER;
+use weft_bus::resources::{self, ResourceConfig};
+use weft_bus::server::{LocalServer, LocalServerConfig};
+use weft_bus::{Bus, ConnectOptions, Envelope, Prefix};
+
+use super::{Global, print_json};
+
+/// Size of the envelope's `payload` field in every scenario, in bytes of compact JSON.
+pub const PAYLOAD_BYTES: usize = 128;
+
+/// `weft bench [--duration-ms MS] [--quick] [--only SCENARIO,…]`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How long each side (Weft, raw) of each scenario is measured, in ms.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub duration_ms: u64,
+    /// A short run (300 ms per side): checks that everything works, figures are rough.
+    #[arg(long, conflicts_with = "duration_ms")]
+    pub quick: bool,
+    /// Run only these scenarios (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Scenario>,
+    /// The nats-server binary for the local server (default: $NATS_SERVER_BIN, PATH,
+    /// .tools/). Ignored with --server.
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+}
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Fire-and-forget publish → core subscription, msgs/s.
+    Pubsub,
+    /// Publish with JetStream acks, 256 in flight, msgs/s.
+    DurablePublish,
+    /// Sequential request-reply, p50 and p99 µs.
+    InvokeLatency,
+    /// Request-reply with 64 in flight, req/s.
+    InvokeThroughput,
+    /// Durable pull consumer handling and acking stored events, msgs/s.
+    DurableConsume,
+    /// A 3-step flow of no-op invokes with checkpoints, runs/s and steps/s.
+    Flow,
+}
+
+const ALL: [Scenario; 6] = [
+    Scenario::Pubsub,
+    Scenario::DurablePublish,
+    Scenario::InvokeLatency,
+    Scenario::InvokeThroughput,
+    Scenario::DurableConsume,
+    Scenario::Flow,
+];
+
+/// Which way a figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Rates: more is better.
+    Higher,
+    /// Latencies: less is better.
+    Lower,
+}
+
+/// What one side of a scenario did: operations completed (messages received, requests
+/// answered, messages acked), errors, client-side drops, and the time it took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    /// Operations completed.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Messages sent but never received (pubsub only: lost to a slow consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    /// Measured time in ms.
+    pub elapsed_ms: f64,
+    /// The first error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+impl Run {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        if self.elapsed_ms <= 0.0 {
+            return 0.0;
+        }
+        self.ops as f64 * 1000.0 / self.elapsed_ms
+    }
+
+    /// Fails when nothing completed, with the first error as the reason.
+    fn require_ops(self, what: &str) -> anyhow::Result<Run> {
+        if self.ops == 0 {
+            anyhow::bail!(
+                "{what} completed no operation: {}",
+                self.first_error.as_deref().unwrap_or("nothing happened")
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// The measurements behind a figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    /// The Weft side.
+    pub weft: Run,
+    /// The raw twin, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Run>,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// e.g. `pubsub`, `invoke_latency_p50`.
+    pub name: &'static str,
+    /// e.g. `msgs/s`, `µs`.
+    pub unit: &'static str,
+    /// The Weft figure.
+    pub weft: f64,
+    /// The raw `async-nats` figure (none for `flow_*`).
+    pub raw: Option<f64>,
+    /// `weft / raw`.
+    pub ratio: Option<f64>,
+    /// Which way is better.
+    pub better: Better,
+    /// An upper bound the figure cannot exceed (`flow_runs`), in the figure's unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<f64>,
+    /// Bytes of one message on the wire (envelope + NATS headers), where one kind of
+    /// message dominates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_bytes: Option<usize>,
+    /// What was counted.
+    pub counts: Counts,
+    /// How to read the figure.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl Figure {
+    /// A figure comparing `weft` with `raw`.
+    fn compare(
+        name: &'static str,
+        unit: &'static str,
+        better: Better,
+        (weft, raw): (f64, f64),
+        counts: Counts,
+    ) -> Figure {
+        Figure {
+            name,
+            unit,
+            weft,
+            raw: Some(raw),
+            ratio: (raw > 0.0).then(|| weft / raw),
+            better,
+            ceiling: None,
+            message_bytes: None,
+            counts,
+            note: String::new(),
+        }
+    }
+
+    /// A rate figure (higher is better) from the two sides' runs.
+    fn rate(name: &'static str, unit: &'static str, weft: Run, raw: Run) -> Figure {
+        Figure::compare(
+            name,
+            unit,
+            Better::Higher,
+            (weft.rate(), raw.rate()),
+            Counts {
+                weft,
+                raw: Some(raw),
+            },
+        )
+    }
+
+    fn message_bytes(mut self, bytes: usize) -> Figure {
+        self.message_bytes = Some(bytes);
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Figure {
+        self.note = note.into();
+        self
+    }
+}
+
+/// The whole report, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One entry per figure.
+    pub figures: Vec<Figure>,
+    /// The nats-server's version.
+    pub server_version: String,
+    /// Size of the envelope's `payload` field ([`PAYLOAD_BYTES`]).
+    pub payload_bytes: usize,
+    /// Measured time per side and scenario, in ms.
+    pub duration_ms: u64,
+    /// Whether `weft bench` started its own local nats-server.
+    pub local_server: bool,
+}
+
+/// What every scenario shares: how to connect, how long to measure, the payload.
+pub struct Bench {
+    options: ConnectOptions,
+    prefix: Prefix,
+    duration: Duration,
+    warmup: Duration,
+    payload: Value,
+}
+
+impl Bench {
+    /// A new connection for one role of a scenario (`weft-bench-<role>`).
+    async fn connect(&self, role: &str) -> anyhow::Result<Bus> {
+        Ok(self
+            .options
+            .clone()
+            .name(format!("weft-bench-{role}"))
+            .connect()
+            .await?)
+    }
+
+    /// `P.bench.<name>`: a core NATS subject outside every stream.
+    fn subject(&self, name: &str) -> String {
+        format!("{}.bench.{name}", self.prefix)
+    }
+
+    /// A progress line on stderr.
+    fn progress(&self, line: impl AsRef<str>) {
+        eprintln!("bench: {}", line.as_ref());
+    }
+}
+
+/// The envelope payload of every scenario: a JSON object whose compact encoding is
+/// exactly [`PAYLOAD_BYTES`] bytes.
+pub fn payload() -> Value {
+    let empty = json!({ "text": "" }).to_string().len();
+    let text: String = "weft bench payload "
+        .chars()
+        .cycle()
+        .take(PAYLOAD_BYTES - empty)
+        .collect();
+    json!({ "text": text })
+}
+
+/// Runs the bench and prints the report (text, or JSON with `--json`).
+///
+/// # Errors
+/// When the local server cannot start, the server cannot be reached or lacks
+/// JetStream, or a scenario completes no operation at all.
+pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    let duration = Duration::from_millis(if args.quick { 300 } else { args.duration_ms });
+    let scenarios: Vec<Scenario> = ALL
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.contains(s))
+        .collect();
+
+    let store = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let local = match &g.server {
+        Some(_) => None,
+        None => {
+            let mut config = LocalServerConfig::new(store.path());
+            config.binary = args.nats_server.clone();
+            Some(
+                LocalServer::start(config)
+                    .await
+                    .context("cannot start a local nats-server for the bench")?,
+            )
+        }
+    };
+    let prefix: Prefix = format!(
+        "{}_bench_{}",
+        g.prefix,
+        &weft_bus::envelope::new_event_id()[30..]
+    )
+    .parse()?;
+    let mut options = g.connect_options()?.prefix(prefix.clone());
+    if let Some(server) = &local {
+        options = options.url(server.url());
+    }
+    let admin = options.clone().name("weft-bench-admin").connect().await?;
+    let server_version = admin.client().server_info().version;
+    let bench = Bench {
+        options,
+        prefix,
+        duration,
+        warmup: (duration / 5).min(Duration::from_millis(500)),
+        payload: payload(),
+    };
+    bench.progress(format!(
+        "nats-server {server_version} at {}{}, {} ms per side, prefix {}",
+        admin.server_url(),
+        if local.is_some() { " (local)" } else { "" },
+        duration.as_millis(),
+        bench.prefix,
+    ));
+    let figures = match resources::ensure(&admin, &ResourceConfig::default()).await {
+        Ok(_) => run_scenarios(&bench, &scenarios).await,
+        Err(e) => Err(anyhow::Error::new(e).context("cannot create the bench's streams")),
+    };
+    if local.is_none() {
+        remove_resources(&admin).await;
+    }
+    admin.drain().await.ok();
+    if let Some(server) = local {
+        server.stop(Duration::from_secs(10)).await;
+    }
+    let report = Report {
+        figures: figures?,
+        server_version,
+        payload_bytes: PAYLOAD_BYTES,
+        duration_ms: duration.as_millis() as u64,
+        local_server: g.server.is_none(),
+    };
+    if g.json {
+        print_json(&report)
+    } else {
+        print_text(&report);
+        Ok(())
+    }
+}
+
+async fn run_scenarios(b: &Bench, scenarios: &[Scenario]) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &s in scenarios {
+        let name = s.to_possible_value().map(|v| v.get_name().to_owned());
+        let name = name.unwrap_or_default();
+        b.progress(format!("{name}: running"));
+        let got = match s {
+            Scenario::Pubsub => vec![pubsub::run(b).await],
+            Scenario::DurablePublish => vec![durable_publish::run(b).await],
+            Scenario::InvokeLatency => match invoke::latency(b).await {
+                Ok(fs) => fs.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+            Scenario::InvokeThroughput => vec![invoke::throughput(b).await],
+            Scenario::DurableConsume => vec![durable_consume::run(b).await],
+            Scenario::Flow => match flow::run(b).await {
+                Ok(fs) => fs.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+        };
+        for f in got {
+            let f = f.with_context(|| format!("bench scenario {name}"))?;
+            b.progress(format!(
+                "{}: weft {} {}, raw {}, ratio {}",
+                f.name,
+                number(f.weft),
+                f.unit,
+                f.raw.map_or("-".into(), number),
+                f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            ));
+            figures.push(f);
+        }
+    }
+    Ok(figures)
+}
+
+/// Deletes the bench's streams and buckets from a server the bench did not start.
+async fn remove_resources(bus: &Bus) {
+    let n = bus.names();
+    let js = bus.jetstream();
+    for stream in [&n.events_stream, &n.dlq_stream] {
+        if let Err(e) = js.delete_stream(stream).await {
+            tracing::warn!(%stream, error = %e, "cannot delete the bench's stream");
+        }
+    }
+    for bucket in [&n.registry_bucket, &n.memory_bucket, &n.flows_bucket] {
+        if let Err(e) = js.delete_key_value(bucket).await {
+            tracing::warn!(%bucket, error = %e, "cannot delete the bench's bucket");
+        }
+    }
+}
+
+/// `1234567.8` → `1,234,568`; small values keep one decimal (`85.3`).
+fn number(v: f64) -> String {
+    if v.abs() < 1000.0 {
+        return format!("{v:.1}");
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+fn print_text(r: &Report) {
+    println!(
+        "weft bench: nats-server {}{}, {} ms per side, envelope payload {} bytes",
+        r.server_version,
+        if r.local_server { " (local)" } else { "" },
+        r.duration_ms,
+        r.payload_bytes
+    );
+    println!(
+        "{:<20} {:>8} {:>12} {:>12} {:>6}  NOTES",
+        "FIGURE", "UNIT", "WEFT", "RAW", "RATIO"
+    );
+    for f in &r.figures {
+        let mut notes = vec![match (f.better, f.raw) {
+            (Better::Higher, _) => "higher is better".to_owned(),
+            (Better::Lower, Some(raw)) => {
+                format!("lower is better (weft {:+.1} {})", f.weft - raw, f.unit)
+            }
+            (Better::Lower, None) => "lower is better".to_owned(),
+        }];
+        if let Some(bytes) = f.message_bytes {
+            notes.push(format!("{bytes}-byte messages"));
+        }
+        if let (Some(w), Some(raw)) = (
+            f.counts.weft.dropped,
+            f.counts.raw.as_ref().and_then(|r| r.dropped),
+        ) {
+            notes.push(format!("dropped: weft {w}, raw {raw}"));
+        }
+        let errors = f.counts.weft.errors + f.counts.raw.as_ref().map_or(0, |r| r.errors);
+        if errors > 0 {
+            notes.push(format!("{errors} errors"));
+        }
+        if let Some(c) = f.ceiling {
+            notes.push(format!("ceiling {} {}", number(c), f.unit));
+        }
+        if !f.note.is_empty() {
+            notes.push(f.note.clone());
+        }
+        println!(
+            "{:<20} {:>8} {:>12} {:>12} {:>6}  {}",
+            f.name,
+            f.unit,
+            number(f.weft),
+            f.raw.map_or("-".into(), number),
+            f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            notes.join("; ")
+        );
+    }
+}
+
+/// An envelope encoded once by Weft, for the raw twins: [`Wire::message`] returns the
+/// same bytes with a unique `event_id` and the matching `Nats-Msg-Id` header, exactly
+/// what Weft would put on the wire for a new envelope of the same shape.
+pub struct Wire {
+    bytes: Vec<u8>,
+    id_at: usize,
+}
+
+/// Length of a UUID in text form.
+const UUID_LEN: usize = 36;
+
+impl Wire {
+    /// The template of `env` as Weft encodes it.
+    ///
+    /// # Errors
+    /// When the envelope cannot be encoded or its `event_id` is not a UUID.
+    pub fn new(env: &Envelope) -> anyhow::Result<Wire> {
+        let bytes = env.to_bytes()?;
+        let needle = format!("\"event_id\":\"{}\"", env.event_id);
+        anyhow::ensure!(env.event_id.len() == UUID_LEN, "event_id is not a UUID");
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .context("encoded envelope has no event_id")?;
+        Ok(Wire {
+            bytes,
+            id_at: at + "\"event_id\":\"".len(),
+        })
+    }
+
+    /// Envelope bytes of one message.
+    pub fn envelope_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Envelope bytes plus NATS header bytes of one message.
+    pub fn message_bytes(&self) -> usize {
+        let (_, headers) = self.message(0);
+        let header_bytes = "NATS/1.0\r\n\r\n".len()
+            + headers
+                .iter()
+                .map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(|v| name.as_ref().len() + ": \r\n".len() + v.as_str().len())
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
+        self.bytes.len() + header_bytes
+    }
+
+    /// Message `n`: the envelope with `n` in the last 12 hex digits of its `event_id`,
+    /// and headers `Nats-Msg-Id: <that id>`.
+    pub fn message(&self, n: u64) -> (Vec<u8>, HeaderMap) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = self.bytes.clone();
+        let id = &mut bytes[self.id_at..self.id_at + UUID_LEN];
+        for (i, b) in id[UUID_LEN - 12..].iter_mut().enumerate() {
+            *b = HEX[((n >> (4 * (11 - i))) & 0xf) as usize];
+        }
+        let mut headers = HeaderMap::new();
+        // The template's id is ASCII, and so are the hex digits written into it.
+        let id = String::from_utf8_lossy(id);
+        headers.insert(MSG_ID_HEADER, id.as_ref());
+        (bytes, headers)
+    }
+}
+
+/// Time allowed for operations still running when a measurement ends.
+const STRAGGLERS: Duration = Duration::from_secs(10);
+
+/// A task gives up after this many failures in a row (e.g. nobody answers).
+const MAX_ERRORS_IN_A_ROW: u32 = 100;
+
+/// Runs `op` from `in_flight` tasks, each starting its next operation as soon as its
+/// last one ends, until `duration` has passed. `op` gets a sequence number unique
+/// within the loop. Operations still running at the end get [`STRAGGLERS`] more, then
+/// are cancelled; the elapsed time includes them.
+pub async fn closed_loop<F, Fut>(in_flight: usize, duration: Duration, op: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let seq = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.max(1) {
+        let (op, seq, ok, errors, first_error) = (
+            op.clone(),
+            seq.clone(),
+            ok.clone(),
+            errors.clone(),
+            first_error.clone(),
+        );
+        tasks.spawn(async move {
+            let mut in_a_row = 0;
+            while Instant::now() < deadline && in_a_row < MAX_ERRORS_IN_A_ROW {
+                match op(seq.fetch_add(1, Ordering::Relaxed)).await {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        in_a_row = 0;
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        in_a_row += 1;
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+            }
+        });
+    }
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(duration + STRAGGLERS, all)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    let first_error = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Run {
+        ops: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        dropped: None,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+        first_error,
+    }
+}
+
+/// Runs `op` one at a time until `duration` has passed; returns the run and the time
+/// of every successful operation.
+pub async fn one_at_a_time<F, Fut>(duration: Duration, op: F) -> (Run, Vec<Duration>)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut run = Run::default();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    let mut in_a_row = 0;
+    let mut n = 0;
+    while started.elapsed() < duration && in_a_row < MAX_ERRORS_IN_A_ROW {
+        let t = Instant::now();
+        match op(n).await {
+            Ok(()) => {
+                times.push(t.elapsed());
+                run.ops += 1;
+                in_a_row = 0;
+            }
+            Err(e) => {
+                run.errors += 1;
+                in_a_row += 1;
+                run.first_error.get_or_insert(e);
+            }
+        }
+        n += 1;
+    }
+    run.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    (run, times)
+}
+
+/// The `p`-th quantile (0 < p ≤ 1, nearest rank) of `times` in µs; 0 when empty.
+pub fn quantile_us(times: &mut [Duration], p: f64) -> f64 {
+    if times.is_empty() {
+        return 0.0;
+    }
+    times.sort_unstable();
+    let rank = ((p * times.len() as f64).ceil() as usize).clamp(1, times.len());
+    times[rank - 1].as_secs_f64() * 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_is_exactly_payload_bytes() {
+        assert_eq!(payload().to_string().len(), PAYLOAD_BYTES);
+    }
+
+    #[test]
+    fn wire_messages_differ_only_in_their_id() {
+        let env = Envelope::new("bench.pubsub").with_payload(payload());
+        let wire = Wire::new(&env).unwrap();
+        let (a, ha) = wire.message(1);
+        let (b, hb) = wire.message(0xabc);
+        assert_eq!(a.len(), env.to_bytes().unwrap().len());
+        assert_eq!(a.len(), b.len());
+        let ea = Envelope::from_slice(&a).unwrap();
+        let eb = Envelope::from_slice(&b).unwrap();
+        assert!(ea.event_id.ends_with("000000000001"), "{}", ea.event_id);
+        assert!(eb.event_id.ends_with("000000000abc"), "{}", eb.event_id);
+        assert_eq!(ha.get(MSG_ID_HEADER).unwrap().as_str(), ea.event_id);
+        assert_eq!(hb.get(MSG_ID_HEADER).unwrap().as_str(), eb.event_id);
+        assert_eq!(ea.payload, eb.payload);
+        // NATS/1.0\r\n + "Nats-Msg-Id: <36>\r\n" + \r\n
+        assert_eq!(wire.message_bytes(), a.len() + 10 + 13 + 36 + 2 + 2);
+    }
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let mut t: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(quantile_us(&mut t, 0.5), 50.0);
+        assert_eq!(quantile_us(&mut t, 0.99), 99.0);
+        assert_eq!(quantile_us(&mut [], 0.5), 0.0);
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(number(1234567.8), "1,234,568");
+        assert_eq!(number(85.34), "85.3");
+        assert_eq!(number(1000.0), "1,000");
+    }
+}
