@@ -9,8 +9,11 @@
 //! | [`agents`] | agents: model providers, the tool loop, memory |
 //! | [`flows`] | durable flows with checkpointed steps |
 //! | [`gateway`] | the HTTP gateway |
+//! | [`telemetry`] | logs on stderr and OpenTelemetry span export (OTLP) |
 //!
 //! Start with the README and `docs/protocol.md`.
+
+pub mod telemetry;
 
 pub use weft_agents as agents;
 pub use weft_bus as bus;

@@ -8,7 +8,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    // Before the runtime: the OTLP exporter owns a blocking HTTP client.
+    let telemetry = weft::telemetry::init(cli::log_filter(args.verbose));
+    if let Err(e) = &telemetry {
+        eprintln!("warning: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(cli::run(args));
+    drop(runtime);
+    drop(telemetry); // flushes exported spans
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cli::one_line(&e));

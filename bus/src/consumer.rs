@@ -1,54 +1,167 @@
-//! Durable subscribers: a named durable pull consumer on `<PREFIX>_EVENTS` with explicit
-//! ack, shared by every instance of the same name so work spreads (DESIGN §6).
+//! Durable subscribers (DESIGN §6): a named durable pull consumer on `<PREFIX>_EVENTS`
+//! with explicit ack, shared by every instance of the same name, so work spreads and
+//! each message is handled by one instance at a time.
 //!
-//! Outcomes of a handler:
-//! - `Ok(())` → ack;
-//! - [`DeliveryError::Retry`] → nak with [`DurableConfig::retry_delay`], until
-//!   [`DurableConfig::max_deliver`] deliveries are spent, then dead letter;
-//! - [`DeliveryError::Permanent`], or bytes that are not an envelope → dead letter at
-//!   once.
+//! # Outcomes
+//!
+//! | handler result | what the consumer does |
+//! |---|---|
+//! | `Ok(())` | ack |
+//! | [`DeliveryError::Retry`] | nak with the [`RetryPolicy`]'s delay; when the policy does not retry or [`DurableConfig::max_deliver`] deliveries are spent: dead letter |
+//! | [`DeliveryError::Permanent`] | dead letter at once |
+//! | a panic | caught ([`RecoverLayer`]) and treated as [`DeliveryError::Retry`] |
+//! | over [`DurableConfig::handler_timeout`] | cancelled and treated as [`DeliveryError::Retry`] |
+//! | bytes that are not an envelope | dead letter at once (the handler is not called) |
+//!
+//! Retries go through JetStream redelivery (a nak with a delay), never an in-process
+//! loop, so another instance may take the next attempt; [`Delivery::attempt`] is
+//! JetStream's delivery count. A dead letter ([`crate::dlq`]) is published and acked
+//! before the original is terminated.
 //!
 //! While a handler runs, the consumer sends in-progress acks every third of the ack
-//! wait, so a long step is not redelivered; if the process dies, the message is
-//! redelivered after the ack wait to another instance.
+//! wait, so a long handler is not redelivered; if the process dies, the message is
+//! redelivered after the ack wait, to another instance if one runs. The server allows
+//! one delivery more than `max_deliver`: that extra delivery only exists when the last
+//! one was never settled (the process died or hung), and it is dead-lettered at once
+//! with reason `unacknowledged`, so such messages are not lost silently.
+//!
+//! # Middleware
+//!
+//! Handlers run through tower layers, as service endpoints do
+//! ([`crate::middleware`]), outermost first: [`RecoverLayer`], [`TraceLayer`] (span
+//! `deliver`, parented on the message's trace headers), the layers added with
+//! [`DurableConfig::layer`], [`TimeoutLayer`] when [`DurableConfig::handler_timeout`]
+//! is set, the handler. Settling (ack, nak, dead letter, in-progress acks) is not a
+//! layer: it needs the raw JetStream message, which the layers do not see, so a layer
+//! cannot ack twice or lose a message; layers shape the [`DeliveryError`] that
+//! settling then acts on.
+//!
+//! # One consumer, many instances
+//!
+//! The first instance creates the consumer; later ones join it. When it exists, its
+//! settings are updated to the starting instance's (the last one started wins, e.g. in
+//! a rolling upgrade) while its position in the stream is kept (`deliver_all` applies
+//! only when it is created). A consumer of that name that cannot be updated into a
+//! Weft durable subscriber (a push consumer, another ack policy) is an
+//! [`ErrorKind::Conflict`] naming it.
+//!
+//! Each instance pulls at most [`DurableConfig::concurrency`] messages ahead of its
+//! free handlers. Those wait in the instance without in-progress acks: a handler that
+//! runs much longer than the ack wait can make them expire and be redelivered to
+//! another instance (at-least-once; handlers should be idempotent, e.g. by
+//! `event_id`).
+//!
+//! # First failure time
+//!
+//! JetStream does not remember when a delivery failed, so the consumer records a
+//! message's first failure in the KV bucket `<prefix>_failures` (key
+//! `<consumer>.<stream_sequence>`), only on the failure path, and deletes the record
+//! when the message is acked after a redelivery or dead-lettered. Without that bucket,
+//! `weft.dlq.first_failed_at` is left out of dead letters whose first failure was not
+//! the last.
+//!
+//! # Examples
+//! ```no_run
+//! use std::time::Duration;
+//! use weft_bus::consumer::{self, Delivery, DeliveryError, DurableConfig};
+//! use weft_bus::retry::RetryPolicy;
+//! # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+//! let mut config = DurableConfig::new("mailer", vec!["user.signed_up".parse()?]);
+//! config.retry = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(60))?;
+//! config.handler_timeout = Some(Duration::from_secs(20));
+//! let handle = consumer::start(&bus, config, |d: Delivery| async move {
+//!     if d.envelope.payload.is_none() {
+//!         return Err(DeliveryError::Permanent("no payload".into()));
+//!     }
+//!     Ok(())
+//! })
+//! .await?;
+//! handle.stop().await;
+//! # Ok(()) }
+//! ```
 
-use std::panic::AssertUnwindSafe;
+use std::fmt;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use futures::{FutureExt, StreamExt};
+use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt as _};
 
 use crate::connect::Bus;
-use crate::dlq::{self, DeadLetter};
-use crate::envelope::Envelope;
+use crate::dlq::{self, DeadLetter, Reason};
+use crate::envelope::{Envelope, now_rfc3339};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
+use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
+use crate::retry::RetryPolicy;
 use crate::service::BoxFuture;
 use crate::subject::{EventPattern, validate_token};
 
-/// Settings of a durable subscriber. Every field states its default.
-#[derive(Debug, Clone)]
+/// A durable handler with its middleware: a cloneable tower service.
+pub type BoxDeliveryHandler = BoxCloneSyncService<Delivery, (), DeliveryError>;
+
+type LayerFn = Arc<dyn Fn(BoxDeliveryHandler) -> BoxDeliveryHandler + Send + Sync>;
+
+/// Settings of a durable subscriber. Every field states its default; build with
+/// [`DurableConfig::new`] and change fields, add layers with [`DurableConfig::layer`].
+#[derive(Clone)]
 pub struct DurableConfig {
     /// Durable consumer name (one token), shared by all instances.
     pub name: String,
-    /// Event patterns to receive, e.g. `ticket.created` (at least one).
+    /// Event patterns to receive, e.g. `ticket.created` (at least one; patterns must
+    /// not overlap).
     pub filters: Vec<EventPattern>,
-    /// How long the server waits for an ack before redelivering. Default 30 s.
+    /// How long the server waits for an ack (or an in-progress ack) before it
+    /// redelivers. At least 100 ms. Default 30 s.
     pub ack_wait: Duration,
-    /// Deliveries before a failing message is dead-lettered. Default 5.
+    /// Deliveries before a failing message is dead-lettered (at least 1). Default 5.
     pub max_deliver: i64,
-    /// Delay of a nak after a retryable failure. Default 1 s.
-    pub retry_delay: Duration,
-    /// Handlers running at once in this instance. Default 8.
+    /// Messages delivered and not yet acked, over all instances together, before the
+    /// server stops delivering (at least 1). Default 1000.
+    pub max_ack_pending: i64,
+    /// When a retryable failure is delivered again. Default
+    /// [`RetryPolicy::default`] (exponential from 1 s to 60 s, bounded jitter).
+    pub retry: RetryPolicy,
+    /// Handlers running at once in this instance (at least 1). Default 8.
     pub concurrency: usize,
+    /// Time budget of one handler call; past it the handler is cancelled and the
+    /// failure is retryable. Default none.
+    pub handler_timeout: Option<Duration>,
     /// Where a new consumer starts: `true` for every stored event, `false` (default)
-    /// for events published from now on.
+    /// for events published from now on. Ignored when the consumer exists.
     pub deliver_all: bool,
+    /// How often this instance samples the consumer's pending counts into
+    /// `weft_consumer_pending`. Default 5 s.
+    pub stats_interval: Duration,
+    layers: Vec<LayerFn>,
+}
+
+impl fmt::Debug for DurableConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableConfig")
+            .field("name", &self.name)
+            .field("filters", &self.filters)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("deliver_all", &self.deliver_all)
+            .field("stats_interval", &self.stats_interval)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
 }
 
 impl DurableConfig {
@@ -59,10 +172,95 @@ impl DurableConfig {
             filters,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
-            retry_delay: Duration::from_secs(1),
+            max_ack_pending: 1000,
+            retry: RetryPolicy::default(),
             concurrency: 8,
+            handler_timeout: None,
             deliver_all: false,
+            stats_interval: Duration::from_secs(5),
+            layers: Vec::new(),
         }
+    }
+
+    /// Wraps the handler in `layer` (any tower layer that keeps the request, response
+    /// and error types; see [`crate::middleware`]). The first layer added is the
+    /// outermost; recover and trace sit outside all of them, the timeout inside.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxDeliveryHandler> + Send + Sync + 'static,
+        L::Service: tower::Service<Delivery, Response = (), Error = DeliveryError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Delivery>>::Future: Send + 'static,
+    {
+        self.layers.push(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_token("consumer name", &self.name)?;
+        let bad = |what: String| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("durable consumer {}: {what}", self.name),
+            ))
+        };
+        if self.filters.is_empty() {
+            return bad("needs at least one filter".into());
+        }
+        if self.max_deliver < 1 {
+            return bad(format!(
+                "max_deliver is {}; it must be at least 1",
+                self.max_deliver
+            ));
+        }
+        if self.max_ack_pending < 1 {
+            return bad(format!(
+                "max_ack_pending is {}; it must be at least 1",
+                self.max_ack_pending
+            ));
+        }
+        if self.concurrency < 1 {
+            return bad("concurrency is 0; it must be at least 1".into());
+        }
+        if self.ack_wait < Duration::from_millis(100) {
+            return bad(format!(
+                "ack_wait is {} ms; it must be at least 100 ms",
+                self.ack_wait.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The middleware stack, outermost first: recover, trace, the added layers, the
+    /// timeout, the handler.
+    fn stack(&self, handler: Arc<dyn DeliveryHandler>) -> BoxDeliveryHandler {
+        let mut svc = BoxCloneSyncService::new(HandlerService(handler));
+        if let Some(budget) = self.handler_timeout {
+            svc = BoxCloneSyncService::new(TimeoutLayer::new(budget).layer(svc));
+        }
+        for layer in self.layers.iter().rev() {
+            svc = layer(svc);
+        }
+        let consumer = self.name.clone();
+        let trace = TraceLayer::new(move |d: &Delivery| {
+            let span = tracing::info_span!(
+                "deliver",
+                consumer = %consumer,
+                subject = %d.subject,
+                event_id = %d.envelope.event_id,
+                attempt = d.attempt,
+                stream_sequence = d.stream_sequence,
+                replayed = d.replayed,
+            );
+            crate::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
+            span
+        });
+        BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
     }
 }
 
@@ -71,18 +269,23 @@ impl DurableConfig {
 pub struct Delivery {
     /// The event.
     pub envelope: Envelope,
-    /// The subject it was stored under.
+    /// The subject it is stored under: `P.events.<event_type>`, or
+    /// `P.replay.<consumer>.<event_type>` for a replayed copy.
     pub subject: String,
-    /// Which delivery this is, from 1.
+    /// Which delivery this is, from 1 (JetStream's delivery count).
     pub attempt: i64,
     /// Its stream sequence.
     pub stream_sequence: u64,
+    /// True for a copy made by a replay ([`crate::replay`], [`crate::dlq::replay`]).
+    pub replayed: bool,
+    /// The message's NATS headers (`Nats-Msg-Id`, trace context, …).
+    pub headers: HeaderMap,
 }
 
 /// Why a handler failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// Try again later (nak with delay).
+    /// Try again later (nak with the retry policy's delay).
     #[error("{0}")]
     Retry(String),
     /// Trying again cannot help: dead letter now.
@@ -107,15 +310,43 @@ where
     }
 }
 
+/// A [`DeliveryHandler`] as a tower service (the innermost service of the stack).
+#[derive(Clone)]
+struct HandlerService(Arc<dyn DeliveryHandler>);
+
+impl tower::Service<Delivery> for HandlerService {
+    type Response = ();
+    type Error = DeliveryError;
+    type Future = BoxFuture<std::result::Result<(), DeliveryError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), DeliveryError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        self.0.call(delivery)
+    }
+}
+
 /// A running durable subscriber; [`ConsumerHandle::stop`] stops it cleanly.
 pub struct ConsumerHandle {
+    name: String,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ConsumerHandle {
+    /// The durable consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Stops pulling and waits for running handlers to finish (their messages are
-    /// acked or nak'ed as usual).
+    /// acked, nak'ed or dead-lettered as usual). Messages pulled but not started are
+    /// redelivered after the ack wait.
     pub async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
@@ -125,21 +356,57 @@ impl ConsumerHandle {
 /// Creates (or joins) the durable consumer and starts handling deliveries.
 ///
 /// # Errors
-/// [`ErrorKind::InvalidSubject`] for a bad name or no filters;
-/// [`ErrorKind::JetStream`] when the stream is missing or the consumer exists with a
-/// conflicting configuration.
+/// [`ErrorKind::InvalidSubject`] for a bad name; [`ErrorKind::InvalidConfig`] for no
+/// filters or an out-of-range setting; [`ErrorKind::JetStream`] when the stream is
+/// missing or the server refuses; [`ErrorKind::Conflict`] when a consumer of that name
+/// exists and cannot be updated into this one (push, or another ack policy).
 pub async fn start(
     bus: &Bus,
     config: DurableConfig,
     handler: impl DeliveryHandler,
 ) -> Result<ConsumerHandle> {
-    validate_token("consumer name", &config.name)?;
-    if config.filters.is_empty() {
-        return Err(Error::new(
-            ErrorKind::InvalidSubject,
-            format!("durable consumer {} needs at least one filter", config.name),
-        ));
-    }
+    config.validate()?;
+    let consumer = create_or_join(bus, &config).await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(config.concurrency)
+        .messages()
+        .await
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::JetStream,
+                format!("cannot pull from consumer {}", config.name),
+                e,
+            )
+        })?;
+    let failures = match bus
+        .jetstream()
+        .get_key_value(&bus.names().failures_bucket)
+        .await
+    {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!(consumer = %config.name, bucket = %bus.names().failures_bucket, error = %e, "no failures bucket: dead letters will lack first_failed_at (`weft up` creates it)");
+            None
+        }
+    };
+    let cancel = CancellationToken::new();
+    let ctx = Arc::new(Ctx {
+        bus: bus.clone(),
+        handler: config.stack(Arc::new(handler)),
+        config,
+        failures,
+        replay_prefix: bus.subjects().all_replay().trim_end_matches('>').to_owned(),
+    });
+    let task = tokio::spawn(run(ctx.clone(), consumer, messages, cancel.clone()));
+    Ok(ConsumerHandle {
+        name: ctx.config.name.clone(),
+        cancel,
+        task,
+    })
+}
+
+async fn create_or_join(bus: &Bus, config: &DurableConfig) -> Result<Consumer<pull::Config>> {
     let stream_name = bus.names().events_stream.clone();
     let stream = bus
         .jetstream()
@@ -152,70 +419,99 @@ pub async fn start(
                 e,
             )
         })?;
-    let filter_subjects: Vec<String> = config
+    let s = bus.subjects();
+    let mut filter_subjects: Vec<String> = config
         .filters
         .iter()
-        .map(|f| bus.subjects().events_matching(f))
+        .map(|f| s.events_matching(f))
         .collect();
-    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(config.name.clone()),
-            filter_subjects,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: config.ack_wait,
-            max_deliver: config.max_deliver,
-            max_ack_pending: 1000,
-            deliver_policy: if config.deliver_all {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::New
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            Error::with_source(
+    if stream
+        .cached_info()
+        .config
+        .subjects
+        .contains(&s.all_replay())
+    {
+        filter_subjects.extend(
+            config
+                .filters
+                .iter()
+                .map(|f| s.replay_matching(&config.name, f)),
+        );
+    } else {
+        tracing::warn!(stream = %stream_name, consumer = %config.name, "the events stream has no {} subject: replays to this consumer are off (`weft up` adds it)", s.all_replay());
+    }
+    let name = &config.name;
+    let mut wanted = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some("Weft durable subscriber".into()),
+        filter_subjects,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        // One more than the handler gets: see "Outcomes" in the module docs.
+        max_deliver: config.max_deliver.saturating_add(1),
+        max_ack_pending: config.max_ack_pending,
+        deliver_policy: if config.deliver_all {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::New
+        },
+        ..Default::default()
+    };
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+    match stream.consumer_info(name).await {
+        Ok(existing) => {
+            let c = &existing.config;
+            if c.deliver_subject.is_some() || c.ack_policy != AckPolicy::Explicit {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "consumer {name} on {stream_name} exists but is not a pull consumer with explicit acks; delete it or choose another name"
+                    ),
+                ));
+            }
+            // Keep its position: a deliver policy cannot change on an existing consumer.
+            wanted.deliver_policy = c.deliver_policy;
+        }
+        Err(e) if e.kind() == K::NotFound => {}
+        Err(e) => {
+            return Err(Error::with_source(
                 ErrorKind::JetStream,
-                format!(
-                    "cannot create durable consumer {} on {stream_name}",
-                    config.name
-                ),
+                format!("cannot read consumer {name} of {stream_name}"),
                 e,
-            )
-        })?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency.max(1))
-        .messages()
-        .await
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::JetStream,
-                format!("cannot pull from consumer {}", config.name),
-                e,
-            )
-        })?;
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(run(
-        bus.clone(),
-        config,
-        Arc::new(handler),
-        messages,
-        cancel.clone(),
-    ));
-    Ok(ConsumerHandle { cancel, task })
+            ));
+        }
+    }
+    // Create-or-update: joins a consumer that another instance creates meanwhile.
+    stream.create_consumer(wanted).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Conflict,
+            format!(
+                "cannot create or update durable consumer {name} on {stream_name} (its filters may overlap, or an existing consumer cannot take these settings)"
+            ),
+            e,
+        )
+    })
+}
+
+/// What every handler task of one subscriber shares.
+struct Ctx {
+    bus: Bus,
+    config: DurableConfig,
+    handler: BoxDeliveryHandler,
+    failures: Option<kv::Store>,
+    /// `P.replay.`: deliveries under it are replayed copies.
+    replay_prefix: String,
 }
 
 async fn run(
-    bus: Bus,
-    config: DurableConfig,
-    handler: Arc<dyn DeliveryHandler>,
+    ctx: Arc<Ctx>,
+    consumer: Consumer<pull::Config>,
     mut messages: pull::Stream,
     cancel: CancellationToken,
 ) {
-    let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(ctx.config.concurrency));
     let tracker = TaskTracker::new();
+    tracker.spawn(sample_pending(ctx.clone(), consumer, cancel.clone()));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -227,17 +523,19 @@ async fn run(
         let msg = match msg {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                tracing::warn!(consumer = %config.name, error = %e, "pull failed; retrying");
+                tracing::warn!(consumer = %ctx.config.name, error = %e, "pull failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
             None => break,
         };
-        let (bus, config, handler) = (bus.clone(), config.clone(), handler.clone());
+        let ctx = ctx.clone();
         tracker.spawn(async move {
-            let gauge = metrics::bus().in_flight.with_label_values(&[&config.name]);
+            let gauge = metrics::bus()
+                .in_flight
+                .with_label_values(&[&ctx.config.name]);
             gauge.inc();
-            handle(&bus, &config, handler.as_ref(), msg).await;
+            handle(&ctx, msg).await;
             gauge.dec();
             drop(permit);
         });
@@ -246,85 +544,275 @@ async fn run(
     tracker.wait().await;
 }
 
-async fn handle(
-    bus: &Bus,
-    config: &DurableConfig,
-    handler: &dyn DeliveryHandler,
-    msg: async_nats::jetstream::Message,
+/// Samples the consumer's pending counts into `weft_consumer_pending` until stopped.
+async fn sample_pending(
+    ctx: Arc<Ctx>,
+    consumer: Consumer<pull::Config>,
+    cancel: CancellationToken,
 ) {
+    let gauge = &metrics::bus().consumer_pending;
+    let name = ctx.config.name.as_str();
+    let mut tick = tokio::time::interval(ctx.config.stats_interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match consumer.get_info().await {
+            Ok(info) => {
+                gauge
+                    .with_label_values(&[name, "pending"])
+                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                gauge
+                    .with_label_values(&[name, "ack_pending"])
+                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(consumer = name, error = %e, "cannot sample consumer info"),
+        }
+    }
+    for state in ["pending", "ack_pending"] {
+        let _ = gauge.remove_label_values(&[name, state]);
+    }
+}
+
+/// Handles one message from delivery to settlement.
+async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     let (attempt, stream_sequence, stream) = match msg.info() {
         Ok(i) => (i.delivered, i.stream_sequence, i.stream.to_owned()),
         Err(_) => (1, 0, String::new()),
     };
+    let config = &ctx.config;
+    if attempt > 1 {
+        metrics::bus()
+            .redeliveries
+            .with_label_values(&[&config.name])
+            .inc();
+    }
     let subject = msg.subject.to_string();
-    let outcome = match Envelope::from_slice(&msg.payload) {
-        Err(e) => Err(DeliveryError::Permanent(format!(
-            "not a valid envelope: {e}"
-        ))),
-        Ok(envelope) => {
-            let delivery = Delivery {
-                envelope,
-                subject: subject.clone(),
-                attempt,
-                stream_sequence,
-            };
-            // In-progress acks keep a long handler from being redelivered.
-            let every = (config.ack_wait / 3).max(Duration::from_millis(100));
-            let progress = async {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "in-progress ack failed");
-                    }
-                }
-            };
-            let work = AssertUnwindSafe(handler.call(delivery)).catch_unwind();
-            tokio::select! {
-                r = work => r.unwrap_or_else(|_| Err(DeliveryError::Retry("handler panicked".into()))),
-                _ = progress => unreachable!("the progress loop never ends"),
+    let failure = Failure {
+        subject: subject.clone(),
+        stream,
+        stream_sequence,
+        attempt,
+    };
+    if attempt > config.max_deliver {
+        let failure = Failure {
+            attempt: config.max_deliver,
+            ..failure
+        };
+        let record = ctx.failure_record(stream_sequence).await;
+        let mut error = format!(
+            "delivery {} of {} was never settled (the handler's process died or hung past the ack wait)",
+            config.max_deliver, config.max_deliver
+        );
+        if let Some(last) = record.as_ref().map(|r| &r.last_error) {
+            error.push_str(&format!("; last handler error: {last}"));
+        }
+        let first = record.map(|r| r.first_failed_at);
+        ctx.dead_letter(&msg, &failure, Reason::Unacknowledged, error, first)
+            .await;
+        return;
+    }
+    let envelope = match Envelope::from_slice(&msg.payload) {
+        Ok(env) => env,
+        Err(e) => {
+            let error = format!("not a valid envelope: {e}");
+            let first = ctx.first_failure(&failure).await;
+            ctx.dead_letter(&msg, &failure, Reason::InvalidEnvelope, error, first)
+                .await;
+            return;
+        }
+    };
+    let delivery = Delivery {
+        envelope,
+        replayed: subject.starts_with(&ctx.replay_prefix),
+        subject,
+        attempt,
+        stream_sequence,
+        headers: msg.headers.clone().unwrap_or_default(),
+    };
+    // In-progress acks keep a long handler from being redelivered.
+    let every = (config.ack_wait / 3).max(Duration::from_millis(30));
+    let progress = async {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "in-progress ack failed");
             }
         }
     };
-    let counter = |o: &str| {
+    let outcome = tokio::select! {
+        r = ctx.handler.clone().oneshot(delivery) => r,
+        _ = progress => unreachable!("the progress loop never ends"),
+    };
+    ctx.settle(&msg, &failure, outcome).await;
+}
+
+/// Where a failing message is stored and which delivery failed.
+struct Failure {
+    subject: String,
+    stream: String,
+    stream_sequence: u64,
+    attempt: i64,
+}
+
+/// A message's failure history in the `<prefix>_failures` bucket.
+#[derive(Debug, Serialize, Deserialize)]
+struct FailureRecord {
+    first_failed_at: String,
+    last_error: String,
+}
+
+impl Ctx {
+    fn count(&self, outcome: &str) {
         metrics::bus()
             .deliveries
-            .with_label_values(&[&config.name, o])
-            .inc()
-    };
-    match outcome {
-        Ok(()) => {
-            counter("ack");
-            if let Err(e) = msg.double_ack().await {
-                tracing::warn!(consumer = %config.name, error = %e, "ack failed; the message will be redelivered");
-            }
-        }
-        Err(DeliveryError::Retry(reason)) if attempt < config.max_deliver => {
-            counter("nak");
-            tracing::info!(consumer = %config.name, %subject, attempt, %reason, "retrying later");
-            let _ = msg.ack_with(AckKind::Nak(Some(config.retry_delay))).await;
-        }
-        Err(e) => {
-            counter("dead_letter");
-            let letter = DeadLetter {
-                original_subject: subject,
-                stream,
-                stream_sequence,
-                consumer: config.name.clone(),
-                attempts: attempt,
-                last_error: e.to_string(),
-            };
-            match dlq::publish(bus, &msg.payload, &letter).await {
-                Ok(()) => {
-                    let _ = msg.ack_with(AckKind::Term).await;
+            .with_label_values(&[&self.config.name, outcome])
+            .inc();
+    }
+
+    async fn settle(
+        &self,
+        msg: &async_nats::jetstream::Message,
+        failure: &Failure,
+        outcome: std::result::Result<(), DeliveryError>,
+    ) {
+        let name = &self.config.name;
+        match outcome {
+            Ok(()) => {
+                self.count("ack");
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!(consumer = %name, error = %e, "ack failed; the message will be redelivered");
                 }
-                Err(err) => {
-                    // Keep the original: it will be redelivered and dead-lettered later.
-                    tracing::error!(consumer = %config.name, error = %err, "cannot publish dead letter; leaving the message for redelivery");
-                    let _ = msg.ack_with(AckKind::Nak(Some(config.retry_delay))).await;
+                if failure.attempt > 1 {
+                    self.forget_failure(failure.stream_sequence).await;
                 }
             }
+            Err(DeliveryError::Retry(reason)) => {
+                let first = self.note_failure(failure, &reason).await;
+                match self.config.retry.delay(failure.attempt) {
+                    Some(delay) if failure.attempt < self.config.max_deliver => {
+                        self.count("nak");
+                        tracing::info!(consumer = %name, subject = %failure.subject, attempt = failure.attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying later");
+                        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(consumer = %name, error = %e, "nak failed; the message will be redelivered after the ack wait");
+                        }
+                    }
+                    _ => {
+                        self.dead_letter(msg, failure, Reason::RetriesSpent, reason, first)
+                            .await
+                    }
+                }
+            }
+            Err(DeliveryError::Permanent(reason)) => {
+                let first = self.first_failure(failure).await;
+                self.dead_letter(msg, failure, Reason::Permanent, reason, first)
+                    .await;
+            }
+        }
+    }
+
+    /// Publishes the dead letter, then terminates the original; if the publish fails,
+    /// naks it so it comes back and is dead-lettered then.
+    async fn dead_letter(
+        &self,
+        msg: &async_nats::jetstream::Message,
+        failure: &Failure,
+        reason: Reason,
+        last_error: String,
+        first_failed_at: Option<String>,
+    ) {
+        let name = &self.config.name;
+        let letter = DeadLetter {
+            original_subject: failure.subject.clone(),
+            stream: failure.stream.clone(),
+            stream_sequence: failure.stream_sequence,
+            consumer: name.clone(),
+            attempts: failure.attempt,
+            reason,
+            last_error,
+            first_failed_at,
+            last_failed_at: now_rfc3339(),
+        };
+        match dlq::publish(&self.bus, &msg.payload, msg.headers.as_ref(), &letter).await {
+            Ok(_) => {
+                self.count("dead_letter");
+                metrics::bus()
+                    .dead_letters
+                    .with_label_values(&[name, reason.as_str()])
+                    .inc();
+                if let Err(e) = msg.double_ack_with(AckKind::Term).await {
+                    // Redelivered later, then dead-lettered again and de-duplicated.
+                    tracing::warn!(consumer = %name, error = %e, "cannot terminate a dead-lettered message");
+                }
+                self.forget_failure(failure.stream_sequence).await;
+            }
+            Err(err) => {
+                self.count("nak");
+                // Kept for the next delivery, which dead-letters it (reason unacknowledged
+                // when this was the last one) with this error.
+                self.note_failure(failure, &letter.last_error).await;
+                let delay = self
+                    .config
+                    .retry
+                    .delay(failure.attempt)
+                    .unwrap_or(Duration::from_secs(1));
+                tracing::error!(consumer = %name, error = %err, "cannot publish dead letter; leaving the message for redelivery");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+
+    fn failure_key(&self, stream_sequence: u64) -> String {
+        format!("{}.{stream_sequence}", self.config.name)
+    }
+
+    async fn failure_record(&self, stream_sequence: u64) -> Option<FailureRecord> {
+        let store = self.failures.as_ref()?;
+        let bytes = store.get(self.failure_key(stream_sequence)).await.ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// When the failing delivery's message first failed: the record's time, or now when
+    /// this is its first failure.
+    async fn first_failure(&self, failure: &Failure) -> Option<String> {
+        if failure.attempt <= 1 {
+            return Some(now_rfc3339());
+        }
+        match self.failure_record(failure.stream_sequence).await {
+            Some(r) => Some(r.first_failed_at),
+            // With the bucket, no record means no earlier failure.
+            None => self.failures.is_some().then(now_rfc3339),
+        }
+    }
+
+    /// Records a retryable failure and returns the first failure time.
+    async fn note_failure(&self, failure: &Failure, error: &str) -> Option<String> {
+        let first = self.first_failure(failure).await;
+        let (Some(store), Some(first_failed_at)) = (&self.failures, first.clone()) else {
+            return first;
+        };
+        let record = FailureRecord {
+            first_failed_at,
+            last_error: error.to_owned(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&record)
+            && let Err(e) = store
+                .put(self.failure_key(failure.stream_sequence), bytes.into())
+                .await
+        {
+            tracing::debug!(consumer = %self.config.name, error = %e, "cannot record a failure");
+        }
+        first
+    }
+
+    async fn forget_failure(&self, stream_sequence: u64) {
+        if let Some(store) = &self.failures
+            && let Err(e) = store.purge(self.failure_key(stream_sequence)).await
+        {
+            tracing::debug!(consumer = %self.config.name, error = %e, "cannot delete a failure record");
         }
     }
 }

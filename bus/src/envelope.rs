@@ -192,12 +192,39 @@ pub enum EnvelopeError {
 /// Current time as RFC 3339 UTC with exactly three fractional digits, e.g.
 /// `2026-11-21T14:03:07.120Z`, so that times sort as strings.
 pub fn now_rfc3339() -> String {
+    rfc3339(OffsetDateTime::now_utc())
+}
+
+/// `at` as RFC 3339 UTC in the same fixed-width form as [`now_rfc3339`].
+pub fn rfc3339(at: OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    OffsetDateTime::now_utc()
-        .format(FORMAT)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        return at
+            .format(FORMAT)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into());
+    }
+    // Every envelope carries a timestamp: written by hand, this is several times
+    // faster than the general formatter, with the same output for years 0 to 9999.
+    let (hour, minute, second, milli) = at.to_hms_milli();
+    let mut out = String::with_capacity("2026-11-21T14:03:07.120Z".len());
+    let mut push = |n: u32, width: u32, then: char| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
+        }
+        out.push(then);
+    };
+    push(year as u32, 4, '-');
+    push(u8::from(at.month()).into(), 2, '-');
+    push(at.day().into(), 2, 'T');
+    push(hour.into(), 2, ':');
+    push(minute.into(), 2, ':');
+    push(second.into(), 2, '.');
+    push(milli.into(), 3, 'Z');
+    out
 }
 
 /// A fresh UUIDv7 as a string.
@@ -301,8 +328,10 @@ impl Envelope {
     /// # Errors
     /// [`EnvelopeError::TooLarge`] past [`MAX_ENVELOPE_BYTES`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
-        let bytes =
-            serde_json::to_vec(self).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // Room for a typical envelope, so the buffer is not regrown while writing.
+        let mut bytes = Vec::with_capacity(512);
+        serde_json::to_writer(&mut bytes, self)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::TooLarge {
                 size: bytes.len(),
@@ -323,6 +352,19 @@ impl Envelope {
                 limit: MAX_ENVELOPE_BYTES,
             });
         }
+        // Fast path: straight into the struct (about three times faster than going
+        // through a `Value`); `validate` checks the versions first. Whatever this path
+        // refuses takes the slow one, which names the precise problem.
+        if let Ok(env) = serde_json::from_slice::<Envelope>(bytes) {
+            env.validate()?;
+            return Ok(env);
+        }
+        Self::from_slice_precisely(bytes)
+    }
+
+    /// Decodes through a `Value`, so that errors are precise: the versions are checked
+    /// before the fields.
+    fn from_slice_precisely(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         // Check the versions first, so a future schema gets a precise error rather than
         // a complaint about a field it renamed.
         let value: Value =
@@ -575,6 +617,71 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), "2026-11-21T14:03:07.120Z".len(), "{t}");
         assert!(OffsetDateTime::parse(&t, &Rfc3339).is_ok(), "{t}");
+    }
+
+    #[test]
+    fn timestamps_match_the_general_formatter() {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let samples = [
+            time::macros::datetime!(2026-11-21 14:03:07.123_999 UTC),
+            time::macros::datetime!(0000-01-01 00:00:00 UTC),
+            time::macros::datetime!(9999-12-31 23:59:59.999_999_999 UTC),
+            time::macros::datetime!(2024-02-29 23:30:00.5 -01:00),
+            time::macros::datetime!(-0001-06-15 12:00:00 UTC),
+            OffsetDateTime::now_utc(),
+        ];
+        for at in samples {
+            let utc = at.to_offset(time::UtcOffset::UTC);
+            assert_eq!(rfc3339(at), utc.format(format).unwrap(), "{at}");
+        }
+    }
+
+    #[test]
+    fn the_fast_decoder_agrees_with_the_precise_one() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/samples");
+        for kind in ["valid", "invalid"] {
+            for entry in std::fs::read_dir(format!("{samples}/{kind}")).unwrap() {
+                inputs.push(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+        }
+        let good = Envelope::request("a", json!({"k": [1, 2.5, null]}));
+        let mut good = serde_json::to_value(&good).unwrap();
+        inputs.push(good.to_string().into_bytes());
+        let mut variants = vec![
+            ("seq", json!(null)),
+            ("seq", json!(-1)),
+            ("schema_version", json!(1.0)),
+            ("schema_version", json!(4_294_967_297u64)),
+            ("spec_version", json!(1)),
+            ("frame_type", json!("nope")),
+            ("payload", json!(null)),
+            ("metadata", json!([])),
+            ("unknown", json!({"kept": true})),
+        ];
+        for (field, value) in variants.drain(..) {
+            let old = good[field].take();
+            good[field] = value;
+            inputs.push(good.to_string().into_bytes());
+            good[field] = old;
+        }
+        let text = good.to_string();
+        inputs.push(
+            text.replacen('{', r#"{"event_type":"x y","#, 1)
+                .into_bytes(),
+        );
+        inputs.push(b"[1]".to_vec());
+        inputs.push(b"{".to_vec());
+        for bytes in inputs {
+            assert_eq!(
+                Envelope::from_slice(&bytes),
+                Envelope::from_slice_precisely(&bytes),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
     }
 
     #[test]

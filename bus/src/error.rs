@@ -35,6 +35,13 @@ pub enum ErrorKind {
     Server,
     /// The call was not made: a circuit breaker is open, or a limit was reached.
     Rejected,
+    /// A streamed reply broke the frame protocol: a `seq` gap or a reorder buffer over
+    /// its limit, a misplaced frame (see [`crate::stream`]).
+    Stream,
+    /// A setting is out of range (e.g. a durable consumer with 0 max deliveries).
+    InvalidConfig,
+    /// What was asked for does not exist (e.g. no dead letter with that id).
+    NotFound,
     /// Anything else.
     Other,
 }

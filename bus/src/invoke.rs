@@ -5,6 +5,9 @@
 //! known at once. The reply inbox is also written into the envelope's `reply_to` for
 //! ACP peers. The answer is `agent.response.final` (payload = result) or
 //! `agent.response.error` (payload [`ErrorPayload`]).
+//!
+//! [`Bus::invoke_stream`] asks for a streamed reply instead: a [`FrameStream`] of
+//! frames (see [`crate::stream`]).
 
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,8 +21,9 @@ use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
-use crate::publish::headers_for;
+use crate::stream::{FrameStream, STREAM_METADATA_KEY, StreamOptions, error_payload_of};
 use crate::subject::Target;
+use tracing::Instrument as _;
 
 /// Timeout of [`Bus::invoke`]: 30 s.
 pub const DEFAULT_INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,7 +64,17 @@ impl Bus {
     ) -> Result<Envelope> {
         let target_label = target.to_string();
         let started = Instant::now();
-        let result = self.request_inner(target, &mut request, timeout).await;
+        let span = tracing::info_span!(
+            "invoke",
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subjects().invoke(target),
+            target = %target_label,
+        );
+        let result = self
+            .request_inner(target, &mut request, timeout)
+            .instrument(span)
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => match e.kind() {
@@ -91,6 +105,7 @@ impl Bus {
             request.frame_type = Some(FrameType::Request);
         }
         request.validate()?;
+        let headers = crate::trace::outgoing_headers(request);
         let bytes = request.to_bytes()?;
         let msg = self
             .client()
@@ -98,7 +113,7 @@ impl Bus {
                 subject.clone(),
                 async_nats::Request::new()
                     .payload(bytes.into())
-                    .headers(headers_for(request))
+                    .headers(headers)
                     .inbox(inbox)
                     .timeout(Some(timeout)),
             )
@@ -143,16 +158,87 @@ impl Bus {
             )
         })?;
         if reply.frame_type == Some(FrameType::Error) {
-            let payload: ErrorPayload = serde_json::from_value(reply.payload_or_null().clone())
-                .unwrap_or_else(|e| {
-                    ErrorPayload::new(
-                        ErrorCode::CodecFailure,
-                        format!("error reply with an unreadable payload: {e}"),
-                    )
-                });
-            return Err(Error::from_remote(&target.to_string(), payload));
+            return Err(Error::from_remote(
+                &target.to_string(),
+                error_payload_of(&reply),
+            ));
         }
         Ok(reply)
+    }
+
+    /// Invokes `target` with the request envelope `request` and asks for a streamed
+    /// reply (DESIGN §4): returns at once with a [`FrameStream`] of the frames in `seq`
+    /// order. `request.reply_to` is set to the stream's inbox and its metadata gets
+    /// `weft.stream: true`. Dropping the stream before its terminal frame cancels the
+    /// handler.
+    ///
+    /// A plain endpoint answers with `started` then `final` (or one `error`); a
+    /// responder that does not know streams with one unnumbered terminal frame.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Envelope`] for an invalid or oversized request,
+    /// [`ErrorKind::Subscribe`] or [`ErrorKind::Publish`] when NATS fails. Everything
+    /// after the request is sent (no responders, timeouts, protocol errors) comes as an
+    /// item of the stream, see [`FrameStream`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use weft_bus::stream::StreamOptions;
+    /// # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+    /// let target: weft_bus::Target = "support".parse()?;
+    /// let request = weft_bus::Envelope::request("support", serde_json::json!({"message": "hi"}));
+    /// let options = StreamOptions::default().idle_timeout(std::time::Duration::from_secs(10));
+    /// let mut frames = bus.invoke_stream(&target, request, options).await?;
+    /// while let Some(frame) = frames.next().await {
+    ///     let frame = frame?;
+    ///     println!("{}: {}", frame.event_type(), frame.payload());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn invoke_stream(
+        &self,
+        target: &Target,
+        mut request: Envelope,
+        options: StreamOptions,
+    ) -> Result<FrameStream> {
+        let subject = self.subjects().invoke(target);
+        let inbox = self.client().new_inbox();
+        request.reply_to = Some(inbox.clone());
+        if request.frame_type.is_none() {
+            request.frame_type = Some(FrameType::Request);
+        }
+        request
+            .metadata
+            .insert(STREAM_METADATA_KEY.to_owned(), Value::Bool(true));
+        request.validate()?;
+        let headers = crate::trace::outgoing_headers(&mut request);
+        let bytes = request.to_bytes()?;
+        let subscriber = self.client().subscribe(inbox.clone()).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Subscribe,
+                format!("cannot subscribe to the reply inbox of a stream from {target}"),
+                e,
+            )
+        })?;
+        self.client()
+            .publish_with_reply_and_headers(subject.clone(), inbox, headers, bytes.into())
+            .await
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Publish,
+                    format!("cannot publish to {subject}"),
+                    e,
+                )
+            })?;
+        Ok(FrameStream::new(
+            self,
+            target.to_string(),
+            subject,
+            &request,
+            subscriber,
+            options,
+        ))
     }
 }
 

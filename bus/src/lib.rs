@@ -3,8 +3,9 @@
 //! The part of Weft every other part stands on: the [envelope], validated
 //! [subjects](subject), the [connection](Bus), durable and fire-and-forget
 //! [publish], core [subscriptions](subscribe), [invoke] with
-//! request-reply, [services](service) that are also NATS micro services, the
-//! [registry], [durable consumers](consumer) with [dead letters](dlq), the
+//! request-reply and [streaming](stream), [services](service) that are also NATS micro services, the
+//! [registry], [durable consumers](consumer) with [retry policies](retry),
+//! [dead letters](dlq) and [replay], the
 //! mesh's JetStream [resources], [KV helpers](kv), Prometheus [metrics], a local
 //! [`nats-server`](server) and, with the `testing` feature, a test harness.
 //!
@@ -22,13 +23,17 @@ pub mod metrics;
 pub mod middleware;
 pub mod publish;
 pub mod registry;
+pub mod replay;
 pub mod resources;
+pub mod retry;
 pub mod server;
 pub mod service;
+pub mod stream;
 pub mod subject;
 pub mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use connect::{Bus, ConnectOptions};
 pub use envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};

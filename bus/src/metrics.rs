@@ -89,6 +89,17 @@ pub struct BusMetrics {
     pub deliveries: IntCounterVec,
     /// `weft_handlers_in_flight{consumer}`: durable handlers running now.
     pub in_flight: IntGaugeVec,
+    /// `weft_redeliveries_total{consumer}`: deliveries after the first (attempt > 1).
+    pub redeliveries: IntCounterVec,
+    /// `weft_dead_letters_total{consumer, reason}`: messages dead-lettered; reason
+    /// `permanent`, `retries_spent`, `invalid_envelope`, `unacknowledged`.
+    pub dead_letters: IntCounterVec,
+    /// `weft_replays_total{source, outcome}`: events replayed; source `dlq` or `stream`,
+    /// outcome `ok` or `error`.
+    pub replays: IntCounterVec,
+    /// `weft_consumer_pending{consumer, state}`: sampled from consumer info; state
+    /// `pending` (stored, not yet delivered) or `ack_pending` (delivered, not acked).
+    pub consumer_pending: IntGaugeVec,
     /// `weft_registry_instances{kind}`: instances this process has registered.
     pub registered: IntGaugeVec,
 }
@@ -131,6 +142,26 @@ pub fn bus() -> &'static BusMetrics {
             "weft_handlers_in_flight",
             "Durable handlers running now, by consumer",
             &["consumer"],
+        ),
+        redeliveries: counter(
+            "weft_redeliveries_total",
+            "Durable deliveries after the first, by consumer",
+            &["consumer"],
+        ),
+        dead_letters: counter(
+            "weft_dead_letters_total",
+            "Messages dead-lettered, by consumer and reason",
+            &["consumer", "reason"],
+        ),
+        replays: counter(
+            "weft_replays_total",
+            "Events replayed, by source (dlq, stream) and outcome (ok, error)",
+            &["source", "outcome"],
+        ),
+        consumer_pending: gauge(
+            "weft_consumer_pending",
+            "Messages of a durable consumer by state (pending, ack_pending), sampled",
+            &["consumer", "state"],
         ),
         registered: gauge(
             "weft_registry_instances",

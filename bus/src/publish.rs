@@ -2,9 +2,13 @@
 //! explicitly named fire-and-forget publish for telemetry-like events.
 //!
 //! Every message carries the NATS headers `Nats-Msg-Id: <event_id>` (JetStream
-//! de-duplication) and, when the envelope has one, `traceparent`.
+//! de-duplication) and the W3C trace context ([`crate::trace`]). Each publish runs in
+//! a `publish` span.
+
+use std::sync::OnceLock;
 
 use async_nats::HeaderMap;
+use prometheus::IntCounter;
 use serde_json::Value;
 
 use crate::connect::Bus;
@@ -12,6 +16,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
 use crate::subject::EventType;
+use tracing::Instrument as _;
 
 /// Header carrying the event id, used by JetStream de-duplication.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -42,6 +47,34 @@ pub fn headers_for(env: &Envelope) -> HeaderMap {
     h
 }
 
+/// Counts one publish in `weft_events_published_total{mode, outcome}`. The five
+/// series are looked up once: finding a series by its labels costs more than the
+/// increment, and fire-and-forget publishes are counted one by one.
+fn count_published(mode: &'static str, outcome: &'static str) {
+    const SERIES: [(&str, &str); 5] = [
+        ("durable", "ok"),
+        ("durable", "duplicate"),
+        ("durable", "error"),
+        ("fire_and_forget", "ok"),
+        ("fire_and_forget", "error"),
+    ];
+    static COUNTERS: OnceLock<Vec<IntCounter>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        let published = &metrics::bus().events_published;
+        SERIES
+            .iter()
+            .map(|(m, o)| published.with_label_values(&[m, o]))
+            .collect()
+    });
+    match SERIES.iter().position(|s| *s == (mode, outcome)) {
+        Some(i) => counters[i].inc(),
+        None => metrics::bus()
+            .events_published
+            .with_label_values(&[mode, outcome])
+            .inc(),
+    }
+}
+
 impl Bus {
     /// Publishes `payload` as a new event of `event_type` and waits for the JetStream
     /// ack.
@@ -61,16 +94,20 @@ impl Bus {
     /// an invalid or oversized envelope, [`ErrorKind::Publish`] when no stream takes the
     /// subject or the ack does not come in time.
     pub async fn publish_envelope(&self, env: &Envelope) -> Result<Published> {
-        let result = self.publish_envelope_inner(env).await;
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %format_args!("{}.events.{}", self.prefix(), env.event_type),
+            event_id = %env.event_id,
+        );
+        let result = self.publish_envelope_inner(env).instrument(span).await;
         let outcome = match &result {
             Ok(p) if p.duplicate => "duplicate",
             Ok(_) => "ok",
             Err(_) => "error",
         };
-        metrics::bus()
-            .events_published
-            .with_label_values(&["durable", outcome])
-            .inc();
+        count_published("durable", outcome);
         result
     }
 
@@ -78,10 +115,11 @@ impl Bus {
         let event_type: EventType = env.event_type.parse()?;
         env.validate()?;
         let subject = self.subjects().events(&event_type);
+        let (env, headers) = crate::trace::outgoing(env);
         let bytes = env.to_bytes()?;
         let ack = self
             .jetstream()
-            .publish_with_headers(subject.clone(), headers_for(env), bytes.into())
+            .publish_with_headers(subject.clone(), headers, bytes.into())
             .await
             .map_err(|e| {
                 Error::with_source(ErrorKind::Publish, format!("cannot publish to {subject}"), e)
@@ -112,10 +150,20 @@ impl Bus {
     /// [`ErrorKind::Envelope`] for an oversized envelope, [`ErrorKind::Publish`] when
     /// the client cannot queue the message.
     pub async fn publish_fire_and_forget(&self, subject: &str, env: &Envelope) -> Result<()> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+            event_id = %env.event_id,
+        );
+        let _entered = span.enter();
+        let (env, headers) = crate::trace::outgoing(env);
         let bytes = env.to_bytes()?;
+        drop(_entered);
         let r = self
             .client()
-            .publish_with_headers(subject.to_owned(), headers_for(env), bytes.into())
+            .publish_with_headers(subject.to_owned(), headers, bytes.into())
             .await
             .map_err(|e| {
                 Error::with_source(
@@ -124,10 +172,7 @@ impl Bus {
                     e,
                 )
             });
-        metrics::bus()
-            .events_published
-            .with_label_values(&["fire_and_forget", if r.is_ok() { "ok" } else { "error" }])
-            .inc();
+        count_published("fire_and_forget", if r.is_ok() { "ok" } else { "error" });
         r
     }
 

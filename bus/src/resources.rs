@@ -3,8 +3,9 @@
 //!
 //! | resource | what |
 //! |---|---|
-//! | stream `<PREFIX>_EVENTS` | `P.events.>`, file storage, limits retention, max age (default 7 days), duplicate window 2 min |
+//! | stream `<PREFIX>_EVENTS` | `P.events.>` and `P.replay.>` (replays to one consumer), file storage, limits retention, max age (default 7 days), duplicate window 2 min |
 //! | stream `<PREFIX>_DLQ` | `P.dlq.>`, kept 30 days |
+//! | KV `<prefix>_failures` | first failure of a message per durable consumer, for dead letters; max age = events max age |
 //! | KV `<prefix>_registry` | registry entries; max age = registry TTL (default 15 s) |
 //! | KV `<prefix>_memory` | agent memory by agent and session |
 //! | KV `<prefix>_flows` | flow runs and step checkpoints |
@@ -30,6 +31,9 @@ pub struct Names {
     pub memory_bucket: String,
     /// `<prefix>_flows`.
     pub flows_bucket: String,
+    /// `<prefix>_failures`: per durable consumer and stream sequence, when a message
+    /// first failed (see [`crate::consumer`]).
+    pub failures_bucket: String,
     prefix: String,
 }
 
@@ -44,6 +48,7 @@ impl Names {
             registry_bucket: format!("{p}_registry"),
             memory_bucket: format!("{p}_memory"),
             flows_bucket: format!("{p}_flows"),
+            failures_bucket: format!("{p}_failures"),
             prefix: p.to_owned(),
         }
     }
@@ -103,12 +108,13 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
     let n = bus.names();
     let s = bus.subjects();
     let js = bus.jetstream();
+    add_replay_subject(bus).await?;
     create_stream(
         js,
         stream::Config {
             name: n.events_stream.clone(),
             description: Some("Weft events".into()),
-            subjects: vec![s.all_events()],
+            subjects: vec![s.all_events(), s.all_replay()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_age: config.events_max_age,
@@ -152,14 +158,47 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
     ] {
         create_bucket(js, bucket_config(bucket, description, config.replicas)).await?;
     }
+    create_bucket(
+        js,
+        kv::Config {
+            max_age: config.events_max_age,
+            ..bucket_config(
+                &n.failures_bucket,
+                "Weft: when a message first failed, per durable consumer",
+                config.replicas,
+            )
+        },
+    )
+    .await?;
     Ok(Ensured {
         streams: vec![n.events_stream.clone(), n.dlq_stream.clone()],
         buckets: vec![
             n.registry_bucket.clone(),
             n.memory_bucket.clone(),
             n.flows_bucket.clone(),
+            n.failures_bucket.clone(),
         ],
     })
+}
+
+/// Upgrades an events stream made before replays existed: adds `P.replay.>` to its
+/// subjects and changes nothing else (so [`ensure`] still compares the rest strictly).
+async fn add_replay_subject(bus: &Bus) -> Result<()> {
+    let (n, s) = (bus.names(), bus.subjects());
+    let Ok(stream) = bus.jetstream().get_stream(&n.events_stream).await else {
+        return Ok(());
+    };
+    let mut config = stream.cached_info().config.clone();
+    if config.subjects.contains(&s.all_replay()) {
+        return Ok(());
+    }
+    config.subjects.push(s.all_replay());
+    bus.jetstream()
+        .update_stream(config)
+        .await
+        .map_err(|e| classify(&format!("stream {}", n.events_stream), e))?;
+    tracing::info!(stream = %n.events_stream, subject = %s.all_replay(), "added the replay subject to the events stream");
+    Ok(())
 }
 
 /// The configuration of a plain application bucket (file storage, history 1, no TTL).
@@ -215,7 +254,8 @@ fn classify(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Er
 }
 
 /// Creates whichever of the mesh's resources are missing, with `config`, and leaves
-/// existing ones as they are. For components that need the resources but do not own
+/// existing ones as they are (except that an events stream made before replays
+/// existed gains the `P.replay.>` subject). For components that need the resources but do not own
 /// their settings (flow workers, services); `weft up` uses the strict [`ensure`].
 ///
 /// # Errors
@@ -227,9 +267,10 @@ pub async fn ensure_exists(bus: &Bus, config: &ResourceConfig) -> Result<()> {
         js.get_stream(&n.events_stream).await.is_ok() && js.get_stream(&n.dlq_stream).await.is_ok();
     let buckets_present = js.get_key_value(&n.registry_bucket).await.is_ok()
         && js.get_key_value(&n.memory_bucket).await.is_ok()
-        && js.get_key_value(&n.flows_bucket).await.is_ok();
+        && js.get_key_value(&n.flows_bucket).await.is_ok()
+        && js.get_key_value(&n.failures_bucket).await.is_ok();
     if streams_present && buckets_present {
-        return Ok(());
+        return add_replay_subject(bus).await;
     }
     ensure(bus, config).await.map(drop)
 }

@@ -3,6 +3,10 @@
 //! A served service is also a NATS micro service (ADR-32: `$SRV.PING|INFO|STATS`), so
 //! standard NATS tooling sees it, and it keeps a registry entry alive on a heartbeat.
 //!
+//! An endpoint answers with one reply ([`Endpoint::new`]) or streams frames
+//! ([`Endpoint::streaming`], see [`crate::stream`]); both kinds run through the same
+//! middleware stack, and both answer plain and streaming callers.
+//!
 //! # Examples
 //! ```no_run
 //! use serde_json::json;
@@ -28,7 +32,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::service::ServiceExt as _;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -42,11 +45,10 @@ use tower::{Layer, ServiceExt as _};
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use crate::metrics;
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
-use crate::publish::headers_for;
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
+use crate::stream::{ReplySink, StreamHandler, StreamWriter};
 use crate::subject::{ServiceName, Target, validate_token};
 
 /// A boxed, sendable future.
@@ -94,6 +96,19 @@ impl tower::Service<Request> for HandlerService {
     }
 }
 
+/// A [`StreamHandler`] as a [`Handler`]: hands it the request's writer.
+struct StreamAdapter(Arc<dyn StreamHandler>);
+
+impl Handler for StreamAdapter {
+    fn call(&self, request: Request) -> BoxFuture<HandlerResult> {
+        let writer = request
+            .writer
+            .clone()
+            .unwrap_or_else(StreamWriter::detached);
+        self.0.call(request, writer)
+    }
+}
+
 type LayerFn = Arc<dyn Fn(BoxHandler) -> BoxHandler + Send + Sync>;
 
 /// A request as a handler sees it.
@@ -107,12 +122,21 @@ pub struct Request {
     pub endpoint: String,
     /// The bus, for handlers that publish or invoke in turn.
     pub bus: Bus,
+    /// The reply's frame writer, for streaming endpoints.
+    writer: Option<StreamWriter>,
 }
 
 impl Request {
     /// The request payload (`null` when absent).
     pub fn payload(&self) -> &Value {
         self.envelope.payload_or_null()
+    }
+
+    /// The writer of the reply's frames when the endpoint is a streaming one
+    /// ([`Endpoint::streaming`]); `None` for plain endpoints. Middleware can use it,
+    /// e.g. to send progress deltas or to watch for cancellation.
+    pub fn stream_writer(&self) -> Option<&StreamWriter> {
+        self.writer.as_ref()
     }
 
     /// The payload parsed into `T`.
@@ -139,10 +163,12 @@ pub struct Endpoint {
     output_schema: Option<Value>,
     timeout: Option<Duration>,
     handler: Arc<dyn Handler>,
+    streaming: bool,
 }
 
 impl Endpoint {
-    /// An endpoint `name` (one token) served by `handler`.
+    /// An endpoint `name` (one token) served by `handler`, answering with one reply.
+    /// A streaming caller gets it as `started` then `final` (or one `error`).
     pub fn new(name: impl Into<String>, handler: impl Handler) -> Self {
         Endpoint {
             name: name.into(),
@@ -151,6 +177,34 @@ impl Endpoint {
             output_schema: None,
             timeout: None,
             handler: Arc::new(handler),
+            streaming: false,
+        }
+    }
+
+    /// A streaming endpoint `name` (one token) served by `handler`, which writes
+    /// `started`/`delta` frames with its [`StreamWriter`] and returns the final
+    /// payload (DESIGN §4; see [`crate::stream`]). Its return value is the terminal
+    /// frame: `Ok` → `agent.response.final`, `Err` → `agent.response.error`; a panic
+    /// or the endpoint's timeout end the stream with an error frame too, so a stream
+    /// always ends with exactly one terminal frame. A plain caller
+    /// ([`Bus::request`](crate::Bus::request)) gets only the terminal frame.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use serde_json::json;
+    /// use weft_bus::service::{Endpoint, Request};
+    /// use weft_bus::stream::StreamWriter;
+    /// let count = Endpoint::streaming("count", |_req: Request, out: StreamWriter| async move {
+    ///     for i in 1..=3 {
+    ///         out.delta(json!(i)).await?;
+    ///     }
+    ///     Ok(json!({ "counted": 3 }))
+    /// });
+    /// ```
+    pub fn streaming(name: impl Into<String>, handler: impl StreamHandler) -> Self {
+        Endpoint {
+            streaming: true,
+            ..Endpoint::new(name, StreamAdapter(Arc::new(handler)))
         }
     }
 
@@ -172,8 +226,9 @@ impl Endpoint {
         self
     }
 
-    /// Time budget of one call; past it the handler is cancelled and the caller gets
-    /// `AGENT_TIMEOUT` (retryable). Default none (the caller's invoke timeout applies).
+    /// Time budget of one call (for a streaming endpoint: the whole stream); past it
+    /// the handler is cancelled and the caller gets `AGENT_TIMEOUT` (retryable).
+    /// Default none (the caller's invoke timeout applies).
     pub fn timeout(mut self, budget: Duration) -> Self {
         self.timeout = Some(budget);
         self
@@ -372,6 +427,7 @@ impl Service {
                     service: service.clone(),
                     endpoint: e.name.clone(),
                     handler: self.stack(&service, e),
+                    streaming: e.streaming,
                 };
                 loops.push(tokio::spawn(serve_endpoint(
                     stream,
@@ -409,13 +465,17 @@ impl Service {
         }
         let (s, ep) = (service.to_string(), e.name.clone());
         let trace = TraceLayer::new(move |r: &Request| {
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "handle",
+                otel.kind = "server",
+                messaging.system = "nats",
                 service = %s,
                 endpoint = %ep,
                 event_id = %r.envelope.event_id,
-                trace_id = r.envelope.trace_id.as_deref().unwrap_or_default(),
-            )
+            );
+            // The envelope mirrors the request's traceparent header (DESIGN §3).
+            crate::trace::set_parent(&span, None, Some(&r.envelope));
+            span
         });
         BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
     }
@@ -426,6 +486,7 @@ struct EndpointCtx {
     service: ServiceName,
     endpoint: String,
     handler: BoxHandler,
+    streaming: bool,
 }
 
 async fn serve_endpoint(
@@ -452,6 +513,8 @@ async fn serve_endpoint(
     }
 }
 
+/// Handles one request: decode, run the endpoint's stack, answer through a
+/// [`ReplySink`] (one plain reply, or frames when the caller streams).
 async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
     let started = Instant::now();
     let decoded = Envelope::from_slice(&request.message.payload);
@@ -461,7 +524,8 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
         .as_ref()
         .map(|s| s.to_string())
         .or_else(|| decoded.as_ref().ok().and_then(|e| e.reply_to.clone()));
-    let (reply, error) = match decoded {
+    let env = match decoded {
+        Ok(env) => env,
         Err(e) => {
             let err = ErrorPayload::new(
                 ErrorCode::CodecFailure,
@@ -470,82 +534,60 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
                     ctx.service, ctx.endpoint
                 ),
             );
+            record(ctx, started, &Err(err.clone()));
+            let Some(subject) = reply_subject else {
+                tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, "undecodable request without a reply subject; dropped");
+                return;
+            };
             let mut r = Envelope::new(FrameType::Error.event_type()).with_payload(err.to_value());
             r.frame_type = Some(FrameType::Error);
             r.is_final = true;
             r.from = Some(ctx.service.to_string());
-            (r, Some(err))
-        }
-        Ok(env) => {
-            let req = Request {
-                envelope: env.clone(),
-                service: ctx.service.clone(),
-                endpoint: ctx.endpoint.clone(),
-                bus: ctx.bus.clone(),
-            };
-            match ctx.handler.clone().oneshot(req).await {
-                Ok(value) => (env.reply(FrameType::Final, value), None),
-                Err(err) => (env.error_reply(&err), Some(err)),
+            let bytes = r.to_bytes().unwrap_or_default();
+            let client = ctx.bus.client();
+            if let Err(e) =
+                crate::stream::deliver(client, Some(&request), &subject, &r, bytes, Some(&err))
+                    .await
+            {
+                tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
             }
+            return;
         }
     };
-    let outcome = error
-        .as_ref()
-        .map(|e| e.code.as_str().to_owned())
-        .unwrap_or_else(|| "ok".into());
+    let sink = ReplySink::open(
+        &ctx.bus,
+        &env,
+        reply_subject,
+        request,
+        ctx.service.as_str(),
+        &ctx.endpoint,
+    )
+    .await;
+    let req = Request {
+        envelope: env,
+        service: ctx.service.clone(),
+        endpoint: ctx.endpoint.clone(),
+        bus: ctx.bus.clone(),
+        writer: ctx.streaming.then(|| sink.writer()),
+    };
+    let result = ctx.handler.clone().oneshot(req).await;
+    record(ctx, started, &result);
+    sink.finish(&result).await;
+}
+
+/// Counts and times one handled request.
+fn record(ctx: &EndpointCtx, started: Instant, result: &HandlerResult) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
     let m = metrics::bus();
     m.handled
-        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint, &outcome])
+        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint, outcome])
         .inc();
     m.handle_duration
         .with_label_values(&[ctx.service.as_str(), &ctx.endpoint])
         .observe(started.elapsed().as_secs_f64());
-
-    let Some(reply_subject) = reply_subject else {
-        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, "request has no reply subject and no reply_to; answer dropped");
-        return;
-    };
-    let bytes = match reply.to_bytes() {
-        Ok(b) => b,
-        Err(e) => {
-            let err = ErrorPayload::new(
-                ErrorCode::CodecFailure,
-                format!(
-                    "reply of {}.{} cannot be encoded: {e}",
-                    ctx.service, ctx.endpoint
-                ),
-            );
-            let r = reply.clone();
-            let mut r2 = Envelope::new(FrameType::Error.event_type()).with_payload(err.to_value());
-            r2.frame_type = Some(FrameType::Error);
-            r2.is_final = true;
-            r2.correlation_id = r.correlation_id;
-            r2.to_bytes().unwrap_or_default()
-        }
-    };
-    let mut headers: HeaderMap = headers_for(&reply);
-    if let Some(err) = &error {
-        headers.insert(SERVICE_ERROR_HEADER, err.message.as_str());
-        headers.insert(
-            SERVICE_ERROR_CODE_HEADER,
-            err.code.status().to_string().as_str(),
-        );
-    }
-    let sent = if request.message.reply.is_some() {
-        request
-            .respond_with_headers(Ok(bytes.into()), headers)
-            .await
-            .map_err(|e| e.to_string())
-    } else {
-        ctx.bus
-            .client()
-            .publish_with_headers(reply_subject, headers, bytes.into())
-            .await
-            .map_err(|e| e.to_string())
-    };
-    if let Err(e) = sent {
-        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
-    }
 }
 
 /// A running service. [`ServiceHandle::stop`] shuts it down cleanly.

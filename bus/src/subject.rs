@@ -10,6 +10,8 @@
 //! | events | `P.events.<event_type>` |
 //! | invoke | `P.invoke.<service>` and `P.invoke.<service>.<endpoint>` |
 //! | dead letters | `P.dlq.<event_type>` |
+//! | replays to one durable consumer | `P.replay.<consumer>.<event_type>` |
+//! | cancelling a streaming invoke | `P.cancel.<request event_id>` |
 
 use std::fmt;
 use std::str::FromStr;
@@ -162,6 +164,30 @@ impl FromStr for EventPattern {
     }
 }
 
+impl EventPattern {
+    /// Whether `event_type` matches: `*` takes one token, `>` (last) one or more.
+    ///
+    /// ```
+    /// use weft_bus::EventPattern;
+    /// let p: EventPattern = "ticket.*".parse().unwrap();
+    /// assert!(p.matches(&"ticket.created".parse().unwrap()));
+    /// assert!(!p.matches(&"ticket.created.late".parse().unwrap()));
+    /// ```
+    pub fn matches(&self, event_type: &EventType) -> bool {
+        let mut tokens = event_type.0.split('.');
+        for p in self.0.split('.') {
+            match (p, tokens.next()) {
+                (">", Some(_)) => return true,
+                (_, None) => return false,
+                ("*", Some(_)) => {}
+                (p, Some(t)) if p == t => {}
+                _ => return false,
+            }
+        }
+        tokens.next().is_none()
+    }
+}
+
 impl From<EventType> for EventPattern {
     fn from(t: EventType) -> Self {
         EventPattern(t.0)
@@ -306,9 +332,20 @@ impl Subjects {
         format!("{}.invoke.{}", self.prefix, target)
     }
 
+    /// `P.cancel.<request event_id>`: where the caller of a streaming invoke cancels it
+    /// (see [`crate::stream`]). An `event_id` is a UUID, so always one token.
+    pub fn cancel(&self, request_event_id: &str) -> String {
+        format!("{}.cancel.{}", self.prefix, request_event_id)
+    }
+
     /// `P.dlq.<event_type>`.
     pub fn dlq(&self, event_type: &EventType) -> String {
         format!("{}.dlq.{}", self.prefix, event_type)
+    }
+
+    /// `P.dlq.<pattern>`: the dead letters of matching event types.
+    pub fn dlq_matching(&self, pattern: &EventPattern) -> String {
+        format!("{}.dlq.{}", self.prefix, pattern)
     }
 
     /// `P.dlq.>`: every dead letter of the mesh.
@@ -316,12 +353,31 @@ impl Subjects {
         format!("{}.dlq.>", self.prefix)
     }
 
-    /// The event type of an events subject (`P.events.a.b` → `a.b`), if it is one.
+    /// `P.replay.<consumer>.<event_type>`: events replayed to the durable consumer
+    /// `consumer` only (stored in `<PREFIX>_EVENTS`, which only that consumer filters).
+    pub fn replay(&self, consumer: &str, event_type: &EventType) -> String {
+        format!("{}.replay.{consumer}.{event_type}", self.prefix)
+    }
+
+    /// `P.replay.<consumer>.<pattern>`, the replay filter of a durable consumer.
+    pub fn replay_matching(&self, consumer: &str, pattern: &EventPattern) -> String {
+        format!("{}.replay.{consumer}.{pattern}", self.prefix)
+    }
+
+    /// `P.replay.>`: every replay subject of the mesh.
+    pub fn all_replay(&self) -> String {
+        format!("{}.replay.>", self.prefix)
+    }
+
+    /// The event type of an events subject (`P.events.a.b` → `a.b`) or of a replay
+    /// subject (`P.replay.<consumer>.a.b` → `a.b`), if it is one.
     pub fn event_type_of(&self, subject: &str) -> Option<EventType> {
-        let rest = subject
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".events.")?;
-        rest.parse().ok()
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        if let Some(t) = rest.strip_prefix(".events.") {
+            return t.parse().ok();
+        }
+        let (_consumer, t) = rest.strip_prefix(".replay.")?.split_once('.')?;
+        t.parse().ok()
     }
 }
 
@@ -372,8 +428,33 @@ mod tests {
         let t: EventType = "ticket.created".parse().unwrap();
         assert_eq!(s.events(&t), "acme.events.ticket.created");
         assert_eq!(s.dlq(&t), "acme.dlq.ticket.created");
-        assert_eq!(s.event_type_of("acme.events.ticket.created"), Some(t));
+        assert_eq!(
+            s.event_type_of("acme.events.ticket.created"),
+            Some(t.clone())
+        );
         assert_eq!(s.event_type_of("weft.events.x"), None);
         assert_eq!(s.all_events(), "acme.events.>");
+        assert_eq!(s.replay("c1", &t), "acme.replay.c1.ticket.created");
+        assert_eq!(s.event_type_of("acme.replay.c1.ticket.created"), Some(t));
+        assert_eq!(s.event_type_of("acme.replay.c1"), None);
+    }
+
+    #[test]
+    fn patterns_match_event_types_token_by_token() {
+        let m = |p: &str, t: &str| {
+            p.parse::<EventPattern>()
+                .unwrap()
+                .matches(&t.parse().unwrap())
+        };
+        assert!(m("a.b", "a.b"));
+        assert!(!m("a.b", "a.b.c"));
+        assert!(!m("a.b.c", "a.b"));
+        assert!(m("a.*", "a.x"));
+        assert!(!m("a.*", "a"));
+        assert!(m("a.>", "a.x.y"));
+        assert!(!m("a.>", "a"));
+        assert!(m(">", "a"));
+        assert!(m("*.b", "a.b"));
+        assert!(!m("*.b", "a.c"));
     }
 }

@@ -19,6 +19,7 @@ use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableC
 use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
 use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer, ServiceExt};
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
+use weft_bus::retry::RetryPolicy;
 use weft_bus::{Bus, Envelope, ErrorKind, Target};
 
 use crate::checkpoint::RunStore;
@@ -95,7 +96,7 @@ pub async fn start(
         flow.validate()?;
         let mut durable = DurableConfig::new(flow.consumer_name(), vec![flow.trigger.clone()]);
         durable.ack_wait = config.ack_wait;
-        durable.retry_delay = config.retry_delay;
+        durable.retry = RetryPolicy::fixed(config.retry_delay);
         durable.concurrency = config.concurrency;
         // Steps decide when a run fails; deliveries only run out if the store is down.
         durable.max_deliver = flow

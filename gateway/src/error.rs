@@ -17,7 +17,7 @@
 //! | 404 | `NOT_FOUND` | no such route |
 //! | 405 | `METHOD_NOT_ALLOWED` | the route exists, the method does not |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over `max_body_bytes`, or the envelope over 1 MiB |
-//! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope |
+//! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope, or its stream broke the frame protocol |
 //! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down) |
 //! | 503 | `AGENT_UNAVAILABLE` | nothing serves the invoke target (no responders) |
 //! | 503 | `NOT_READY` | `/readyz`: NATS or a resource is missing |
@@ -95,7 +95,7 @@ impl ApiError {
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Bus(e) => match e.kind() {
                 ErrorKind::InvalidSubject => StatusCode::BAD_REQUEST,
-                ErrorKind::Envelope => StatusCode::BAD_GATEWAY,
+                ErrorKind::Envelope | ErrorKind::Stream => StatusCode::BAD_GATEWAY,
                 ErrorKind::NoResponders | ErrorKind::Publish => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 ErrorKind::Remote => e
@@ -123,7 +123,7 @@ impl ApiError {
             ApiError::NotReady(_) => "NOT_READY",
             ApiError::Bus(e) => match e.kind() {
                 ErrorKind::InvalidSubject => ErrorCode::InvalidRequest.as_str(),
-                ErrorKind::Envelope => ErrorCode::CodecFailure.as_str(),
+                ErrorKind::Envelope | ErrorKind::Stream => ErrorCode::CodecFailure.as_str(),
                 ErrorKind::NoResponders => ErrorCode::AgentUnavailable.as_str(),
                 ErrorKind::Timeout => ErrorCode::AgentTimeout.as_str(),
                 ErrorKind::Remote => match e.remote() {

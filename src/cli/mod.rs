@@ -1,9 +1,12 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod bench;
 mod call;
+mod dlq;
 mod flow;
 mod ls;
 mod pubsub;
+mod replay;
 mod up;
 
 use std::path::PathBuf;
@@ -70,21 +73,25 @@ pub enum Command {
     /// Agents: list them.
     #[command(subcommand)]
     Agent(ls::AgentCommand),
+    /// Dead letters: list, show, replay.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Replay stored events from a sequence or a time: print them, or deliver them
+    /// again to one durable consumer.
+    Replay(replay::ReplayArgs),
+    /// Measure Weft beside the raw async-nats client doing the same work with the same
+    /// bytes: pub/sub, durable publish, invoke latency and throughput, durable consume,
+    /// flows. Starts a local nats-server unless --server is given.
+    Bench(bench::BenchArgs),
 }
 
-/// Sets up `tracing` on stderr: warnings by default, more with -v; RUST_LOG overrides.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
+/// The default log filter for `-v` counts: warnings, `-v` info, `-vv` debug.
+pub fn log_filter(verbose: u8) -> &'static str {
+    match verbose {
         0 => "warn",
         1 => "info,async_nats=warn",
         _ => "debug,async_nats=info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    }
 }
 
 /// Runs a parsed command line.
@@ -98,6 +105,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls => ls::ls(g).await,
         Command::Flow(cmd) => flow::run(g, cmd).await,
         Command::Agent(cmd) => ls::agent(g, cmd).await,
+        Command::Bench(args) => bench::run(g, args).await,
+        Command::Dlq(cmd) => dlq::run(g, cmd).await,
+        Command::Replay(args) => replay::run(g, args).await,
     }
 }
 

@@ -77,10 +77,13 @@ pub async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<()> {
         );
     }
     let mut seen = 0u64;
+    // One Ctrl-C listener for the whole loop, so a signal between events is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let received = tokio::select! {
             r = sub.next() => r.context("subscription closed by the server")?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
         };
         match received.envelope {
             Ok(env) if g.json => print_json(&env)?,

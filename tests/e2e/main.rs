@@ -1,9 +1,13 @@
 //! End-to-end tests across crates, with real processes: the `weft` binary against a
 //! real nats-server.
 
+mod bench;
 mod dashboards;
 mod demo;
+mod dlq;
 mod processes;
+mod stream;
+mod traces;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -5,3 +5,5 @@ mod envelope_golden;
 mod invoke;
 mod middleware;
 mod registry;
+mod replay;
+mod stream;

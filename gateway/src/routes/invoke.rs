@@ -53,21 +53,49 @@ pub async fn invoke(
     let Path(raw) = path?;
     let Query(query) = query?;
     let target: Target = raw.parse()?;
-    let max = state.config().invoke_timeout;
-    let timeout = match query.timeout_ms {
-        Some(0) => {
-            return Err(ApiError::InvalidRequest(
-                "timeout_ms must be at least 1".into(),
-            ));
-        }
-        Some(ms) => Duration::from_millis(ms).min(max),
-        None => max,
-    };
-    let mut env = Envelope::request(target.to_string(), payload);
-    HttpContext::from_headers(&headers)?.apply(&mut env);
-    env.from = Some(HTTP_CHANNEL.to_owned());
-    // Refuse an envelope over the bus limit as 413 before anything is sent.
-    env.to_bytes()?;
+    let timeout = timeout_param(
+        "timeout_ms",
+        query.timeout_ms,
+        state.config().invoke_timeout,
+    )?;
+    let env = request_envelope(&target, payload, &headers)?;
     let reply = state.bus().request(&target, env, timeout).await?;
     Ok(Json(reply.payload.unwrap_or(Value::Null)))
+}
+
+/// The invoke request envelope of an HTTP call to `target` (DESIGN §4, §11):
+/// `from: http`, the header fields of [`HttpContext`].
+///
+/// # Errors
+/// 400 for a bad header, 413 when the envelope is over the bus's 1 MiB limit (checked
+/// here, before anything is sent).
+pub(crate) fn request_envelope(
+    target: &Target,
+    payload: Value,
+    headers: &HeaderMap,
+) -> Result<Envelope, ApiError> {
+    let mut env = Envelope::request(target.to_string(), payload);
+    HttpContext::from_headers(headers)?.apply(&mut env);
+    env.from = Some(HTTP_CHANNEL.to_owned());
+    env.to_bytes()?;
+    Ok(env)
+}
+
+/// A timeout query parameter `name` in milliseconds: at least 1, capped at `max`, and
+/// `max` when absent.
+///
+/// # Errors
+/// 400 `INVALID_REQUEST` for 0.
+pub(crate) fn timeout_param(
+    name: &str,
+    value: Option<u64>,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    match value {
+        Some(0) => Err(ApiError::InvalidRequest(format!(
+            "{name} must be at least 1"
+        ))),
+        Some(ms) => Ok(Duration::from_millis(ms).min(max)),
+        None => Ok(max),
+    }
 }

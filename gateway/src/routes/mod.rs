@@ -5,6 +5,7 @@
 pub mod events;
 pub mod invoke;
 pub mod ops;
+pub mod stream;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,6 +29,7 @@ pub const HTTP_CHANNEL: &str = "http";
 /// |---|---|
 /// | `POST /v1/events/{event_type}` | [`events::publish`] |
 /// | `POST /v1/invoke/{target}` | [`invoke::invoke`] |
+/// | `POST /v1/invoke/{target}/stream` | [`stream::invoke_stream`] (Server-Sent Events) |
 /// | `GET /metrics` | [`ops::metrics`] |
 /// | `GET /healthz` | [`ops::healthz`] (never needs the token) |
 /// | `GET /readyz` | [`ops::readyz`] |
@@ -41,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events/{event_type}", post(events::publish))
         .route("/v1/invoke/{target}", post(invoke::invoke))
+        .route("/v1/invoke/{target}/stream", post(stream::invoke_stream))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -51,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(from_fn(metrics::track))
+        .layer(from_fn(crate::trace::http_span))
         .with_state(state)
 }
 

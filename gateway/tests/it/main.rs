@@ -5,3 +5,4 @@ mod common;
 mod events;
 mod invoke;
 mod ops;
+mod stream;

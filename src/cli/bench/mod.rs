@@ -25,6 +25,7 @@ mod pubsub;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// A short run (300 ms per side): checks that everything works, figures are rough.
     #[arg(long, conflicts_with = "duration_ms")]
     pub quick: bool,
+    /// Run every scenario this many times, Weft and raw taking turns, and report the
+    /// means: steadier figures on a machine whose load changes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Run only these scenarios (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Scenario>,
@@ -64,6 +69,7 @@ pub struct BenchArgs {
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum Scenario {
     /// Fire-and-forget publish → core subscription, msgs/s.
     Pubsub,
@@ -123,6 +129,20 @@ impl Run {
             return 0.0;
         }
         self.ops as f64 * 1000.0 / self.elapsed_ms
+    }
+
+    /// Adds another round's counts to these.
+    fn add(&mut self, other: &Run) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.dropped = match (self.dropped, other.dropped) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.elapsed_ms += other.elapsed_ms;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
     }
 
     /// Fails when nothing completed, with the first error as the reason.
@@ -213,6 +233,35 @@ impl Figure {
         )
     }
 
+    /// Merges the figures of several rounds of one scenario (each round yields the same
+    /// figures in the same order): the means of `weft`, `raw` and `ceiling`, the ratio
+    /// of the means, the counts summed.
+    fn mean_of(rounds: Vec<Vec<Figure>>) -> Vec<Figure> {
+        let n = rounds.len() as f64;
+        let mut rounds = rounds.into_iter();
+        let Some(mut merged) = rounds.next() else {
+            return Vec::new();
+        };
+        for round in rounds {
+            for (m, f) in merged.iter_mut().zip(round) {
+                m.weft += f.weft;
+                m.raw = m.raw.zip(f.raw).map(|(a, b)| a + b);
+                m.ceiling = m.ceiling.zip(f.ceiling).map(|(a, b)| a + b);
+                m.counts.weft.add(&f.counts.weft);
+                if let (Some(a), Some(b)) = (&mut m.counts.raw, &f.counts.raw) {
+                    a.add(b);
+                }
+            }
+        }
+        for m in &mut merged {
+            m.weft /= n;
+            m.raw = m.raw.map(|r| r / n);
+            m.ceiling = m.ceiling.map(|c| c / n);
+            m.ratio = m.raw.filter(|r| *r > 0.0).map(|r| m.weft / r);
+        }
+        merged
+    }
+
     fn message_bytes(mut self, bytes: usize) -> Figure {
         self.message_bytes = Some(bytes);
         self
@@ -233,8 +282,10 @@ pub struct Report {
     pub server_version: String,
     /// Size of the envelope's `payload` field ([`PAYLOAD_BYTES`]).
     pub payload_bytes: usize,
-    /// Measured time per side and scenario, in ms.
+    /// Measured time per side, scenario and round, in ms.
     pub duration_ms: u64,
+    /// Rounds per scenario; figures are the means over rounds.
+    pub rounds: u32,
     /// Whether `weft bench` started its own local nats-server.
     pub local_server: bool,
 }
@@ -334,7 +385,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         bench.prefix,
     ));
     let figures = match resources::ensure(&admin, &ResourceConfig::default()).await {
-        Ok(_) => run_scenarios(&bench, &scenarios).await,
+        Ok(_) => run_scenarios(&bench, &scenarios, args.rounds).await,
         Err(e) => Err(anyhow::Error::new(e).context("cannot create the bench's streams")),
     };
     if local.is_none() {
@@ -349,6 +400,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         server_version,
         payload_bytes: PAYLOAD_BYTES,
         duration_ms: duration.as_millis() as u64,
+        rounds: args.rounds,
         local_server: g.server.is_none(),
     };
     if g.json {
@@ -359,28 +411,29 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn run_scenarios(b: &Bench, scenarios: &[Scenario]) -> anyhow::Result<Vec<Figure>> {
+async fn run_scenarios(
+    b: &Bench,
+    scenarios: &[Scenario],
+    rounds: u32,
+) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for &s in scenarios {
         let name = s.to_possible_value().map(|v| v.get_name().to_owned());
         let name = name.unwrap_or_default();
-        b.progress(format!("{name}: running"));
-        let got = match s {
-            Scenario::Pubsub => vec![pubsub::run(b).await],
-            Scenario::DurablePublish => vec![durable_publish::run(b).await],
-            Scenario::InvokeLatency => match invoke::latency(b).await {
-                Ok(fs) => fs.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-            Scenario::InvokeThroughput => vec![invoke::throughput(b).await],
-            Scenario::DurableConsume => vec![durable_consume::run(b).await],
-            Scenario::Flow => match flow::run(b).await {
-                Ok(fs) => fs.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-        };
-        for f in got {
-            let f = f.with_context(|| format!("bench scenario {name}"))?;
+        let mut per_round: Vec<Vec<Figure>> = Vec::new();
+        for round in 1..=rounds {
+            b.progress(format!("{name}: running (round {round} of {rounds})"));
+            let got = match s {
+                Scenario::Pubsub => pubsub::run(b).await.map(|f| vec![f]),
+                Scenario::DurablePublish => durable_publish::run(b).await.map(|f| vec![f]),
+                Scenario::InvokeLatency => invoke::latency(b).await,
+                Scenario::InvokeThroughput => invoke::throughput(b).await.map(|f| vec![f]),
+                Scenario::DurableConsume => durable_consume::run(b).await.map(|f| vec![f]),
+                Scenario::Flow => flow::run(b).await,
+            };
+            per_round.push(got.with_context(|| format!("bench scenario {name}"))?);
+        }
+        for f in Figure::mean_of(per_round) {
             b.progress(format!(
                 "{}: weft {} {}, raw {}, ratio {}",
                 f.name,
@@ -395,18 +448,27 @@ async fn run_scenarios(b: &Bench, scenarios: &[Scenario]) -> anyhow::Result<Vec<
     Ok(figures)
 }
 
-/// Deletes the bench's streams and buckets from a server the bench did not start.
+/// Deletes the bench's streams and buckets (every stream named after its prefix: the
+/// mesh's streams `<PREFIX>_*` and KV buckets `KV_<prefix>_*`) from a server the bench
+/// did not start.
 async fn remove_resources(bus: &Bus) {
-    let n = bus.names();
+    use futures::TryStreamExt as _;
+    let prefix = bus.prefix().as_str();
+    let ours = |name: &str| {
+        name.starts_with(&format!("{}_", prefix.to_uppercase()))
+            || name.starts_with(&format!("KV_{prefix}_"))
+    };
     let js = bus.jetstream();
-    for stream in [&n.events_stream, &n.dlq_stream] {
-        if let Err(e) = js.delete_stream(stream).await {
-            tracing::warn!(%stream, error = %e, "cannot delete the bench's stream");
+    let names: Vec<String> = match js.stream_names().try_collect().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list streams; the bench's streams stay");
+            return;
         }
-    }
-    for bucket in [&n.registry_bucket, &n.memory_bucket, &n.flows_bucket] {
-        if let Err(e) = js.delete_key_value(bucket).await {
-            tracing::warn!(%bucket, error = %e, "cannot delete the bench's bucket");
+    };
+    for stream in names.into_iter().filter(|n| ours(n)) {
+        if let Err(e) = js.delete_stream(&stream).await {
+            tracing::warn!(%stream, error = %e, "cannot delete the bench's stream");
         }
     }
 }
@@ -429,24 +491,26 @@ fn number(v: f64) -> String {
 
 fn print_text(r: &Report) {
     println!(
-        "weft bench: nats-server {}{}, {} ms per side, envelope payload {} bytes",
+        "weft bench: nats-server {}{}, {} ms per side{}, envelope payload {} bytes",
         r.server_version,
         if r.local_server { " (local)" } else { "" },
         r.duration_ms,
+        if r.rounds > 1 {
+            format!(" in each of {} rounds (means)", r.rounds)
+        } else {
+            String::new()
+        },
         r.payload_bytes
     );
     println!(
-        "{:<20} {:>8} {:>12} {:>12} {:>6}  NOTES",
-        "FIGURE", "UNIT", "WEFT", "RAW", "RATIO"
+        "{:<20} {:>8} {:>12} {:>12} {:>6}  {:<6}  NOTES",
+        "FIGURE", "UNIT", "WEFT", "RAW", "RATIO", "BETTER"
     );
     for f in &r.figures {
-        let mut notes = vec![match (f.better, f.raw) {
-            (Better::Higher, _) => "higher is better".to_owned(),
-            (Better::Lower, Some(raw)) => {
-                format!("lower is better (weft {:+.1} {})", f.weft - raw, f.unit)
-            }
-            (Better::Lower, None) => "lower is better".to_owned(),
-        }];
+        let mut notes = Vec::new();
+        if let (Better::Lower, Some(raw)) = (f.better, f.raw) {
+            notes.push(format!("weft {:+.1} {}", f.weft - raw, f.unit));
+        }
         if let Some(bytes) = f.message_bytes {
             notes.push(format!("{bytes}-byte messages"));
         }
@@ -467,23 +531,28 @@ fn print_text(r: &Report) {
             notes.push(f.note.clone());
         }
         println!(
-            "{:<20} {:>8} {:>12} {:>12} {:>6}  {}",
+            "{:<20} {:>8} {:>12} {:>12} {:>6}  {:<6}  {}",
             f.name,
             f.unit,
             number(f.weft),
             f.raw.map_or("-".into(), number),
             f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            match f.better {
+                Better::Higher => "higher",
+                Better::Lower => "lower",
+            },
             notes.join("; ")
         );
     }
 }
 
-/// An envelope encoded once by Weft, for the raw twins: [`Wire::message`] returns the
+/// An envelope encoded once by Weft, for the raw twins: [`Wire::next`] returns the
 /// same bytes with a unique `event_id` and the matching `Nats-Msg-Id` header, exactly
 /// what Weft would put on the wire for a new envelope of the same shape.
 pub struct Wire {
     bytes: Vec<u8>,
     id_at: usize,
+    sent: AtomicU64,
 }
 
 /// Length of a UUID in text form.
@@ -505,12 +574,8 @@ impl Wire {
         Ok(Wire {
             bytes,
             id_at: at + "\"event_id\":\"".len(),
+            sent: AtomicU64::new(0),
         })
-    }
-
-    /// Envelope bytes of one message.
-    pub fn envelope_bytes(&self) -> usize {
-        self.bytes.len()
     }
 
     /// Envelope bytes plus NATS header bytes of one message.
@@ -520,13 +585,19 @@ impl Wire {
             + headers
                 .iter()
                 .map(|(name, values)| {
+                    let name: &str = name.as_ref();
                     values
                         .iter()
-                        .map(|v| name.as_ref().len() + ": \r\n".len() + v.as_str().len())
+                        .map(|v| name.len() + ": \r\n".len() + v.as_str().len())
                         .sum::<usize>()
                 })
                 .sum::<usize>();
         self.bytes.len() + header_bytes
+    }
+
+    /// The next message (see [`Wire::message`]); ids repeat only after 2^48 messages.
+    pub fn next(&self) -> (Vec<u8>, HeaderMap) {
+        self.message(self.sent.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Message `n`: the envelope with `n` in the last 12 hex digits of its `event_id`,
@@ -546,6 +617,10 @@ impl Wire {
     }
 }
 
+/// One operation of a measured loop: a future saying whether it succeeded (the error
+/// as text).
+pub type OpFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// Time allowed for operations still running when a measurement ends.
 const STRAGGLERS: Duration = Duration::from_secs(10);
 
@@ -553,15 +628,12 @@ const STRAGGLERS: Duration = Duration::from_secs(10);
 const MAX_ERRORS_IN_A_ROW: u32 = 100;
 
 /// Runs `op` from `in_flight` tasks, each starting its next operation as soon as its
-/// last one ends, until `duration` has passed. `op` gets a sequence number unique
-/// within the loop. Operations still running at the end get [`STRAGGLERS`] more, then
+/// last one ends, until `duration` has passed. Operations still running at the end get [`STRAGGLERS`] more, then
 /// are cancelled; the elapsed time includes them.
-pub async fn closed_loop<F, Fut>(in_flight: usize, duration: Duration, op: F) -> Run
+pub async fn closed_loop<F>(in_flight: usize, duration: Duration, op: F) -> Run
 where
-    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    F: Fn() -> OpFuture + Clone + Send + Sync + 'static,
 {
-    let seq = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
@@ -569,17 +641,12 @@ where
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..in_flight.max(1) {
-        let (op, seq, ok, errors, first_error) = (
-            op.clone(),
-            seq.clone(),
-            ok.clone(),
-            errors.clone(),
-            first_error.clone(),
-        );
+        let (op, ok, errors, first_error) =
+            (op.clone(), ok.clone(), errors.clone(), first_error.clone());
         tasks.spawn(async move {
             let mut in_a_row = 0;
             while Instant::now() < deadline && in_a_row < MAX_ERRORS_IN_A_ROW {
-                match op(seq.fetch_add(1, Ordering::Relaxed)).await {
+                match op().await {
                     Ok(()) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                         in_a_row = 0;
@@ -613,21 +680,29 @@ where
     }
 }
 
+/// Runs `op` for the warm-up, then measures it, from `in_flight` tasks (see
+/// [`closed_loop`]).
+pub async fn warm_and_measure<F>(b: &Bench, in_flight: usize, op: F) -> Run
+where
+    F: Fn() -> OpFuture + Clone + Send + Sync + 'static,
+{
+    closed_loop(in_flight, b.warmup, op.clone()).await;
+    closed_loop(in_flight, b.duration, op).await
+}
+
 /// Runs `op` one at a time until `duration` has passed; returns the run and the time
 /// of every successful operation.
-pub async fn one_at_a_time<F, Fut>(duration: Duration, op: F) -> (Run, Vec<Duration>)
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+pub async fn one_at_a_time(
+    duration: Duration,
+    op: impl AsyncFn() -> Result<(), String>,
+) -> (Run, Vec<Duration>) {
     let mut run = Run::default();
     let mut times = Vec::new();
     let started = Instant::now();
     let mut in_a_row = 0;
-    let mut n = 0;
     while started.elapsed() < duration && in_a_row < MAX_ERRORS_IN_A_ROW {
         let t = Instant::now();
-        match op(n).await {
+        match op().await {
             Ok(()) => {
                 times.push(t.elapsed());
                 run.ops += 1;
@@ -639,7 +714,6 @@ where
                 run.first_error.get_or_insert(e);
             }
         }
-        n += 1;
     }
     run.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     (run, times)

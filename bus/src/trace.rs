@@ -1,0 +1,132 @@
+//! W3C trace context over NATS (DESIGN §7): `traceparent`/`tracestate` travel in NATS
+//! headers and are mirrored into the envelope's `traceparent`, `trace_id` and `span_id`,
+//! so one trace covers gateway → flow → agent → service.
+//!
+//! Spans are `tracing` spans; they become OpenTelemetry spans when the process installs
+//! a [`tracing_opentelemetry`] layer and the W3C propagator
+//! (`opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())`),
+//! as `weft::telemetry::init` does when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without
+//! them, an incoming `traceparent` is passed through unchanged, so the trace id still
+//! links the hops that do export.
+//!
+//! Spans: `publish` (a durable or fire-and-forget publish), `invoke` (an outbound
+//! request), `handle` (a service handling a request), `deliver` (a durable subscriber
+//! handling a delivery). Their attributes follow the OpenTelemetry messaging
+//! conventions (`messaging.system = "nats"`, `messaging.destination.name`).
+
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::envelope::Envelope;
+
+/// The W3C `traceparent` header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C `tracestate` header.
+pub const TRACESTATE: &str = "tracestate";
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// Reads trace headers, falling back to the envelope's `traceparent`.
+struct Carrier<'a> {
+    headers: Option<&'a HeaderMap>,
+    envelope: Option<&'a Envelope>,
+}
+
+impl Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.headers
+            .and_then(|h| h.get(key))
+            .map(|v| v.as_str())
+            .or_else(|| {
+                (key == TRACEPARENT)
+                    .then(|| self.envelope.and_then(|e| e.traceparent.as_deref()))
+                    .flatten()
+            })
+            .filter(|v| !v.is_empty())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        [TRACEPARENT, TRACESTATE]
+            .into_iter()
+            .filter(|k| self.get(k).is_some())
+            .collect()
+    }
+}
+
+/// Writes the current span's trace context into `headers` and mirrors it into `env`
+/// (`traceparent`, `trace_id`, `span_id`). When there is no current OpenTelemetry
+/// context, the envelope's own `traceparent` (e.g. inherited from the request that
+/// caused it) goes into the headers unchanged.
+pub fn inject(env: &mut Envelope, headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut HeaderInjector(headers))
+        });
+        if let Some(tp) = headers.get(TRACEPARENT) {
+            env.traceparent = Some(tp.as_str().to_owned());
+            env.trace_id = Some(sc.trace_id().to_string());
+            env.span_id = Some(sc.span_id().to_string());
+            return;
+        }
+    }
+    if let Some(tp) = env.traceparent.as_deref().filter(|t| !t.is_empty()) {
+        headers.insert(TRACEPARENT, tp);
+    }
+}
+
+/// The envelope to send and its NATS headers: when a span with an OpenTelemetry
+/// context is current, a copy of `env` carrying that context ([`inject`]); otherwise
+/// `env` itself, with `Nats-Msg-Id` and its own `traceparent` (no copy on the hot path
+/// of a process that does not trace).
+pub fn outgoing(env: &Envelope) -> (std::borrow::Cow<'_, Envelope>, HeaderMap) {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        let mut copy = env.clone();
+        let headers = outgoing_headers(&mut copy);
+        (std::borrow::Cow::Owned(copy), headers)
+    } else {
+        (
+            std::borrow::Cow::Borrowed(env),
+            crate::publish::headers_for(env),
+        )
+    }
+}
+
+/// The NATS headers of an outgoing envelope: `Nats-Msg-Id: <event_id>` and the trace
+/// context written by [`inject`] (which also mirrors it into `env`).
+pub fn outgoing_headers(env: &mut Envelope) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    inject(env, &mut headers);
+    headers.insert(crate::publish::MSG_ID_HEADER, env.event_id.as_str());
+    headers
+}
+
+/// Makes `span` a child of the trace context carried by `headers` (or, failing that,
+/// by the envelope's `traceparent`). Does nothing when neither carries a valid one.
+pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>, envelope: Option<&Envelope>) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&Carrier { headers, envelope })
+    });
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id of the current span, as 32 hex digits, when there is one.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}

@@ -1,0 +1,343 @@
+//! Dead letter listing and replay, and replay of stored events by sequence and by
+//! time, against a real nats-server.
+
+use std::time::Duration;
+
+use serde_json::json;
+use weft_bus::consumer::DeliveryError;
+use weft_bus::dlq;
+use weft_bus::replay::{self, End, Selection, Start};
+use weft_bus::testing::{TestServer, eventually};
+use weft_bus::{ErrorKind, EventType};
+
+use crate::durable::{next_dead_letter, quick, subscriber};
+
+/// Fails every first-hand delivery permanently and accepts replayed copies.
+fn fail_unless_replayed(d: &weft_bus::consumer::Delivery) -> Result<(), DeliveryError> {
+    if d.replayed {
+        Ok(())
+    } else {
+        Err(DeliveryError::Permanent("bad data".into()))
+    }
+}
+
+#[tokio::test]
+async fn dlq_replay_yields_exactly_one_new_delivery_to_the_consumer_that_gave_up() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (picky, picky_seen) =
+        subscriber(&bus, quick("picky", "order.>"), fail_unless_replayed).await;
+    let (other, other_seen) = subscriber(&bus, quick("other", "order.>"), |_| Ok(())).await;
+    let mut letters = bus.subscribe_subject("weft.dlq.>", None).await.unwrap();
+    let published = bus
+        .publish(&"order.placed".parse().unwrap(), json!({"n": 7}))
+        .await
+        .unwrap();
+    next_dead_letter(&mut letters).await;
+    other_seen.wait_for(1, Duration::from_secs(5)).await;
+
+    let entries = dlq::list(&bus, None).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry.subject, "weft.dlq.order.placed");
+    let letter = entry.letter.clone().unwrap();
+    assert_eq!(letter.consumer, "picky");
+    assert_eq!(letter.stream_sequence, published.sequence);
+    assert_eq!(dlq::get(&bus, entry.id).await.unwrap(), *entry);
+    assert!(
+        dlq::list(&bus, Some(&"invoice.>".parse().unwrap()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let done = dlq::replay(&bus, entry.id, None).await.unwrap();
+    assert_eq!(done.to_subject, "weft.replay.picky.order.placed");
+    assert_eq!(done.event_id, published.event_id);
+    picky_seen.wait_for(2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = picky_seen.all();
+    assert_eq!(all.len(), 2, "exactly one new delivery");
+    let again = &all[1].1;
+    assert!(again.replayed);
+    assert_eq!(again.subject, "weft.replay.picky.order.placed");
+    assert_eq!(again.attempt, 1);
+    assert_eq!(again.envelope.event_id, published.event_id);
+    assert_eq!(again.envelope.payload, Some(json!({"n": 7})));
+    assert!(
+        again
+            .envelope
+            .metadata
+            .keys()
+            .all(|k| !k.starts_with("weft.dlq.")),
+        "{:?}",
+        again.envelope.metadata
+    );
+    assert_eq!(other_seen.len(), 1, "other consumers do not see the replay");
+
+    // The dead letter is gone once the replay was acked.
+    assert!(dlq::list(&bus, None).await.unwrap().is_empty());
+    let e = dlq::get(&bus, entry.id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = dlq::replay(&bus, entry.id, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    picky.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_event_that_fails_again_is_dead_lettered_again() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (handle, seen) = subscriber(&bus, quick("stubborn", "order.>"), |_| {
+        Err(DeliveryError::Permanent("still bad".into()))
+    })
+    .await;
+    let mut letters = bus.subscribe_subject("weft.dlq.>", None).await.unwrap();
+    bus.publish(&"order.placed".parse().unwrap(), json!({}))
+        .await
+        .unwrap();
+    next_dead_letter(&mut letters).await;
+    let id = dlq::list(&bus, None).await.unwrap()[0].id;
+    dlq::replay(&bus, id, None).await.unwrap();
+    let env = next_dead_letter(&mut letters).await;
+    assert_eq!(
+        env.metadata["weft.dlq.original_subject"],
+        "weft.replay.stubborn.order.placed"
+    );
+    assert_eq!(seen.len(), 2);
+    let entries = dlq::list(&bus, None).await.unwrap();
+    assert_eq!(
+        entries.len(),
+        1,
+        "a new dead letter, not swallowed as a duplicate"
+    );
+    assert_ne!(entries[0].id, id);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn dlq_replay_all_by_event_type_to_a_subject_reaches_every_consumer() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    // Fails the first time it sees an event, then accepts it.
+    let known = std::sync::Mutex::new(std::collections::HashSet::new());
+    let (a, a_seen) = subscriber(&bus, quick("a", "order.>"), move |d| {
+        if known.lock().unwrap().insert(d.envelope.event_id.clone()) {
+            Err(DeliveryError::Permanent("bad".into()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let (b, b_seen) = subscriber(&bus, quick("b", "order.>"), |_| Ok(())).await;
+    let mut letters = bus.subscribe_subject("weft.dlq.>", None).await.unwrap();
+    for t in ["order.placed", "order.cancelled", "order.placed"] {
+        bus.publish(&t.parse().unwrap(), json!({})).await.unwrap();
+    }
+    for _ in 0..3 {
+        next_dead_letter(&mut letters).await;
+    }
+    b_seen.wait_for(3, Duration::from_secs(5)).await;
+    let placed: EventType = "order.placed".parse().unwrap();
+    let to = bus.subjects().events(&placed);
+    let done = dlq::replay_all(&bus, Some(&placed.clone().into()), Some(&to))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 2);
+    assert!(
+        done.iter()
+            .all(|r| r.to_subject == "weft.events.order.placed")
+    );
+    // Republished to the events subject: both consumers get both events again.
+    b_seen.wait_for(5, Duration::from_secs(5)).await;
+    a_seen.wait_for(5, Duration::from_secs(5)).await;
+    let left = dlq::list(&bus, None).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].subject, "weft.dlq.order.cancelled");
+
+    let e = dlq::replay_all(&bus, None, Some("weft.events.>"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSubject, "{e}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn replay_by_sequence_reaches_only_the_named_consumer() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (a, a_seen) = subscriber(&bus, quick("reader", "doc.>"), |_| Ok(())).await;
+    let (b, b_seen) = subscriber(&bus, quick("bystander", "doc.>"), |_| Ok(())).await;
+    let t: EventType = "doc.saved".parse().unwrap();
+    let mut published = Vec::new();
+    for n in 0..5 {
+        published.push(bus.publish(&t, json!(n)).await.unwrap());
+    }
+    // Not matched by the pattern: never selected.
+    bus.publish(&"other.thing".parse().unwrap(), json!(0))
+        .await
+        .unwrap();
+    a_seen.wait_for(5, Duration::from_secs(5)).await;
+    b_seen.wait_for(5, Duration::from_secs(5)).await;
+
+    let selection = Selection::new(
+        "doc.>".parse().unwrap(),
+        Start::Sequence(published[1].sequence),
+    )
+    .until(End::Sequence(published[3].sequence));
+    let mut printed = Vec::new();
+    let mut events = replay::select(&bus, &selection).await.unwrap();
+    while let Some(e) = events.next().await.unwrap() {
+        printed.push(e.sequence);
+    }
+    let expected: Vec<u64> = published[1..=3].iter().map(|p| p.sequence).collect();
+    assert_eq!(printed, expected);
+
+    let report = replay::to_consumer(&bus, &selection, "reader")
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.selected, report.replayed, report.skipped),
+        (3, 3, 0)
+    );
+    a_seen.wait_for(8, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let replayed: Vec<_> = a_seen
+        .all()
+        .into_iter()
+        .filter(|(_, d)| d.replayed)
+        .map(|(_, d)| d.envelope.event_id)
+        .collect();
+    let ids: Vec<_> = published[1..=3]
+        .iter()
+        .map(|p| p.event_id.clone())
+        .collect();
+    assert_eq!(replayed, ids, "in order, each once");
+    assert_eq!(a_seen.len(), 8);
+    assert_eq!(b_seen.len(), 5, "the other consumer sees no replay");
+
+    let e = replay::to_consumer(&bus, &selection, "nobody")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = replay::select(
+        &bus,
+        &Selection::new("doc.>".parse().unwrap(), Start::Sequence(0)),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn replay_by_time_selects_what_was_stored_since() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let t: EventType = "metric.sampled".parse().unwrap();
+    bus.publish(&t, json!("old")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let recent_a = bus.publish(&t, json!("new 1")).await.unwrap();
+    let recent_b = bus.publish(&t, json!("new 2")).await.unwrap();
+
+    let since = Start::parse("1s").unwrap();
+    let selection = Selection::new("metric.*".parse().unwrap(), since);
+    let mut events = replay::select(&bus, &selection).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = events.next().await.unwrap() {
+        got.push(e.envelope.unwrap().event_id);
+    }
+    assert_eq!(got, [recent_a.event_id.clone(), recent_b.event_id.clone()]);
+
+    // An end in the past selects nothing stored after it.
+    let until_old = Selection::new("metric.*".parse().unwrap(), Start::Sequence(1))
+        .until(End::parse("1s").unwrap());
+    let mut events = replay::select(&bus, &until_old).await.unwrap();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.envelope.unwrap().payload, Some(json!("old")));
+    assert!(events.next().await.unwrap().is_none());
+
+    // Delivered to a consumer created after the events were stored.
+    let (h, seen) = subscriber(&bus, quick("late", "metric.>"), |_| Ok(())).await;
+    let report = replay::to_consumer(&bus, &selection, "late").await.unwrap();
+    assert_eq!(report.replayed, 2);
+    seen.wait_for(2, Duration::from_secs(5)).await;
+    let ok = eventually(Duration::from_secs(2), || async {
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+    assert!(ok.is_some());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn replay_to_a_consumer_without_replay_filters_is_refused() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    bus.jetstream()
+        .get_stream("WEFT_EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("foreign".into()),
+            filter_subject: "weft.events.x.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let selection = Selection::new("x.>".parse().unwrap(), Start::Sequence(1));
+    let e = replay::to_consumer(&bus, &selection, "foreign")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("takes no replays"), "{e}");
+}
+
+#[tokio::test]
+async fn an_events_stream_made_before_replays_gains_the_replay_subject() {
+    use async_nats::jetstream::stream;
+    let server = TestServer::start().await;
+    let bus = server.connect().await;
+    let config = weft_bus::testing::test_resources();
+    // The events stream as earlier versions created it.
+    bus.jetstream()
+        .create_stream(stream::Config {
+            name: "WEFT_EVENTS".into(),
+            description: Some("Weft events".into()),
+            subjects: vec!["weft.events.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: config.events_max_age,
+            duplicate_window: config.duplicate_window,
+            num_replicas: config.replicas,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t: EventType = "kept.event".parse().unwrap();
+    bus.publish(&t, json!(1)).await.unwrap();
+    weft_bus::resources::ensure(&bus, &config).await.unwrap();
+    weft_bus::resources::ensure(&bus, &config).await.unwrap();
+    let info = bus
+        .jetstream()
+        .get_stream("WEFT_EVENTS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.config.subjects, ["weft.events.>", "weft.replay.>"]);
+    assert_eq!(info.state.messages, 1, "stored events are kept");
+
+    // Another difference is still a conflict.
+    let other = weft_bus::resources::ResourceConfig {
+        events_max_age: Duration::from_secs(3600),
+        ..config
+    };
+    let e = weft_bus::resources::ensure(&bus, &other).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+}

@@ -1,0 +1,85 @@
+//! `weft bench --quick --json` against a running server: the report has every figure,
+//! each positive, with its raw twin and ratio, and the bench leaves no stream behind.
+
+use futures::StreamExt;
+use serde_json::Value;
+use weft_bus::testing::TestServer;
+
+use crate::weft_output;
+
+#[tokio::test]
+async fn bench_reports_every_figure_and_cleans_up() {
+    let server = TestServer::start().await;
+    let out = weft_output(&["bench", "--quick", "--json", "--server", server.url()]);
+    let report: Value = serde_json::from_str(&out).expect("one JSON report on stdout");
+
+    assert_eq!(report["payload_bytes"], 128);
+    assert!(
+        report["server_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("2.")),
+        "{report}"
+    );
+    assert_eq!(report["local_server"], false);
+    let figures = report["figures"].as_array().expect("figures");
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pubsub",
+            "durable_publish",
+            "invoke_latency_p50",
+            "invoke_latency_p99",
+            "invoke_throughput",
+            "durable_consume",
+            "flow_runs",
+            "flow_steps",
+        ]
+    );
+    for f in figures {
+        let name = f["name"].as_str().unwrap();
+        assert!(f["unit"].as_str().is_some_and(|u| !u.is_empty()), "{f}");
+        let weft = f["weft"].as_f64().unwrap();
+        assert!(weft > 0.0, "{name}: weft figure {weft}");
+        let expected = if name.starts_with("invoke_latency") {
+            "lower"
+        } else {
+            "higher"
+        };
+        assert_eq!(f["better"], expected, "{f}");
+        assert!(f["counts"]["weft"]["ops"].as_u64().unwrap() > 0, "{f}");
+        if name.starts_with("flow_") {
+            assert!(f["raw"].is_null() && f["ratio"].is_null(), "{f}");
+            continue;
+        }
+        let raw = f["raw"].as_f64().unwrap();
+        assert!(raw > 0.0, "{name}: raw figure {raw}");
+        let ratio = f["ratio"].as_f64().unwrap();
+        assert!((ratio - weft / raw).abs() < 1e-9 * ratio.max(1.0), "{f}");
+    }
+    let pubsub = &figures[0];
+    assert!(pubsub["counts"]["weft"]["dropped"].is_u64(), "{pubsub}");
+    assert!(pubsub["message_bytes"].as_u64().unwrap() > 128, "{pubsub}");
+    assert!(
+        figures[6]["ceiling"].as_f64().unwrap() > 0.0,
+        "{}",
+        figures[6]
+    );
+
+    // The bench ran under its own prefix and removed its streams and buckets.
+    let bus = server.connect().await;
+    let left: Vec<String> = bus
+        .jetstream()
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    assert!(
+        left.iter()
+            .all(|n| !n.contains("BENCH") && !n.contains("bench")),
+        "left behind: {left:?}"
+    );
+}
