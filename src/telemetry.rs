@@ -68,6 +68,9 @@ pub fn init(default_filter: &str) -> Result<Telemetry, String> {
         tracing_subscriber::registry().with(logs).init();
         return Ok(Telemetry { provider: None });
     }
+    // reqwest is built without a default TLS crypto provider in this workspace (see
+    // weft-agents); the exporter's HTTP client needs one, even for http:// endpoints.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -155,3 +155,79 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
         "{seen:#?}"
     );
 }
+
+/// `weft up` exports its spans over OTLP/HTTP (JSON here) when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set: a collector inside the test receives spans of
+/// the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_up_exports_spans_over_otlp_when_asked() {
+    use axum::routing::post;
+
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (nats_port, http_port) = (crate::free_port(), crate::free_port());
+    let http = format!("127.0.0.1:{http_port}");
+    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["up", "--nats-port", &nats_port.to_string(), "--http", &http])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env_remove("NATS_URL")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .env("OTEL_SERVICE_NAME", "weft-e2e")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut up = crate::Proc {
+        child,
+        name: "weft-up-otlp",
+    };
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client = http_client();
+    let mut accepted = false;
+    for _ in 0..100 {
+        let sent = client
+            .post(format!("http://{http}/v1/events/trace.me"))
+            .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+            .body("{}")
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            assert_eq!(r.status(), 202);
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the gateway never came up");
+    // A clean stop flushes the batch exporter (the wait blocks: keep it off the
+    // runtime's workers, which serve the collector).
+    let status = tokio::task::block_in_place(|| up.interrupt(Duration::from_secs(30)))
+        .expect("weft up stops");
+    assert!(status.success());
+    let bodies = received.lock().unwrap().join("\n");
+    assert!(
+        bodies.contains(trace_id),
+        "no span of the trace reached the collector: {bodies}"
+    );
+    assert!(bodies.contains("weft-e2e"), "service.name missing");
+    assert!(bodies.contains("\"publish\""), "no publish span: {bodies}");
+}
