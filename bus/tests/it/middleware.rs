@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weft_bus::invoke::{InvokeRequest, Invoker};
 use weft_bus::middleware::{
-    BreakerConfig, BreakerState, CircuitBreakerLayer, Layer, Service as _, ServiceBuilder,
-    ServiceExt,
+    BreakerConfig, BreakerState, CircuitBreakerLayer, Layer, ServiceBuilder, ServiceExt,
 };
 use weft_bus::service::{BoxHandler, Endpoint, Request, Service};
 use weft_bus::testing::TestServer;
@@ -96,60 +95,37 @@ async fn the_circuit_breaker_opens_rejects_half_opens_and_closes() {
         failure_threshold: 3,
         open_for: Duration::from_millis(500),
     });
-    let mut invoker = ServiceBuilder::new()
+    let invoker = ServiceBuilder::new()
         .layer(breaker.clone())
         .service(Invoker::new(bus.clone()));
     let target: Target = "flaky.call".parse().unwrap();
     let call = |t: &Target| {
-        InvokeRequest::new(
+        let request = InvokeRequest::new(
             t.clone(),
             Envelope::request(t.to_string(), json!({})),
             Duration::from_secs(2),
-        )
+        );
+        invoker.clone().oneshot(request)
     };
 
     // Nothing serves the target: three no-responders open the circuit.
     for _ in 0..3 {
-        let e = invoker
-            .ready()
-            .await
-            .unwrap()
-            .call(call(&target))
-            .await
-            .unwrap_err();
+        let e = call(&target).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NoResponders);
     }
     assert_eq!(breaker.state("flaky.call"), BreakerState::Open);
-    let rejected = invoker
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&target))
-        .await
-        .unwrap_err();
+    let rejected = call(&target).await.unwrap_err();
     assert_eq!(rejected.kind(), ErrorKind::Rejected, "{rejected}");
     assert!(rejected.to_string().contains("circuit open"), "{rejected}");
     // Other targets are not affected.
     let other: Target = "other.call".parse().unwrap();
-    let e = invoker
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&other))
-        .await
-        .unwrap_err();
+    let e = call(&other).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoResponders);
 
     // After open_for, one trial: still failing → open again.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(breaker.state("flaky.call"), BreakerState::HalfOpen);
-    let e = invoker
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&target))
-        .await
-        .unwrap_err();
+    let e = call(&target).await.unwrap_err();
     assert_eq!(
         e.kind(),
         ErrorKind::NoResponders,
@@ -166,13 +142,7 @@ async fn the_circuit_breaker_opens_rejects_half_opens_and_closes() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let reply = invoker
-        .ready()
-        .await
-        .unwrap()
-        .call(call(&target))
-        .await
-        .unwrap();
+    let reply = call(&target).await.unwrap();
     assert_eq!(reply.payload.unwrap(), "back");
     assert_eq!(breaker.state("flaky.call"), BreakerState::Closed);
 
@@ -186,13 +156,7 @@ async fn the_circuit_breaker_opens_rejects_half_opens_and_closes() {
         .unwrap();
     let strict: Target = "strict.call".parse().unwrap();
     for _ in 0..5 {
-        let e = invoker
-            .ready()
-            .await
-            .unwrap()
-            .call(call(&strict))
-            .await
-            .unwrap_err();
+        let e = call(&strict).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Remote);
     }
     assert_eq!(breaker.state("strict.call"), BreakerState::Closed);
