@@ -385,7 +385,11 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
         bench.prefix,
     ));
     let figures = match resources::ensure(&admin, &ResourceConfig::default()).await {
-        Ok(_) => run_scenarios(&bench, &scenarios, args.rounds).await,
+        // Ctrl-C still removes the bench's streams and stops the local server.
+        Ok(_) => tokio::select! {
+            r = run_scenarios(&bench, &scenarios, args.rounds) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        },
         Err(e) => Err(anyhow::Error::new(e).context("cannot create the bench's streams")),
     };
     if local.is_none() {
