@@ -219,6 +219,7 @@ impl ConnectOptions {
                 subjects: Subjects::new(self.prefix.clone()),
                 names: Names::new(&self.prefix),
                 url: redact(&self.url),
+                replies: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -241,6 +242,7 @@ struct Inner {
     subjects: Subjects,
     names: Names,
     url: String,
+    replies: tokio::sync::OnceCell<crate::reply::ReplyInbox>,
 }
 
 /// A connection to one mesh: the NATS client, its JetStream context, and the mesh's
@@ -291,6 +293,14 @@ impl Bus {
     /// This mesh's stream and bucket names.
     pub fn names(&self) -> &Names {
         &self.inner.names
+    }
+
+    /// The connection's shared reply inbox, subscribed on first use.
+    pub(crate) async fn replies(&self) -> Result<&crate::reply::ReplyInbox> {
+        self.inner
+            .replies
+            .get_or_try_init(|| crate::reply::ReplyInbox::start(&self.inner.client))
+            .await
     }
 
     /// The server URL(s) this bus connected to, credentials redacted.

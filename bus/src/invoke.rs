@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use async_nats::RequestErrorKind;
+use crate::reply::NoReply;
 use serde_json::Value;
 
 use crate::connect::Bus;
@@ -99,40 +99,49 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Envelope> {
         let subject = self.subjects().invoke(target);
-        let inbox = self.client().new_inbox();
-        request.reply_to = Some(inbox.clone());
         if request.frame_type.is_none() {
             request.frame_type = Some(FrameType::Request);
         }
-        request.validate()?;
-        let headers = crate::trace::outgoing_headers(request);
-        let bytes = request.to_bytes()?;
-        let msg = self
-            .client()
-            .send_request(
-                subject.clone(),
-                async_nats::Request::new()
-                    .payload(bytes.into())
-                    .headers(headers)
-                    .inbox(inbox)
-                    .timeout(Some(timeout)),
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                RequestErrorKind::NoResponders => Error::new(
-                    ErrorKind::NoResponders,
-                    format!("no service is listening on {subject} (is `{target}` running?)"),
-                ),
-                RequestErrorKind::TimedOut => Error::new(
-                    ErrorKind::Timeout,
-                    format!("{target} did not answer within {} ms", timeout.as_millis()),
-                ),
-                _ => Error::with_source(
-                    ErrorKind::Publish,
-                    format!("request to {subject} failed"),
-                    e,
-                ),
-            })?;
+        let replies = self.replies().await?;
+        let client = self.client();
+        let answer = replies
+            .request(timeout, |inbox| {
+                request.reply_to = Some(inbox.clone());
+                let prepared = request.validate().map_err(Error::from).and_then(|()| {
+                    let headers = crate::trace::outgoing_headers(request);
+                    Ok((headers, request.to_bytes()?))
+                });
+                let subject = subject.clone();
+                async move {
+                    let (headers, bytes) = prepared?;
+                    client
+                        .publish_with_reply_and_headers(
+                            subject.clone(),
+                            inbox,
+                            headers,
+                            bytes.into(),
+                        )
+                        .await
+                        .map_err(|e| {
+                            Error::with_source(
+                                ErrorKind::Publish,
+                                format!("request to {subject} failed"),
+                                e,
+                            )
+                        })
+                }
+            })
+            .await?;
+        let msg = answer.map_err(|no| match no {
+            NoReply::NoResponders => Error::new(
+                ErrorKind::NoResponders,
+                format!("no service is listening on {subject} (is `{target}` running?)"),
+            ),
+            NoReply::TimedOut => Error::new(
+                ErrorKind::Timeout,
+                format!("{target} did not answer within {} ms", timeout.as_millis()),
+            ),
+        })?;
         if msg.payload.is_empty() {
             // A plain NATS micro service error: headers only.
             if let Some(h) = &msg.headers

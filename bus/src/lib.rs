@@ -24,6 +24,7 @@ pub mod middleware;
 pub mod publish;
 pub mod registry;
 pub mod replay;
+mod reply;
 pub mod resources;
 pub mod retry;
 pub mod server;
