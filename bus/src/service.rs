@@ -554,6 +554,9 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
             return;
         }
     };
+    if !ctx.streaming && !crate::stream::wants_stream(&env) {
+        return handle_plain(ctx, started, env, reply_subject, request).await;
+    }
     let sink = ReplySink::open(
         &ctx.bus,
         &env,
@@ -573,6 +576,74 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
     let result = ctx.handler.clone().oneshot(req).await;
     record(ctx, started, &result);
     sink.finish(&result).await;
+}
+
+/// A plain request to a plain endpoint: one reply envelope, no stream machinery.
+async fn handle_plain(
+    ctx: &EndpointCtx,
+    started: Instant,
+    env: Envelope,
+    reply_subject: Option<String>,
+    request: async_nats::service::Request,
+) {
+    let mut reply = env.reply(FrameType::Final, Value::Null);
+    let req = Request {
+        envelope: env,
+        service: ctx.service.clone(),
+        endpoint: ctx.endpoint.clone(),
+        bus: ctx.bus.clone(),
+        writer: None,
+    };
+    let result = ctx.handler.clone().oneshot(req).await;
+    record(ctx, started, &result);
+    let Some(subject) = reply_subject else {
+        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, "request without a reply subject or reply_to; answer dropped");
+        return;
+    };
+    let mut error = match result {
+        Ok(value) => {
+            reply.payload = Some(value);
+            None
+        }
+        Err(err) => {
+            as_error(&mut reply, &err);
+            Some(err)
+        }
+    };
+    let bytes = match reply.to_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            let err = ErrorPayload::new(
+                ErrorCode::CodecFailure,
+                format!(
+                    "the reply of {}.{} cannot be sent: {e}",
+                    ctx.service, ctx.endpoint
+                ),
+            );
+            as_error(&mut reply, &err);
+            error = Some(err);
+            reply.to_bytes().unwrap_or_default()
+        }
+    };
+    let sent = crate::stream::deliver(
+        ctx.bus.client(),
+        Some(&request),
+        &subject,
+        &reply,
+        bytes,
+        error.as_ref(),
+    )
+    .await;
+    if let Err(e) = sent {
+        tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
+    }
+}
+
+/// Turns a reply shell into an `agent.response.error` carrying `err`.
+fn as_error(reply: &mut Envelope, err: &ErrorPayload) {
+    reply.event_type = FrameType::Error.event_type().to_owned();
+    reply.frame_type = Some(FrameType::Error);
+    reply.payload = Some(err.to_value());
 }
 
 /// Counts and times one handled request.
