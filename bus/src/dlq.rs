@@ -156,11 +156,7 @@ pub async fn publish(
         )
         .as_str(),
     );
-    for name in [crate::trace::TRACEPARENT, crate::trace::TRACESTATE] {
-        if let Some(v) = headers.and_then(|h| h.get(name)) {
-            out.insert(name, v.as_str());
-        }
-    }
+    crate::trace::copy_context(headers, &mut out);
     let bytes = env.to_bytes()?;
     let ack = bus
         .jetstream()

@@ -423,12 +423,12 @@ impl Envelope {
             field: "event_id",
             reason: format!("{:?} is not a UUID ({e})", self.event_id),
         })?;
-        self.event_type
-            .parse::<EventType>()
-            .map_err(|e| EnvelopeError::InvalidField {
+        crate::subject::validate_event_type(&self.event_type).map_err(|e| {
+            EnvelopeError::InvalidField {
                 field: "event_type",
                 reason: e.reason,
-            })?;
+            }
+        })?;
         OffsetDateTime::parse(&self.occurred_at, &Rfc3339).map_err(|e| {
             EnvelopeError::InvalidField {
                 field: "occurred_at",

@@ -104,6 +104,20 @@ impl Error {
         self.remote.as_deref()
     }
 
+    /// Whether trying again later may succeed: a remote error marked retryable, a
+    /// timeout, no responders, a transport failure, or a call a circuit breaker or
+    /// limit rejected. Invalid input, bad envelopes and conflicts are not.
+    pub fn is_retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::Remote => self.remote.as_ref().is_some_and(|r| r.retryable),
+            ErrorKind::Timeout
+            | ErrorKind::NoResponders
+            | ErrorKind::Publish
+            | ErrorKind::Rejected => true,
+            _ => false,
+        }
+    }
+
     /// The message without its cause chain.
     pub fn message(&self) -> &str {
         &self.message

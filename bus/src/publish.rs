@@ -20,8 +20,6 @@ use tracing::Instrument as _;
 
 /// Header carrying the event id, used by JetStream de-duplication.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-/// W3C trace context header.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// What JetStream said about a durable publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +40,7 @@ pub fn headers_for(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(MSG_ID_HEADER, env.event_id.as_str());
     if let Some(tp) = env.traceparent.as_deref().filter(|t| !t.is_empty()) {
-        h.insert(TRACEPARENT_HEADER, tp);
+        h.insert(crate::trace::TRACEPARENT, tp);
     }
     h
 }
@@ -157,10 +155,8 @@ impl Bus {
             messaging.destination.name = %subject,
             event_id = %env.event_id,
         );
-        let _entered = span.enter();
-        let (env, headers) = crate::trace::outgoing(env);
+        let (env, headers) = span.in_scope(|| crate::trace::outgoing(env));
         let bytes = env.to_bytes()?;
-        drop(_entered);
         let r = self
             .client()
             .publish_with_headers(subject.to_owned(), headers, bytes.into())

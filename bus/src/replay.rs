@@ -329,11 +329,7 @@ pub(crate) async fn publish_copy(
 ) -> Result<AckFuture> {
     let mut headers = HeaderMap::new();
     headers.insert(MSG_ID_HEADER, new_event_id().as_str());
-    for name in [crate::trace::TRACEPARENT, crate::trace::TRACESTATE] {
-        if let Some(v) = source.and_then(|h| h.get(name)) {
-            headers.insert(name, v.as_str());
-        }
-    }
+    crate::trace::copy_context(source, &mut headers);
     bus.jetstream()
         .publish_with_headers(subject.clone(), headers, payload)
         .await

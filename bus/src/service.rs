@@ -539,8 +539,8 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
                 tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, "undecodable request without a reply subject; dropped");
                 return;
             };
-            let mut r = Envelope::new(FrameType::Error.event_type()).with_payload(err.to_value());
-            r.frame_type = Some(FrameType::Error);
+            let mut r = Envelope::new(FrameType::Error.event_type());
+            as_error(&mut r, &err);
             r.is_final = true;
             r.from = Some(ctx.service.to_string());
             let bytes = r.to_bytes().unwrap_or_default();

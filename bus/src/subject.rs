@@ -125,12 +125,19 @@ impl FromStr for Prefix {
 pub struct EventType(String);
 string_newtype!(EventType);
 
+/// Checks that `s` is a valid event type (dot-separated tokens) without allocating.
+///
+/// # Errors
+/// [`SubjectError`] naming the bad token.
+pub fn validate_event_type(s: &str) -> Result<(), SubjectError> {
+    s.split('.')
+        .try_for_each(|token| check_token("event type", s, token))
+}
+
 impl FromStr for EventType {
     type Err = SubjectError;
     fn from_str(s: &str) -> Result<Self, SubjectError> {
-        for token in s.split('.') {
-            check_token("event type", s, token)?;
-        }
+        validate_event_type(s)?;
         Ok(EventType(s.to_owned()))
     }
 }

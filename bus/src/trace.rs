@@ -112,6 +112,16 @@ pub fn outgoing_headers(env: &mut Envelope) -> HeaderMap {
     headers
 }
 
+/// Copies the trace context headers (`traceparent`, `tracestate`) of `from`, if any,
+/// into `to`: a dead letter or a replayed copy stays in the trace of the original.
+pub fn copy_context(from: Option<&HeaderMap>, to: &mut HeaderMap) {
+    for name in [TRACEPARENT, TRACESTATE] {
+        if let Some(v) = from.and_then(|h| h.get(name)) {
+            to.insert(name, v.as_str());
+        }
+    }
+}
+
 /// Makes `span` a child of the trace context carried by `headers` (or, failing that,
 /// by the envelope's `traceparent`). Does nothing when neither carries a valid one.
 pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>, envelope: Option<&Envelope>) {

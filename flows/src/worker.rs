@@ -20,7 +20,7 @@ use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
 use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer, ServiceExt};
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 use weft_bus::retry::RetryPolicy;
-use weft_bus::{Bus, Envelope, ErrorKind, Target};
+use weft_bus::{Bus, Envelope, Target};
 
 use crate::checkpoint::RunStore;
 use crate::definition::{Flow, Step, StepKind};
@@ -230,17 +230,9 @@ struct StepFailure {
 
 impl From<weft_bus::Error> for StepFailure {
     fn from(e: weft_bus::Error) -> Self {
-        let retryable = match e.kind() {
-            ErrorKind::Remote => e.remote().is_some_and(|r| r.retryable),
-            ErrorKind::Timeout
-            | ErrorKind::NoResponders
-            | ErrorKind::Publish
-            | ErrorKind::Rejected => true,
-            _ => false,
-        };
         StepFailure {
             message: e.to_string(),
-            retryable,
+            retryable: e.is_retryable(),
         }
     }
 }

@@ -155,11 +155,7 @@ pub struct CircuitBreaker<S> {
 
 /// Whether an invoke error says the target is unhealthy.
 fn is_failure(e: &Error) -> bool {
-    match e.kind() {
-        ErrorKind::Remote => e.remote().is_some_and(|r| r.retryable),
-        ErrorKind::Timeout | ErrorKind::NoResponders | ErrorKind::Publish => true,
-        _ => false,
-    }
+    e.is_retryable() && e.kind() != ErrorKind::Rejected
 }
 
 fn set(target: &str, c: &mut Circuit, state: BreakerState) {
