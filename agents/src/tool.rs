@@ -103,15 +103,16 @@ impl ServiceTools {
     /// [`ErrorKind::Kv`] when the registry cannot be read.
     pub async fn discover(bus: &Bus, services: &[String]) -> weft_bus::Result<ServiceTools> {
         let registry = Registry::open(bus).await?;
-        let live = registry.list().await?;
         let mut chosen = Vec::new();
         for name in services {
-            let newest = live
-                .iter()
-                .filter(|r| r.kind == Kind::Service && &r.name == name)
+            // Reads only `service.<name>.*`, not the whole registry.
+            let newest = registry
+                .list_kind(Kind::Service, Some(name))
+                .await?
+                .into_iter()
                 .max_by(|a, b| a.started_at.cmp(&b.started_at));
             match newest {
-                Some(r) => chosen.push(r.clone()),
+                Some(r) => chosen.push(r),
                 None => {
                     tracing::warn!(service = %name, "managed service is not registered; it has no tools now")
                 }

@@ -409,12 +409,14 @@ pub async fn start(
         }
     };
     let cancel = CancellationToken::new();
+    let config_name = config.name.clone();
     let ctx = Arc::new(Ctx {
         bus: bus.clone(),
         handler: config.stack(Arc::new(handler)),
         config,
         failures,
         replay_prefix: bus.subjects().all_replay().trim_end_matches('>').to_owned(),
+        series: Series::new(&config_name),
     });
     let task = tokio::spawn(run(ctx.clone(), consumer, messages, cancel.clone()));
     Ok(ConsumerHandle {
@@ -519,6 +521,31 @@ struct Ctx {
     failures: Option<kv::Store>,
     /// `P.replay.`: deliveries under it are replayed copies.
     replay_prefix: String,
+    /// This consumer's metric series, resolved once rather than per delivery.
+    series: Series,
+}
+
+/// The per-consumer metric series touched on every delivery.
+struct Series {
+    in_flight: prometheus::IntGauge,
+    redeliveries: prometheus::IntCounter,
+    ack: prometheus::IntCounter,
+    nak: prometheus::IntCounter,
+    dead_letter: prometheus::IntCounter,
+}
+
+impl Series {
+    fn new(consumer: &str) -> Series {
+        let m = metrics::bus();
+        let delivered = |outcome: &str| m.deliveries.with_label_values(&[consumer, outcome]);
+        Series {
+            in_flight: m.in_flight.with_label_values(&[consumer]),
+            redeliveries: m.redeliveries.with_label_values(&[consumer]),
+            ack: delivered("ack"),
+            nak: delivered("nak"),
+            dead_letter: delivered("dead_letter"),
+        }
+    }
 }
 
 async fn run(
@@ -549,12 +576,9 @@ async fn run(
         };
         let ctx = ctx.clone();
         tracker.spawn(async move {
-            let gauge = metrics::bus()
-                .in_flight
-                .with_label_values(&[&ctx.config.name]);
-            gauge.inc();
+            ctx.series.in_flight.inc();
             handle(&ctx, msg).await;
-            gauge.dec();
+            ctx.series.in_flight.dec();
             drop(permit);
         });
     }
@@ -601,10 +625,7 @@ async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     };
     let config = &ctx.config;
     if attempt > 1 {
-        metrics::bus()
-            .redeliveries
-            .with_label_values(&[&config.name])
-            .inc();
+        ctx.series.redeliveries.inc();
     }
     let subject = msg.subject.to_string();
     let failure = Failure {
@@ -684,13 +705,6 @@ struct FailureRecord {
 }
 
 impl Ctx {
-    fn count(&self, outcome: &str) {
-        metrics::bus()
-            .deliveries
-            .with_label_values(&[&self.config.name, outcome])
-            .inc();
-    }
-
     async fn settle(
         &self,
         msg: &async_nats::jetstream::Message,
@@ -700,7 +714,7 @@ impl Ctx {
         let name = &self.config.name;
         match outcome {
             Ok(()) => {
-                self.count("ack");
+                self.series.ack.inc();
                 let acked = if self.config.confirm_acks {
                     msg.double_ack().await
                 } else {
@@ -714,16 +728,18 @@ impl Ctx {
                 }
             }
             Err(DeliveryError::Retry(reason)) => {
-                let first = self.note_failure(failure, &reason).await;
                 match self.config.retry.delay(failure.attempt) {
                     Some(delay) if failure.attempt < self.config.max_deliver => {
-                        self.count("nak");
+                        self.note_failure(failure, &reason).await;
+                        self.series.nak.inc();
                         tracing::info!(consumer = %name, subject = %failure.subject, attempt = failure.attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying later");
                         if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                             tracing::warn!(consumer = %name, error = %e, "nak failed; the message will be redelivered after the ack wait");
                         }
                     }
                     _ => {
+                        // Dead-lettered now: read the first failure, write nothing.
+                        let first = self.first_failure(failure).await;
                         self.dead_letter(msg, failure, Reason::RetriesSpent, reason, first)
                             .await
                     }
@@ -761,7 +777,7 @@ impl Ctx {
         };
         match dlq::publish(&self.bus, &msg.payload, msg.headers.as_ref(), &letter).await {
             Ok(_) => {
-                self.count("dead_letter");
+                self.series.dead_letter.inc();
                 metrics::bus()
                     .dead_letters
                     .with_label_values(&[name, reason.as_str()])
@@ -770,10 +786,12 @@ impl Ctx {
                     // Redelivered later, then dead-lettered again and de-duplicated.
                     tracing::warn!(consumer = %name, error = %e, "cannot terminate a dead-lettered message");
                 }
-                self.forget_failure(failure.stream_sequence).await;
+                if failure.attempt > 1 {
+                    self.forget_failure(failure.stream_sequence).await;
+                }
             }
             Err(err) => {
-                self.count("nak");
+                self.series.nak.inc();
                 // Kept for the next delivery, which dead-letters it (reason unacknowledged
                 // when this was the last one) with this error.
                 self.note_failure(failure, &letter.last_error).await;

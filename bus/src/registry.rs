@@ -173,11 +173,16 @@ impl Registry {
     /// # Errors
     /// As [`Registry::list`].
     pub async fn list_kind(&self, kind: Kind, name: Option<&str>) -> Result<Vec<Registration>> {
-        Ok(self
-            .list()
+        // Keys are `<kind>.<name>.<instance>`: read only the matching ones.
+        let prefix = match name {
+            Some(n) => format!("{kind}.{n}."),
+            None => format!("{kind}."),
+        };
+        Ok(crate::kv::read_all(&self.store, &prefix)
             .await?
             .into_iter()
-            .filter(|r| r.kind == kind && name.is_none_or(|n| r.name == n))
+            .map(|(_, r)| r)
+            .filter(|r: &Registration| r.kind == kind && name.is_none_or(|n| r.name == n))
             .collect())
     }
 

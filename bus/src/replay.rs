@@ -245,14 +245,7 @@ pub struct ReplayReport {
 /// message says how many were copied before).
 pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Result<ReplayReport> {
     let patterns = replay_patterns(bus, consumer).await?;
-    let mut events = Scan::open(
-        bus,
-        &bus.names().events_stream,
-        bus.subjects().events_matching(&selection.pattern),
-        selection.start,
-        selection.end,
-    )
-    .await?;
+    let mut events = select(bus, selection).await?.scan;
     let mut report = ReplayReport {
         consumer: consumer.to_owned(),
         selected: 0,
@@ -459,19 +452,15 @@ impl Scan {
             Start::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
             Start::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
         };
-        let mut stream = get_stream(bus, stream_name).await?;
+        let stream = get_stream(bus, stream_name).await?;
         let js_err = |what: &str, e: &dyn std::fmt::Display| {
             Error::new(
                 ErrorKind::JetStream,
                 format!("cannot {what} stream {stream_name}: {e}"),
             )
         };
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| js_err("read", &e))?
-            .state
-            .last_sequence;
+        // `get_stream` just read the stream's info; no second round trip.
+        let last = stream.cached_info().state.last_sequence;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: filter,

@@ -270,8 +270,6 @@ async fn execute_step(
         StepKind::Publish(event_type) => {
             let mut env = Envelope::event(event_type, input);
             inherit(&mut env);
-            env.metadata
-                .insert("weft.flow.run_id".into(), json!(run.id));
             let published = bus.publish_envelope(&env).await?;
             Ok(json!({ "event_id": published.event_id, "sequence": published.sequence }))
         }
