@@ -23,7 +23,7 @@ use weft_bus::envelope::{Envelope, ErrorCode, ErrorPayload};
 use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
 use weft_bus::middleware::ServiceExt;
 use weft_bus::registry::{Kind, Registration, Registry};
-use weft_bus::{Bus, ErrorKind, ServiceName, Target};
+use weft_bus::{Bus, ServiceName, Target};
 
 use crate::model::ToolSpec;
 
@@ -100,7 +100,7 @@ impl ServiceTools {
     /// that is not registered contributes no tools (logged as a warning).
     ///
     /// # Errors
-    /// [`ErrorKind::Kv`] when the registry cannot be read.
+    /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be read.
     pub async fn discover(bus: &Bus, services: &[String]) -> weft_bus::Result<ServiceTools> {
         let registry = Registry::open(bus).await?;
         let mut chosen = Vec::new();
@@ -239,28 +239,7 @@ impl Tools for ServiceTools {
         let call = InvokeRequest::new(target.clone(), request, self.timeout);
         match self.invoker.clone().oneshot(call).await {
             Ok(reply) => Ok(reply.payload.unwrap_or(Value::Null)),
-            Err(e) => Err(match e.kind() {
-                ErrorKind::Remote => e.remote().cloned().unwrap_or_else(|| {
-                    ErrorPayload::new(ErrorCode::TransportFailure, e.to_string())
-                }),
-                ErrorKind::Timeout => ErrorPayload::new(
-                    ErrorCode::AgentTimeout,
-                    format!(
-                        "{target} did not answer within {} ms",
-                        self.timeout.as_millis()
-                    ),
-                )
-                .retryable(),
-                ErrorKind::NoResponders => ErrorPayload::new(
-                    ErrorCode::AgentUnavailable,
-                    format!("{target} is not running (no responders)"),
-                )
-                .retryable(),
-                ErrorKind::Rejected => {
-                    ErrorPayload::new(ErrorCode::AgentUnavailable, e.to_string()).retryable()
-                }
-                _ => ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()).retryable(),
-            }),
+            Err(e) => Err(ErrorPayload::from(&e)),
         }
     }
 }

@@ -156,6 +156,33 @@ impl std::error::Error for Error {
     }
 }
 
+/// The error as an `agent.response.error` payload, for a component that answers for
+/// a call it made (an agent's tool call, a gateway): a remote error is passed on as
+/// it came; otherwise timeouts are `AGENT_TIMEOUT`, no responders and rejected calls
+/// `AGENT_UNAVAILABLE`, bad names `INVALID_REQUEST`, bad envelopes `CODEC_FAILURE`,
+/// the rest `TRANSPORT_FAILURE`; `retryable` is [`Error::is_retryable`].
+impl From<&Error> for ErrorPayload {
+    fn from(e: &Error) -> Self {
+        use crate::envelope::ErrorCode;
+        if let Some(remote) = e.remote() {
+            return remote.clone();
+        }
+        let code = match e.kind {
+            ErrorKind::Timeout => ErrorCode::AgentTimeout,
+            ErrorKind::NoResponders | ErrorKind::Rejected => ErrorCode::AgentUnavailable,
+            ErrorKind::InvalidSubject => ErrorCode::InvalidRequest,
+            ErrorKind::Envelope => ErrorCode::CodecFailure,
+            _ => ErrorCode::TransportFailure,
+        };
+        let payload = ErrorPayload::new(code, e.to_string());
+        if e.is_retryable() {
+            payload.retryable()
+        } else {
+            payload
+        }
+    }
+}
+
 impl From<SubjectError> for Error {
     fn from(e: SubjectError) -> Self {
         Error::new(ErrorKind::InvalidSubject, e.to_string())
