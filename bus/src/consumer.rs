@@ -18,9 +18,10 @@
 //! JetStream's delivery count. A dead letter ([`crate::dlq`]) is published and acked
 //! before the original is terminated.
 //!
-//! While a handler runs, the consumer sends in-progress acks every third of the ack
-//! wait, so a long handler is not redelivered; if the process dies, the message is
-//! redelivered after the ack wait, to another instance if one runs. The server allows
+//! While a message waits in the instance or its handler runs, the consumer sends an
+//! in-progress ack for it every third of the ack wait, so a long handler is not
+//! redelivered; if the process dies, the message is redelivered after the ack wait, to
+//! another instance if one runs. The server allows
 //! one delivery more than `max_deliver`: that extra delivery only exists when the last
 //! one was never settled (the process died or hung), and it is dead-lettered at once
 //! with reason `unacknowledged`, so such messages are not lost silently.
@@ -45,11 +46,13 @@
 //! Weft durable subscriber (a push consumer, another ack policy) is an
 //! [`ErrorKind::Conflict`] naming it.
 //!
-//! Each instance pulls at most [`DurableConfig::concurrency`] messages ahead of its
-//! free handlers. Those wait in the instance without in-progress acks: a handler that
-//! runs much longer than the ack wait can make them expire and be redelivered to
-//! another instance (at-least-once; handlers should be idempotent, e.g. by
-//! `event_id`).
+//! Each instance pulls messages in batches (four per handler slot, at least 200, at
+//! most `max_ack_pending`) and keeps them, with in-progress acks, until a handler slot
+//! is free. The handlers of one instance run as futures of one task, as the requests of
+//! one connection do in a server: they interleave at their `.await` points, and no task
+//! is spawned per message. A handler that computes for long should move that work off
+//! the task (`tokio::task::spawn_blocking`), or it holds up the other handlers of its
+//! instance; more instances (processes) spread CPU-bound work.
 //!
 //! # First failure time
 //!
@@ -80,6 +83,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -87,15 +91,15 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::Message as JsMessage;
 use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt as _};
+use tower::{Layer, Service as _, ServiceExt as _};
 
 use crate::connect::Bus;
 use crate::dlq::{self, DeadLetter, Reason};
@@ -137,7 +141,8 @@ pub struct DurableConfig {
     /// When a retryable failure is delivered again. Default
     /// [`RetryPolicy::default`] (exponential from 1 s to 60 s, bounded jitter).
     pub retry: RetryPolicy,
-    /// Handlers running at once in this instance (at least 1). Default 8.
+    /// Handlers running at once in this instance (at least 1), as futures of one task
+    /// (see "One consumer, many instances" in the module docs). Default 8.
     pub concurrency: usize,
     /// Time budget of one handler call; past it the handler is cancelled and the
     /// failure is retryable. Default none.
@@ -360,11 +365,11 @@ impl ConsumerHandle {
     }
 }
 
-/// Messages pulled per batch: four per handler slot, at least 32, at most
-/// `max_ack_pending`. Pulled messages wait for a free handler without in-progress acks,
-/// so this stays a small multiple of the concurrency.
+/// Messages pulled per batch: four per handler slot, at least 200 (the `async-nats`
+/// default, which keeps the pull pipeline full), at most `max_ack_pending`. Pulled
+/// messages wait for a free handler with in-progress acks.
 fn prefetch(config: &DurableConfig) -> usize {
-    (config.concurrency * 4).max(32).min(
+    (config.concurrency * 4).max(200).min(
         usize::try_from(config.max_ack_pending)
             .unwrap_or(usize::MAX)
             .max(1),
@@ -554,36 +559,86 @@ async fn run(
     mut messages: pull::Stream,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.config.concurrency));
-    let tracker = TaskTracker::new();
-    tracker.spawn(sample_pending(ctx.clone(), consumer, cancel.clone()));
+    let sampler = tokio::spawn(sample_pending(ctx.clone(), consumer, cancel.clone()));
+    let concurrency = ctx.config.concurrency;
+    let batch = prefetch(&ctx.config);
+    // One instance of the middleware stack serves every delivery, driven as tower
+    // servers drive a service: `poll_ready`, then `call`.
+    let mut svc = ctx.handler.clone();
+    // Pulled messages waiting for a handler slot, and the handlers running (in this
+    // task: one task per instance, no spawn and no cross-thread wake-up per message).
+    let mut queued: VecDeque<JsMessage> = VecDeque::with_capacity(batch);
+    let mut running = FuturesUnordered::new();
+    // What the handlers hold, for the in-progress acks: key → reply subject.
+    let mut held: HashMap<u64, async_nats::Subject> = HashMap::with_capacity(concurrency);
+    let mut next_key = 0u64;
+    let mut tick = progress_ticker(&ctx.config);
+    let mut pulling = true;
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        if !pulling && running.is_empty() {
             break;
-        };
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            m = messages.next() => m,
-        };
-        let msg = match msg {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!(consumer = %ctx.config.name, error = %e, "pull failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        }
+        let can_start = !queued.is_empty() && running.len() < concurrency;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if pulling => pulling = false,
+            Some(key) = running.next() => {
+                held.remove(&key);
+                ctx.series.in_flight.dec();
             }
-            None => break,
-        };
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
-            ctx.series.in_flight.inc();
-            handle(&ctx, msg).await;
-            ctx.series.in_flight.dec();
-            drop(permit);
-        });
+            _ = tick.tick() => {
+                let replies = held.values().chain(queued.iter().filter_map(|m| m.reply.as_ref()));
+                send_progress(&ctx.bus, replies).await;
+            }
+            ready = svc.ready(), if can_start => {
+                let msg = queued.pop_front().expect("can_start: a message is queued");
+                next_key += 1;
+                if let Some(reply) = &msg.reply {
+                    held.insert(next_key, reply.clone());
+                }
+                ctx.series.in_flight.inc();
+                let call = match ready {
+                    Ok(_) => Ok(&mut svc),
+                    Err(e) => Err(e),
+                };
+                running.push(handle(&ctx, call, msg, next_key));
+            }
+            m = messages.next(), if pulling && queued.len() < batch => match m {
+                Some(Ok(m)) => queued.push_back(m),
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = %ctx.config.name, error = %e, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                None => pulling = false,
+            },
+        }
     }
-    tracker.close();
-    tracker.wait().await;
+    // Queued messages that no handler started are redelivered after the ack wait.
+    drop(queued);
+    cancel.cancel();
+    let _ = sampler.await;
+}
+
+/// Ticks every third of the ack wait (at least every 30 ms), first after one period.
+fn progress_ticker(config: &DurableConfig) -> tokio::time::Interval {
+    let every = (config.ack_wait / 3).max(Duration::from_millis(30));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Sends an in-progress ack (`+WPI`) for each held message, so the server does not
+/// redeliver it while it waits for or runs in a handler.
+async fn send_progress(bus: &Bus, replies: impl Iterator<Item = &async_nats::Subject>) {
+    for reply in replies {
+        if let Err(e) = bus
+            .client()
+            .publish(reply.clone(), AckKind::Progress.into())
+            .await
+        {
+            tracing::debug!(error = %e, "in-progress ack failed");
+        }
+    }
 }
 
 /// Samples the consumer's pending counts into `weft_consumer_pending` until stopped.
@@ -617,76 +672,71 @@ async fn sample_pending(
     }
 }
 
-/// Handles one message from delivery to settlement.
-async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
-    let (attempt, stream_sequence, stream) = match msg.info() {
-        Ok(i) => (i.delivered, i.stream_sequence, i.stream.to_owned()),
-        Err(_) => (1, 0, String::new()),
+/// Handles one message from delivery to settlement; resolves to `key`. `svc` is the
+/// middleware stack, ready for one call (or the error it failed with when asked).
+///
+/// A plain function returning one `async` block: the call is made here, so the
+/// returned future does not borrow `svc`.
+fn handle<'a>(
+    ctx: &'a Ctx,
+    svc: std::result::Result<&mut BoxDeliveryHandler, DeliveryError>,
+    mut msg: JsMessage,
+    key: u64,
+) -> impl std::future::Future<Output = u64> + 'a {
+    let (attempt, stream_sequence) = match msg.info() {
+        Ok(i) => (i.delivered, i.stream_sequence),
+        Err(_) => (1, 0),
     };
-    let config = &ctx.config;
     if attempt > 1 {
         ctx.series.redeliveries.inc();
     }
-    let subject = msg.subject.to_string();
-    let failure = Failure {
-        subject: subject.clone(),
-        stream,
-        stream_sequence,
-        attempt,
-    };
-    if attempt > config.max_deliver {
-        let failure = Failure {
-            attempt: config.max_deliver,
-            ..failure
-        };
-        let record = ctx.failure_record(stream_sequence).await;
-        let mut error = format!(
-            "delivery {} of {} was never settled (the handler's process died or hung past the ack wait)",
-            config.max_deliver, config.max_deliver
-        );
-        if let Some(last) = record.as_ref().map(|r| &r.last_error) {
-            error.push_str(&format!("; last handler error: {last}"));
-        }
-        let first = record.map(|r| r.first_failed_at);
-        ctx.dead_letter(&msg, &failure, Reason::Unacknowledged, error, first)
-            .await;
-        return;
-    }
-    let envelope = match Envelope::from_slice(&msg.payload) {
-        Ok(env) => env,
-        Err(e) => {
-            let error = format!("not a valid envelope: {e}");
-            let first = ctx.first_failure(&failure).await;
-            ctx.dead_letter(&msg, &failure, Reason::InvalidEnvelope, error, first)
-                .await;
-            return;
-        }
-    };
-    let delivery = Delivery {
-        envelope,
-        replayed: subject.starts_with(&ctx.replay_prefix),
-        subject,
-        attempt,
-        stream_sequence,
-        headers: msg.headers.clone().unwrap_or_default(),
-    };
-    // In-progress acks keep a long handler from being redelivered.
-    let every = (config.ack_wait / 3).max(Duration::from_millis(30));
-    let progress = async {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                tracing::debug!(error = %e, "in-progress ack failed");
+    // Decided now: the dead letter to write before any handler, or the handler call.
+    let call = if attempt > ctx.config.max_deliver {
+        Err(Early::Unacknowledged)
+    } else {
+        match Envelope::from_slice(&msg.payload) {
+            Err(e) => Err(Early::InvalidEnvelope(e)),
+            Ok(envelope) => {
+                // The delivery takes the headers; the message keeps only its trace
+                // context, which is all a dead letter copies.
+                let mut trace = HeaderMap::new();
+                crate::trace::copy_context(msg.headers.as_ref(), &mut trace);
+                let headers = msg.message.headers.replace(trace);
+                let subject = msg.subject.as_str();
+                let delivery = Delivery {
+                    envelope,
+                    replayed: subject.starts_with(&ctx.replay_prefix),
+                    subject: subject.to_owned(),
+                    attempt,
+                    stream_sequence,
+                    headers: headers.unwrap_or_default(),
+                };
+                Ok(svc.map(|svc| svc.call(delivery)))
             }
         }
     };
-    let outcome = tokio::select! {
-        r = ctx.handler.clone().oneshot(delivery) => r,
-        _ = progress => unreachable!("the progress loop never ends"),
-    };
-    ctx.settle(&msg, &failure, outcome).await;
+    async move {
+        match call {
+            Ok(Ok(outcome)) => {
+                let outcome = outcome.await;
+                ctx.settle(&msg, attempt, stream_sequence, outcome).await;
+            }
+            Ok(Err(not_ready)) => {
+                ctx.settle(&msg, attempt, stream_sequence, Err(not_ready))
+                    .await;
+            }
+            Err(early) => ctx.dead_letter_early(&msg, attempt, early).await,
+        }
+        key
+    }
+}
+
+/// Why a message is dead-lettered before any handler sees it.
+enum Early {
+    /// Its last delivery was never settled (see "Outcomes" in the module docs).
+    Unacknowledged,
+    /// Its bytes are not an envelope.
+    InvalidEnvelope(crate::envelope::EnvelopeError),
 }
 
 /// Where a failing message is stored and which delivery failed.
@@ -697,6 +747,22 @@ struct Failure {
     attempt: i64,
 }
 
+impl Failure {
+    /// Delivery `attempt` of `msg` failed (built on failure paths only).
+    fn of(msg: &JsMessage, attempt: i64) -> Failure {
+        let (stream, stream_sequence) = match msg.info() {
+            Ok(i) => (i.stream.to_owned(), i.stream_sequence),
+            Err(_) => (String::new(), 0),
+        };
+        Failure {
+            subject: msg.subject.to_string(),
+            stream,
+            stream_sequence,
+            attempt,
+        }
+    }
+}
+
 /// A message's failure history in the `<prefix>_failures` bucket.
 #[derive(Debug, Serialize, Deserialize)]
 struct FailureRecord {
@@ -705,29 +771,58 @@ struct FailureRecord {
 }
 
 impl Ctx {
+    async fn dead_letter_early(&self, msg: &JsMessage, attempt: i64, early: Early) {
+        match early {
+            Early::Unacknowledged => {
+                let max = self.config.max_deliver;
+                let failure = Failure::of(msg, max);
+                let record = self.failure_record(failure.stream_sequence).await;
+                let mut error = format!(
+                    "delivery {max} of {max} was never settled (the handler's process died or hung past the ack wait)"
+                );
+                if let Some(last) = record.as_ref().map(|r| &r.last_error) {
+                    error.push_str(&format!("; last handler error: {last}"));
+                }
+                let first = record.map(|r| r.first_failed_at);
+                self.dead_letter(msg, &failure, Reason::Unacknowledged, error, first)
+                    .await;
+            }
+            Early::InvalidEnvelope(e) => {
+                let failure = Failure::of(msg, attempt);
+                let error = format!("not a valid envelope: {e}");
+                let first = self.first_failure(&failure).await;
+                self.dead_letter(msg, &failure, Reason::InvalidEnvelope, error, first)
+                    .await;
+            }
+        }
+    }
+
     async fn settle(
         &self,
-        msg: &async_nats::jetstream::Message,
-        failure: &Failure,
+        msg: &JsMessage,
+        attempt: i64,
+        stream_sequence: u64,
         outcome: std::result::Result<(), DeliveryError>,
     ) {
         let name = &self.config.name;
-        match outcome {
-            Ok(()) => {
-                self.series.ack.inc();
-                let acked = if self.config.confirm_acks {
-                    msg.double_ack().await
-                } else {
-                    msg.ack().await
-                };
-                if let Err(e) = acked {
-                    tracing::warn!(consumer = %name, error = %e, "ack failed; the message will be redelivered");
-                }
-                if failure.attempt > 1 {
-                    self.forget_failure(failure.stream_sequence).await;
-                }
+        let Err(error) = outcome else {
+            self.series.ack.inc();
+            let acked = if self.config.confirm_acks {
+                msg.double_ack().await
+            } else {
+                msg.ack().await
+            };
+            if let Err(e) = acked {
+                tracing::warn!(consumer = %name, error = %e, "ack failed; the message will be redelivered");
             }
-            Err(DeliveryError::Retry(reason)) => {
+            if attempt > 1 {
+                self.forget_failure(stream_sequence).await;
+            }
+            return;
+        };
+        let failure = &Failure::of(msg, attempt);
+        match error {
+            DeliveryError::Retry(reason) => {
                 match self.config.retry.delay(failure.attempt) {
                     Some(delay) if failure.attempt < self.config.max_deliver => {
                         self.note_failure(failure, &reason).await;
@@ -745,7 +840,7 @@ impl Ctx {
                     }
                 }
             }
-            Err(DeliveryError::Permanent(reason)) => {
+            DeliveryError::Permanent(reason) => {
                 let first = self.first_failure(failure).await;
                 self.dead_letter(msg, failure, Reason::Permanent, reason, first)
                     .await;
@@ -757,7 +852,7 @@ impl Ctx {
     /// naks it so it comes back and is dead-lettered then.
     async fn dead_letter(
         &self,
-        msg: &async_nats::jetstream::Message,
+        msg: &JsMessage,
         failure: &Failure,
         reason: Reason,
         last_error: String,

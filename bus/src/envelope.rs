@@ -227,6 +227,42 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
     out
 }
 
+/// Whether `s` is a valid time in the fixed form Weft writes
+/// (`2026-11-21T14:03:07.120Z`, see [`rfc3339`]): checked field by field, several times
+/// faster than the general RFC 3339 parser, which takes every other form.
+fn is_weft_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return false;
+    }
+    if b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
+        return false;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let fields = (
+        num(0, 4),
+        num(5, 7),
+        num(8, 10),
+        num(11, 13),
+        num(14, 16),
+        num(17, 19),
+        num(20, 23),
+    );
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(sec), Some(ms)) = fields else {
+        return false;
+    };
+    let date = u8::try_from(mo)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .and_then(|m| time::Date::from_calendar_date(y as i32, m, d as u8).ok());
+    // RFC 3339 allows a leap second (60); the general parser decides on those.
+    date.is_some() && time::Time::from_hms_milli(h as u8, mi as u8, sec as u8, ms as u16).is_ok()
+}
+
 /// A fresh UUIDv7 as a string.
 pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -429,6 +465,9 @@ impl Envelope {
                 reason: e.reason,
             }
         })?;
+        if is_weft_time(&self.occurred_at) {
+            return Ok(());
+        }
         OffsetDateTime::parse(&self.occurred_at, &Rfc3339).map_err(|e| {
             EnvelopeError::InvalidField {
                 field: "occurred_at",
@@ -617,6 +656,41 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), "2026-11-21T14:03:07.120Z".len(), "{t}");
         assert!(OffsetDateTime::parse(&t, &Rfc3339).is_ok(), "{t}");
+    }
+
+    #[test]
+    fn occurred_at_is_checked_in_every_form() {
+        let with = |t: &str| {
+            let mut env = Envelope::new("a.b");
+            env.occurred_at = t.into();
+            env.validate()
+        };
+        for good in [
+            "2026-11-21T14:03:07.120Z",
+            "2024-02-29T23:59:59.999Z",
+            "2026-11-21T14:03:07Z",
+            "2026-11-21T14:03:07.123456+02:00",
+        ] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "2026-02-30T14:03:07.120Z",
+            "2026-13-01T14:03:07.120Z",
+            "2026-11-21T24:03:07.120Z",
+            "2026-11-21T14:03:07.12xZ",
+            "yesterday",
+        ] {
+            assert!(
+                matches!(
+                    with(bad),
+                    Err(EnvelopeError::InvalidField {
+                        field: "occurred_at",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

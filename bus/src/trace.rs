@@ -125,9 +125,13 @@ pub fn copy_context(from: Option<&HeaderMap>, to: &mut HeaderMap) {
 /// Makes `span` a child of the trace context carried by `headers` (or, failing that,
 /// by the envelope's `traceparent`). Does nothing when neither carries a valid one.
 pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>, envelope: Option<&Envelope>) {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&Carrier { headers, envelope })
-    });
+    let carrier = Carrier { headers, envelope };
+    // Most messages of an untraced mesh carry no context: skip the propagator (a
+    // global lock and a parse) for them, and for spans no subscriber records.
+    if span.is_disabled() || carrier.get(TRACEPARENT).is_none() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
