@@ -7,6 +7,12 @@
 //! ([`Endpoint::streaming`], see [`crate::stream`]); both kinds run through the same
 //! middleware stack, and both answer plain and streaming callers.
 //!
+//! Each endpoint is served by one task, and its handlers run as futures of that task
+//! (as the requests of one connection do in an HTTP server): they interleave at their
+//! `.await` points, and no task is spawned per request. A handler that computes for long
+//! should move that work off the task (`tokio::task::spawn_blocking`); more instances
+//! spread CPU-bound work.
+//!
 //! # Examples
 //! ```no_run
 //! use serde_json::json;
@@ -34,11 +40,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt as _;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt as _};
 
@@ -387,7 +394,6 @@ impl Service {
             })?;
 
         let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_concurrency));
         let mut loops = Vec::new();
         for e in &self.endpoints {
@@ -422,18 +428,24 @@ impl Service {
                             err,
                         )
                     })?;
+                let m = metrics::bus();
                 let ctx = EndpointCtx {
                     bus: bus.clone(),
                     service: service.clone(),
                     endpoint: e.name.clone(),
                     handler: self.stack(&service, e),
                     streaming: e.streaming,
+                    handled_ok: m
+                        .handled
+                        .with_label_values(&[service.as_str(), &e.name, "ok"]),
+                    duration: m
+                        .handle_duration
+                        .with_label_values(&[service.as_str(), &e.name]),
                 };
                 loops.push(tokio::spawn(serve_endpoint(
                     stream,
                     ctx,
                     cancel.clone(),
-                    tracker.clone(),
                     permits.clone(),
                 )));
             }
@@ -444,7 +456,6 @@ impl Service {
             registration,
             micro,
             cancel,
-            tracker,
             loops,
             registered,
             drain_timeout: self.drain_timeout,
@@ -487,29 +498,49 @@ struct EndpointCtx {
     endpoint: String,
     handler: BoxHandler,
     streaming: bool,
+    /// `weft_requests_handled_total{…, outcome="ok"}` and the duration histogram of
+    /// this endpoint, resolved once rather than per request.
+    handled_ok: prometheus::IntCounter,
+    duration: prometheus::Histogram,
 }
 
+/// Serves one endpoint until cancelled, then finishes the requests it took. Its
+/// handlers run as futures of this one task (no task per request): each takes one of
+/// the service's `permits` (the concurrency limit every endpoint shares) before its
+/// request is read.
 async fn serve_endpoint(
     mut stream: async_nats::service::endpoint::Endpoint,
     ctx: EndpointCtx,
     cancel: CancellationToken,
-    tracker: TaskTracker,
     permits: Arc<Semaphore>,
 ) {
-    let ctx = Arc::new(ctx);
+    let ctx = &ctx;
+    let mut running = FuturesUnordered::new();
+    let mut permit = None;
+    let mut open = true;
     loop {
-        let request = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = stream.next() => match r { Some(r) => r, None => break },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        if !open && running.is_empty() {
             break;
-        };
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
-            handle(&ctx, request).await;
-            drop(permit);
-        });
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if open => open = false,
+            Some(()) = running.next() => {}
+            p = Arc::clone(&permits).acquire_owned(), if open && permit.is_none() => match p {
+                Ok(p) => permit = Some(p),
+                Err(_) => open = false,
+            },
+            r = stream.next(), if open && permit.is_some() => match r {
+                Some(request) => {
+                    let permit = permit.take();
+                    running.push(async move {
+                        handle(ctx, request).await;
+                        drop(permit);
+                    });
+                }
+                None => open = false,
+            },
+        }
     }
 }
 
@@ -648,17 +679,14 @@ fn as_error(reply: &mut Envelope, err: &ErrorPayload) {
 
 /// Counts and times one handled request.
 fn record(ctx: &EndpointCtx, started: Instant, result: &HandlerResult) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.code.as_str(),
-    };
-    let m = metrics::bus();
-    m.handled
-        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint, outcome])
-        .inc();
-    m.handle_duration
-        .with_label_values(&[ctx.service.as_str(), &ctx.endpoint])
-        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => ctx.handled_ok.inc(),
+        Err(e) => metrics::bus()
+            .handled
+            .with_label_values(&[ctx.service.as_str(), &ctx.endpoint, e.code.as_str()])
+            .inc(),
+    }
+    ctx.duration.observe(started.elapsed().as_secs_f64());
 }
 
 /// A running service. [`ServiceHandle::stop`] shuts it down cleanly.
@@ -666,7 +694,6 @@ pub struct ServiceHandle {
     registration: Registration,
     micro: async_nats::service::Service,
     cancel: CancellationToken,
-    tracker: TaskTracker,
     loops: Vec<tokio::task::JoinHandle<()>>,
     registered: Registered,
     drain_timeout: Duration,
@@ -678,22 +705,26 @@ impl ServiceHandle {
         &self.registration
     }
 
-    /// Stops taking requests, waits up to the drain timeout for in-flight ones, stops
-    /// the micro service and deletes the registry entry.
+    /// Stops taking requests, waits up to the drain timeout for in-flight ones (and
+    /// cancels those still running then), stops the micro service and deletes the
+    /// registry entry.
     ///
     /// # Errors
     /// [`ErrorKind::Kv`] when the registry entry cannot be deleted (it then expires).
     pub async fn stop(self) -> Result<()> {
         self.cancel.cancel();
-        for l in self.loops {
-            let _ = l.await;
-        }
-        self.tracker.close();
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(service = %self.registration.name, "in-flight requests still running after the drain timeout");
+        let mut loops = self.loops;
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            for l in &mut loops {
+                let _ = l.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(service = %self.registration.name, "in-flight requests still running after the drain timeout; cancelling them");
+            for l in &loops {
+                l.abort();
+            }
         }
         if let Err(e) = self.micro.stop().await {
             tracing::warn!(error = %e, "cannot stop micro service");
