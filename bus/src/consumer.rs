@@ -597,11 +597,7 @@ async fn run(
                     held.insert(next_key, reply.clone());
                 }
                 ctx.series.in_flight.inc();
-                let call = match ready {
-                    Ok(_) => Ok(&mut svc),
-                    Err(e) => Err(e),
-                };
-                running.push(handle(&ctx, call, msg, next_key));
+                running.push(handle(&ctx, ready, msg, next_key));
             }
             m = messages.next(), if pulling && queued.len() < batch => match m {
                 Some(Ok(m)) => queued.push_back(m),

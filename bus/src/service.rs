@@ -45,7 +45,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt as _};
 
