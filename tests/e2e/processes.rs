@@ -51,7 +51,7 @@ async fn registry_entry_expires_within_its_ttl_after_sigkill() {
 
     worker.kill();
     let killed = Instant::now();
-    let gone = eventually(Duration::from_secs(10), || async {
+    let gone = eventually(Duration::from_secs(20), || async {
         registry
             .list_kind(Kind::Flow, Some("idle"))
             .await
@@ -60,10 +60,13 @@ async fn registry_entry_expires_within_its_ttl_after_sigkill() {
             .then_some(())
     })
     .await;
-    assert!(gone.is_some(), "entry still there 10 s after SIGKILL");
-    // TTL 3 s; allow for the server's expiry sweep.
+    assert!(gone.is_some(), "entry still there 20 s after SIGKILL");
+    // TTL 3 s after the last heartbeat (at most 1 s before the kill), plus the
+    // server's expiry sweep. CI runs this beside eleven other process tests on two
+    // cores and has measured 8 s, so the bound is three TTLs: still far short of an
+    // entry that never expires, which is what this test exists to catch.
     assert!(
-        killed.elapsed() < Duration::from_secs(6),
+        killed.elapsed() < Duration::from_secs(9),
         "took {:?}",
         killed.elapsed()
     );
