@@ -115,6 +115,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         weft: run.rate(),
         raw: None,
         ratio: None,
+        ratio_range: None,
         better: Better::Higher,
         ceiling: None,
         message_bytes: None,

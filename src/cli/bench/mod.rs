@@ -55,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "duration_ms")]
     pub quick: bool,
     /// Run every scenario this many times, Weft and raw taking turns, and report the
-    /// means: steadier figures on a machine whose load changes.
+    /// median round of each figure (by ratio) and the range of ratios: steadier
+    /// figures on a machine whose load changes. An odd count has a true median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
     /// Run only these scenarios (comma-separated).
@@ -182,6 +183,9 @@ pub struct Figure {
     pub ratio: Option<f64>,
     /// Which way is better.
     pub better: Better,
+    /// The lowest and highest ratio over the rounds, with `--rounds` of 2 or more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_range: Option<(f64, f64)>,
     /// An upper bound the figure cannot exceed (`flow_runs`), in the figure's unit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<f64>,
@@ -211,6 +215,7 @@ impl Figure {
             weft,
             raw: Some(raw),
             ratio: (raw > 0.0).then(|| weft / raw),
+            ratio_range: None,
             better,
             ceiling: None,
             message_bytes: None,
@@ -234,32 +239,45 @@ impl Figure {
     }
 
     /// Merges the figures of several rounds of one scenario (each round yields the same
-    /// figures in the same order): the means of `weft`, `raw` and `ceiling`, the ratio
-    /// of the means, the counts summed.
-    fn mean_of(rounds: Vec<Vec<Figure>>) -> Vec<Figure> {
-        let n = rounds.len() as f64;
-        let mut rounds = rounds.into_iter();
-        let Some(mut merged) = rounds.next() else {
+    /// figures in the same order). For each figure it takes the median round: the
+    /// rounds sorted by ratio (by the Weft figure where there is no raw twin), the
+    /// middle one, or the lower of the two middle ones for an even count. A round
+    /// measures Weft and raw minutes apart at most, so its ratio compares like with
+    /// like; the median keeps one round under a load spike from moving the figure, as
+    /// a mean would. `weft`, `raw`, `ratio` and `ceiling` come from that round (so
+    /// `ratio` is still `weft / raw`), `ratio_range` spans every round's ratio, and the
+    /// counts are summed over all rounds (drops anywhere stay visible).
+    fn median_of(rounds: Vec<Vec<Figure>>) -> Vec<Figure> {
+        let Some(width) = rounds.first().map(Vec::len) else {
             return Vec::new();
         };
+        let mut columns: Vec<Vec<Figure>> = (0..width).map(|_| Vec::new()).collect();
         for round in rounds {
-            for (m, f) in merged.iter_mut().zip(round) {
-                m.weft += f.weft;
-                m.raw = m.raw.zip(f.raw).map(|(a, b)| a + b);
-                m.ceiling = m.ceiling.zip(f.ceiling).map(|(a, b)| a + b);
-                m.counts.weft.add(&f.counts.weft);
-                if let (Some(a), Some(b)) = (&mut m.counts.raw, &f.counts.raw) {
-                    a.add(b);
-                }
+            for (column, figure) in columns.iter_mut().zip(round) {
+                column.push(figure);
             }
         }
-        for m in &mut merged {
-            m.weft /= n;
-            m.raw = m.raw.map(|r| r / n);
-            m.ceiling = m.ceiling.map(|c| c / n);
-            m.ratio = m.raw.filter(|r| *r > 0.0).map(|r| m.weft / r);
-        }
-        merged
+        columns
+            .into_iter()
+            .filter_map(|mut column| {
+                let key = |f: &Figure| f.ratio.unwrap_or(f.weft);
+                column.sort_by(|a, b| key(a).total_cmp(&key(b)));
+                let ratios: Vec<f64> = column.iter().filter_map(|f| f.ratio).collect();
+                let range = (ratios.len() > 1).then(|| (ratios[0], ratios[ratios.len() - 1]));
+                let mut counts = column.iter().map(|f| f.counts.clone());
+                let mut total = counts.next()?;
+                for c in counts {
+                    total.weft.add(&c.weft);
+                    if let (Some(a), Some(b)) = (&mut total.raw, &c.raw) {
+                        a.add(b);
+                    }
+                }
+                let mut median = column.swap_remove((column.len() - 1) / 2);
+                median.counts = total;
+                median.ratio_range = range;
+                Some(median)
+            })
+            .collect()
     }
 
     fn message_bytes(mut self, bytes: usize) -> Figure {
@@ -284,7 +302,7 @@ pub struct Report {
     pub payload_bytes: usize,
     /// Measured time per side, scenario and round, in ms.
     pub duration_ms: u64,
-    /// Rounds per scenario; figures are the means over rounds.
+    /// Rounds per scenario; each figure is the median round's.
     pub rounds: u32,
     /// Whether `weft bench` started its own local nats-server.
     pub local_server: bool,
@@ -435,17 +453,16 @@ async fn run_scenarios(
                 Scenario::DurableConsume => durable_consume::run(b).await.map(|f| vec![f]),
                 Scenario::Flow => flow::run(b).await,
             };
-            per_round.push(got.with_context(|| format!("bench scenario {name}"))?);
+            let got = got.with_context(|| format!("bench scenario {name}"))?;
+            if rounds > 1 {
+                for f in &got {
+                    b.progress(format!("{}: round {round}: {}", f.name, summary(f)));
+                }
+            }
+            per_round.push(got);
         }
-        for f in Figure::mean_of(per_round) {
-            b.progress(format!(
-                "{}: weft {} {}, raw {}, ratio {}",
-                f.name,
-                number(f.weft),
-                f.unit,
-                f.raw.map_or("-".into(), number),
-                f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
-            ));
+        for f in Figure::median_of(per_round) {
+            b.progress(format!("{}: {}", f.name, summary(&f)));
             figures.push(f);
         }
     }
@@ -477,6 +494,17 @@ async fn remove_resources(bus: &Bus) {
     }
 }
 
+/// `weft 1,234 msgs/s, raw 2,345, ratio 0.53` for progress lines.
+fn summary(f: &Figure) -> String {
+    format!(
+        "weft {} {}, raw {}, ratio {}",
+        number(f.weft),
+        f.unit,
+        f.raw.map_or("-".into(), number),
+        f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+    )
+}
+
 /// `1234567.8` → `1,234,568`; small values keep one decimal (`85.3`).
 fn number(v: f64) -> String {
     if v.abs() < 1000.0 {
@@ -500,7 +528,7 @@ fn print_text(r: &Report) {
         if r.local_server { " (local)" } else { "" },
         r.duration_ms,
         if r.rounds > 1 {
-            format!(" in each of {} rounds (means)", r.rounds)
+            format!(" in each of {} rounds (median round by ratio)", r.rounds)
         } else {
             String::new()
         },
@@ -527,6 +555,12 @@ fn print_text(r: &Report) {
         let errors = f.counts.weft.errors + f.counts.raw.as_ref().map_or(0, |r| r.errors);
         if errors > 0 {
             notes.push(format!("{errors} errors"));
+        }
+        if let Some((low, high)) = f.ratio_range {
+            notes.push(format!(
+                "ratios {low:.2}-{high:.2} over {} rounds",
+                r.rounds
+            ));
         }
         if let Some(c) = f.ceiling {
             notes.push(format!("ceiling {} {}", number(c), f.unit));
@@ -767,6 +801,40 @@ mod tests {
         assert_eq!(quantile_us(&mut t, 0.5), 50.0);
         assert_eq!(quantile_us(&mut t, 0.99), 99.0);
         assert_eq!(quantile_us(&mut [], 0.5), 0.0);
+    }
+
+    fn round(weft: f64, raw: f64, dropped: u64) -> Vec<Figure> {
+        let run = |ops: f64| Run {
+            ops: ops as u64,
+            errors: 0,
+            dropped: Some(dropped),
+            elapsed_ms: 1000.0,
+            first_error: None,
+        };
+        vec![Figure::rate("pubsub", "msgs/s", run(weft), run(raw))]
+    }
+
+    #[test]
+    fn rounds_merge_into_the_median_round_by_ratio() {
+        // Ratios 0.5, 0.9, 0.6: the median round is the third, whatever its raw.
+        let rounds = vec![
+            round(100.0, 200.0, 1),
+            round(270.0, 300.0, 2),
+            round(60.0, 100.0, 4),
+        ];
+        let [f] = <[Figure; 1]>::try_from(Figure::median_of(rounds)).unwrap();
+        assert_eq!((f.weft, f.raw), (60.0, Some(100.0)));
+        assert_eq!(f.ratio, Some(0.6));
+        assert_eq!(f.ratio_range, Some((0.5, 0.9)));
+        // Counts cover every round, so drops anywhere stay visible.
+        assert_eq!(f.counts.weft.ops, 430);
+        assert_eq!(f.counts.raw.unwrap().dropped, Some(7));
+
+        // An even count takes the lower middle round; one round is itself.
+        let two = Figure::median_of(vec![round(90.0, 100.0, 0), round(50.0, 100.0, 0)]);
+        assert_eq!(two[0].ratio, Some(0.5));
+        let one = Figure::median_of(vec![round(90.0, 100.0, 0)]);
+        assert_eq!((one[0].ratio, one[0].ratio_range), (Some(0.9), None));
     }
 
     #[test]
