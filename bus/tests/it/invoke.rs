@@ -1,4 +1,5 @@
-//! Invoke against a real nats-server: success, handler error, timeout, no responders.
+//! Invoke against a real nats-server: success, handler error, timeout, no responders,
+//! requests sharing the reply inbox.
 
 use std::time::Duration;
 
@@ -183,4 +184,52 @@ async fn services_are_nats_micro_services() {
         .collect();
     assert!(subjects.contains(&"weft.invoke.echo.say"), "{subjects:?}");
     assert!(subjects.contains(&"weft.invoke.echo"), "{subjects:?}");
+}
+
+/// Requests on one connection share a reply inbox that the waiting requests read
+/// themselves. A request that ends first, answered or given up, must leave the inbox to
+/// the others: a slow request still gets its reply after a fast one finished and after
+/// another one was dropped while waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_gets_its_reply_after_others_end_first() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let _svc = Service::new("nap", "1.0.0")
+        .endpoint(Endpoint::new("for", |req: Request| async move {
+            let ms = req.payload()["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!(ms))
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let target: Target = "nap.for".parse().unwrap();
+    let call = |ms: u64| {
+        let (bus, target) = (bus.clone(), target.clone());
+        async move { bus.invoke(&target, json!({ "ms": ms })).await }
+    };
+
+    for _ in 0..5 {
+        let slow = tokio::spawn(call(400));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Polls the inbox after the slow one, then finishes.
+        assert_eq!(call(10).await.unwrap(), json!(10));
+        // Polls the inbox after the slow one, then is dropped while waiting.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), call(1_000)).await;
+        assert!(dropped.is_err(), "the 1 s call cannot answer within 50 ms");
+        let got = tokio::time::timeout(Duration::from_secs(3), slow)
+            .await
+            .expect("the slow request never got its reply")
+            .unwrap();
+        assert_eq!(got.unwrap(), json!(400));
+    }
+
+    // Many at once, in any order of completion, all answered exactly.
+    let calls: Vec<_> = (0..64u64)
+        .map(|i| tokio::spawn(call((i * 7) % 50)))
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let ms = (i as u64 * 7) % 50;
+        assert_eq!(c.await.unwrap().unwrap(), json!(ms));
+    }
 }
