@@ -2,107 +2,43 @@
 //! `<inbox>.*` for every invoke, instead of a subscribe and unsubscribe per request.
 //!
 //! Each request gets a token; its reply inbox is `<inbox>.<token>` (known before
-//! sending, so it also goes into the envelope's `reply_to`). A request that gives up
-//! (timeout, cancellation) removes its token, so a late reply is dropped.
-//!
-//! There is no reader task: the waiting requests read the subscription themselves. A
-//! request polled while its reply is not in yet polls the subscription and hands every
-//! reply it finds to the request it belongs to (waking that one). So a lone request
-//! is woken by the connection directly, as `async-nats`' own request-reply is, without
-//! a task in between. The subscription remembers only the waker of the last request
-//! that polled it; when that request ends while others still wait, it wakes one of
-//! them, which polls the subscription in its turn (see [`Waiting`]'s `Drop`).
+//! sending, so it also goes into the envelope's `reply_to`). A reader task hands each
+//! reply to the waiting request. A request that gives up (timeout, cancellation)
+//! removes its token, so a late reply is dropped.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{Message, StatusCode, Subscriber};
-use futures::Stream;
+use async_nats::{Message, StatusCode};
+use futures::StreamExt;
+use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// One request waiting for its reply.
-#[derive(Default)]
-struct Slot {
-    reply: Option<Message>,
-    waker: Option<Waker>,
-}
-
-/// The subscription and the requests waiting on it, behind one lock.
-struct Shared {
-    subscriber: Subscriber,
-    /// Length of `<inbox>.`: the token follows.
-    strip: usize,
-    waiting: HashMap<u64, Slot>,
-    /// The subscription ended (the connection is closed for good).
-    closed: bool,
-}
-
-impl Shared {
-    /// Hands every reply the subscription has to its request. Registers `cx`'s waker
-    /// with the subscription when it runs dry.
-    fn drain(&mut self, cx: &mut Context<'_>) {
-        loop {
-            match std::pin::Pin::new(&mut self.subscriber).poll_next(cx) {
-                Poll::Ready(Some(msg)) => {
-                    let token = msg
-                        .subject
-                        .get(self.strip..)
-                        .and_then(|t| t.parse::<u64>().ok());
-                    // A reply for a request that gave up is dropped.
-                    if let Some(slot) = token.and_then(|t| self.waiting.get_mut(&t)) {
-                        slot.reply = Some(msg);
-                        if let Some(w) = slot.waker.take() {
-                            w.wake();
-                        }
-                    }
-                }
-                Poll::Ready(None) => {
-                    self.closed = true;
-                    for slot in self.waiting.values_mut() {
-                        if let Some(w) = slot.waker.take() {
-                            w.wake();
-                        }
-                    }
-                    return;
-                }
-                Poll::Pending => return,
-            }
-        }
-    }
-}
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
 
 /// The shared reply inbox; see the module docs.
 pub(crate) struct ReplyInbox {
     prefix: String,
     next: AtomicU64,
-    shared: Arc<Mutex<Shared>>,
+    pending: Pending,
 }
 
-/// A request's place in the inbox: removed when the request ends, however it ends.
+/// Removes a token that is still pending when its request ends.
 struct Waiting<'a> {
-    shared: &'a Mutex<Shared>,
+    pending: &'a Pending,
     token: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut shared = lock(self.shared);
-        shared.waiting.remove(&self.token);
-        // The subscription may hold this request's waker: let another waiting request
-        // poll it, so replies keep flowing.
-        if let Some(w) = shared.waiting.values_mut().find_map(|s| s.waker.take()) {
-            w.wake();
-        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.token);
     }
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a request got no reply.
@@ -114,22 +50,33 @@ pub(crate) enum NoReply {
 }
 
 impl ReplyInbox {
-    /// Subscribes `<fresh inbox>.*` on `client`.
+    /// Subscribes `<fresh inbox>.*` on `client` and starts the reader task.
     pub(crate) async fn start(client: &async_nats::Client) -> Result<ReplyInbox> {
         let prefix = client.new_inbox();
-        let subscriber = client.subscribe(format!("{prefix}.*")).await.map_err(|e| {
+        let mut subscriber = client.subscribe(format!("{prefix}.*")).await.map_err(|e| {
             Error::with_source(ErrorKind::Subscribe, "cannot subscribe the reply inbox", e)
         })?;
-        let strip = prefix.len() + 1;
+        let pending: Pending = Arc::default();
+        let (reader, strip) = (pending.clone(), prefix.len() + 1);
+        tokio::spawn(async move {
+            while let Some(msg) = subscriber.next().await {
+                let Some(token) = msg.subject.get(strip..).and_then(|t| t.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let waiter = reader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(msg);
+                }
+            }
+        });
         Ok(ReplyInbox {
             prefix,
             next: AtomicU64::new(1),
-            shared: Arc::new(Mutex::new(Shared {
-                subscriber,
-                strip,
-                waiting: HashMap::new(),
-                closed: false,
-            })),
+            pending,
         })
     }
 
@@ -145,40 +92,23 @@ impl ReplyInbox {
         Fut: std::future::Future<Output = Result<()>>,
     {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared).waiting.insert(token, Slot::default());
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, tx);
         let _waiting = Waiting {
-            shared: &self.shared,
+            pending: &self.pending,
             token,
         };
         send(format!("{}.{token}", self.prefix)).await?;
-        let reply = poll_fn(|cx| {
-            let mut shared = lock(&self.shared);
-            if let Some(msg) = take_reply(&mut shared, token) {
-                return Poll::Ready(Some(msg));
-            }
-            shared.drain(cx);
-            if let Some(msg) = take_reply(&mut shared, token) {
-                return Poll::Ready(Some(msg));
-            }
-            if shared.closed {
-                return Poll::Ready(None);
-            }
-            if let Some(slot) = shared.waiting.get_mut(&token) {
-                slot.waker = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        });
-        Ok(match tokio::time::timeout(timeout, reply).await {
-            Ok(Some(msg)) if msg.status == Some(StatusCode::NO_RESPONDERS) => {
+        Ok(match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(msg)) if msg.status == Some(StatusCode::NO_RESPONDERS) => {
                 Err(NoReply::NoResponders)
             }
-            Ok(Some(msg)) => Ok(msg),
-            // The connection closed for good, or the timeout passed.
-            Ok(None) | Err(_) => Err(NoReply::TimedOut),
+            Ok(Ok(msg)) => Ok(msg),
+            // The reader ended (connection closed) or the timeout passed.
+            Ok(Err(_)) | Err(_) => Err(NoReply::TimedOut),
         })
     }
-}
-
-fn take_reply(shared: &mut Shared, token: u64) -> Option<Message> {
-    shared.waiting.get_mut(&token).and_then(|s| s.reply.take())
 }

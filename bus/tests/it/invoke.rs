@@ -186,10 +186,10 @@ async fn services_are_nats_micro_services() {
     assert!(subjects.contains(&"weft.invoke.echo"), "{subjects:?}");
 }
 
-/// Requests on one connection share a reply inbox that the waiting requests read
-/// themselves. A request that ends first, answered or given up, must leave the inbox to
-/// the others: a slow request still gets its reply after a fast one finished and after
-/// another one was dropped while waiting.
+/// Requests on one connection share one reply inbox. A request that ends first,
+/// answered or given up, must not disturb the others: a slow request still gets its
+/// reply after a fast one finished and after another one was dropped while waiting,
+/// and many at once each get their own reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_gets_its_reply_after_others_end_first() {
     let server = TestServer::start().await;
@@ -212,9 +212,9 @@ async fn a_waiting_request_gets_its_reply_after_others_end_first() {
     for _ in 0..5 {
         let slow = tokio::spawn(call(400));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // Polls the inbox after the slow one, then finishes.
+        // Starts after the slow one and finishes first.
         assert_eq!(call(10).await.unwrap(), json!(10));
-        // Polls the inbox after the slow one, then is dropped while waiting.
+        // Starts after the slow one and is dropped while waiting.
         let dropped = tokio::time::timeout(Duration::from_millis(50), call(1_000)).await;
         assert!(dropped.is_err(), "the 1 s call cannot answer within 50 ms");
         let got = tokio::time::timeout(Duration::from_secs(3), slow)
