@@ -23,7 +23,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
+
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -31,7 +36,7 @@ use crate::connect::Bus;
 use crate::envelope::{Envelope, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
-use crate::publish::MSG_ID_HEADER;
+use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
 use crate::replay::{self, Scan, Start};
 use crate::subject::{EventPattern, EventType, validate_token};
 
@@ -158,25 +163,10 @@ pub async fn publish(
     );
     crate::trace::copy_context(headers, &mut out);
     let bytes = env.to_bytes()?;
-    let ack = bus
-        .jetstream()
-        .publish_with_headers(subject.clone(), out, bytes.into())
-        .await
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Publish,
-                format!("cannot publish to {subject}"),
-                e,
-            )
-        })?
-        .await
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Publish,
-                format!("no JetStream ack for {subject}"),
-                e,
-            )
-        })?;
+    let ack = send_to_stream(bus, subject.clone(), out, bytes.into())
+        .await?
+        .wait(Some(&bus.names().dlq_stream))
+        .await?;
     tracing::warn!(consumer = %letter.consumer, %subject, reason = letter.reason.as_str(), error = %letter.last_error, "dead-lettered");
     Ok(ack.sequence)
 }
@@ -252,10 +242,11 @@ pub async fn list(bus: &Bus, event_type: Option<&EventPattern>) -> Result<Vec<Dl
 /// [`ErrorKind::NotFound`] when there is none (never stored, replayed, or expired);
 /// [`ErrorKind::JetStream`] when the DLQ stream is missing or cannot be read.
 pub async fn get(bus: &Bus, id: u64) -> Result<DlqEntry> {
-    get_raw(bus, id).await.map(|(entry, _)| entry)
+    get_raw(bus, id).await.map(|(entry, _, _)| entry)
 }
 
-async fn get_raw(bus: &Bus, id: u64) -> Result<(DlqEntry, HeaderMap)> {
+/// Dead letter `id` with its NATS headers, and the DLQ stream it was read from.
+async fn get_raw(bus: &Bus, id: u64) -> Result<(DlqEntry, HeaderMap, Stream)> {
     let name = &bus.names().dlq_stream;
     let stream = replay::get_stream(bus, name).await?;
     let m = stream.get_raw_message(id).await.map_err(|e| {
@@ -275,7 +266,7 @@ async fn get_raw(bus: &Bus, id: u64) -> Result<(DlqEntry, HeaderMap)> {
         }
     })?;
     let entry = DlqEntry::new(id, m.subject.to_string(), rfc3339(m.time), &m.payload);
-    Ok((entry, m.headers))
+    Ok((entry, m.headers, stream))
 }
 
 /// What [`replay()`] did with one dead letter.
@@ -319,7 +310,35 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
     if let Some(to) = to {
         check_subject(to)?;
     }
-    let (entry, headers) = get_raw(bus, id).await?;
+    let (entry, headers, dlq) = get_raw(bus, id).await?;
+    let (env, to_subject) = prepare(bus, entry, to, &mut HashMap::new()).await?;
+    let ack = replay::publish_copy(
+        bus,
+        to_subject.clone(),
+        Some(&headers),
+        env.to_bytes()?.into(),
+    )
+    .await?;
+    settle(&dlq, id, env.event_id, to_subject, ack).await
+}
+
+/// The replay patterns of each consumer looked up so far, by consumer name.
+type PatternCache = HashMap<String, Vec<EventPattern>>;
+
+/// Checks that dead letter `entry` can be replayed to `to` (by default, to the consumer
+/// that dead-lettered it) and returns its envelope without the `weft.dlq.*` keys, and
+/// the subject to republish it to. A consumer's replay patterns are looked up once per
+/// `cache`.
+///
+/// # Errors
+/// As [`replay()`], before anything is published.
+async fn prepare(
+    bus: &Bus,
+    entry: DlqEntry,
+    to: Option<&str>,
+    cache: &mut PatternCache,
+) -> Result<(Envelope, String)> {
+    let id = entry.id;
     let cannot = |why: &str| {
         Error::new(
             ErrorKind::InvalidConfig,
@@ -337,19 +356,23 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
         (None, None) => return Err(cannot("it has no weft.dlq.* metadata; give a subject")),
         (None, Some(letter)) => {
             let event_type: EventType = env.event_type.parse()?;
-            let patterns = replay::replay_patterns(bus, &letter.consumer)
-                .await
-                .map_err(|e| {
-                    Error::with_source(
-                        e.kind(),
-                        format!(
-                            "cannot replay dead letter {id} to consumer {}; give a subject instead (e.g. {} for every consumer)",
-                            letter.consumer,
-                            bus.subjects().events(&event_type)
-                        ),
-                        e,
-                    )
-                })?;
+            if !cache.contains_key(&letter.consumer) {
+                let patterns = replay::replay_patterns(bus, &letter.consumer)
+                    .await
+                    .map_err(|e| {
+                        Error::with_source(
+                            e.kind(),
+                            format!(
+                                "cannot replay dead letter {id} to consumer {}; give a subject instead (e.g. {} for every consumer)",
+                                letter.consumer,
+                                bus.subjects().events(&event_type)
+                            ),
+                            e,
+                        )
+                    })?;
+                cache.insert(letter.consumer.clone(), patterns);
+            }
+            let patterns = &cache[&letter.consumer];
             if !patterns.iter().any(|p| p.matches(&event_type)) {
                 return Err(cannot(&format!(
                     "consumer {} no longer receives {event_type}; give a subject",
@@ -360,15 +383,23 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
         }
     };
     env.metadata.retain(|k, _| !k.starts_with(METADATA_PREFIX));
-    let ack = replay::publish_copy(
-        bus,
-        to_subject.clone(),
-        Some(&headers),
-        env.to_bytes()?.into(),
-    )
-    .await?;
-    let ack = replay::confirm(ack).await?;
-    let dlq = replay::get_stream(bus, &bus.names().dlq_stream).await?;
+    Ok((env, to_subject))
+}
+
+/// Waits for the JetStream ack of the republish of dead letter `id`, and only then
+/// removes the dead letter from `dlq`.
+///
+/// # Errors
+/// [`ErrorKind::Publish`] when the republish is not acked (the dead letter is kept);
+/// [`ErrorKind::JetStream`] when it was acked but the dead letter could not be removed.
+async fn settle(
+    dlq: &Stream,
+    id: u64,
+    event_id: String,
+    to_subject: String,
+    ack: PendingAck,
+) -> Result<Replayed> {
+    let ack = ack.wait(None).await?;
     dlq.delete_message(id).await.map_err(|e| {
         Error::with_source(
             ErrorKind::JetStream,
@@ -382,7 +413,7 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
     tracing::info!(id, to = %to_subject, "replayed a dead letter");
     Ok(Replayed {
         id,
-        event_id: env.event_id,
+        event_id,
         to_subject,
         stream: ack.stream,
         sequence: ack.sequence,
@@ -392,8 +423,14 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
 /// Replays every dead letter (oldest first), or those whose event type `event_type`
 /// matches, as [`replay()`] does, stopping at the first failure.
 ///
+/// The dead letters are read in one pass of the DLQ stream and their republishes are
+/// pipelined (up to 64 awaiting their acks); each one is removed only after its own
+/// republish was acked. When one fails, no further dead letter is republished, those
+/// already republished are still awaited (and removed when acked), and the first
+/// failure is returned.
+///
 /// # Errors
-/// As [`replay()`], with how many were replayed before the failure in the message.
+/// As [`replay()`], with how many were replayed in the message.
 pub async fn replay_all(
     bus: &Bus,
     event_type: Option<&EventPattern>,
@@ -402,20 +439,73 @@ pub async fn replay_all(
     if let Some(to) = to {
         check_subject(to)?;
     }
+    let filter = match event_type {
+        Some(p) => bus.subjects().dlq_matching(p),
+        None => bus.subjects().all_dlq(),
+    };
+    let name = &bus.names().dlq_stream;
+    let mut scan = Scan::open(bus, name, filter, Start::Sequence(1), None).await?;
+    let dlq = replay::get_stream(bus, name).await?;
+    let mut cache = PatternCache::new();
+    let mut in_flight = FuturesOrdered::new();
     let mut done = Vec::new();
-    for entry in list(bus, event_type).await? {
-        match replay(bus, entry.id, to).await {
-            Ok(r) => done.push(r),
-            Err(e) => {
-                return Err(Error::with_source(
-                    e.kind(),
-                    format!("replayed {} dead letters, then stopped", done.len()),
-                    e,
-                ));
+    let mut failure = None;
+    let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| {
+        let outcome = match result {
+            Ok(r) => {
+                done.push(r);
+                "ok"
             }
+            Err(e) => {
+                failure.get_or_insert(e);
+                "error"
+            }
+        };
+        metrics::bus()
+            .replays
+            .with_label_values(&["dlq", outcome])
+            .inc();
+    };
+    while failure.is_none() {
+        if in_flight.len() >= replay::IN_FLIGHT {
+            let result = in_flight.next().await.expect("not empty");
+            settled(result, &mut failure);
+            continue;
+        }
+        let sent = async {
+            let Some(m) = scan.next().await? else {
+                return Ok(None);
+            };
+            let (id, headers) = (m.sequence, m.headers);
+            let entry = DlqEntry::new(id, m.subject, rfc3339(m.stored_at), &m.payload);
+            let (env, to_subject) = prepare(bus, entry, to, &mut cache).await?;
+            let ack = replay::publish_copy(
+                bus,
+                to_subject.clone(),
+                Some(&headers),
+                env.to_bytes()?.into(),
+            )
+            .await?;
+            Ok(Some(settle(&dlq, id, env.event_id, to_subject, ack)))
+        }
+        .await;
+        match sent {
+            Ok(Some(republished)) => in_flight.push_back(republished),
+            Ok(None) => break,
+            Err(e) => settled(Err(e), &mut failure),
         }
     }
-    Ok(done)
+    while let Some(result) = in_flight.next().await {
+        settled(result, &mut failure);
+    }
+    match failure {
+        None => Ok(done),
+        Some(e) => Err(Error::with_source(
+            e.kind(),
+            format!("replayed {} dead letters, then stopped", done.len()),
+            e,
+        )),
+    }
 }
 
 /// A subject to publish to: dot-separated tokens, no wildcards.

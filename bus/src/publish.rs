@@ -8,6 +8,9 @@
 use std::sync::OnceLock;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
 use prometheus::IntCounter;
 use serde_json::Value;
 
@@ -20,6 +23,65 @@ use tracing::Instrument as _;
 
 /// Header carrying the event id, used by JetStream de-duplication.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Sends `payload` with `headers` to `subject` through JetStream and returns at once,
+/// without waiting for the ack, so a caller may send several before it waits
+/// ([`PendingAck::wait`]). Every JetStream publish of the crate goes through here.
+///
+/// # Errors
+/// [`ErrorKind::Publish`] "cannot publish to {subject}" when the client cannot send it
+/// (e.g. the connection is closed).
+pub(crate) async fn send_to_stream(
+    bus: &Bus,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<PendingAck> {
+    match bus
+        .jetstream()
+        .publish_with_headers(subject.clone(), headers, payload)
+        .await
+    {
+        Ok(ack) => Ok(PendingAck { subject, ack }),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::Publish,
+            format!("cannot publish to {subject}"),
+            e,
+        )),
+    }
+}
+
+/// A JetStream publish sent by [`send_to_stream`] whose ack has not been awaited yet.
+#[must_use = "a publish is stored only when its ack says so; call `wait`"]
+pub(crate) struct PendingAck {
+    subject: String,
+    ack: PublishAckFuture,
+}
+
+impl PendingAck {
+    /// Waits for the JetStream ack (the context's ack timeout bounds the wait).
+    ///
+    /// `stream` is the stream expected to take the subject, named in the error; `None`
+    /// when the subject is the caller's choice and any stream may take it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] "no JetStream ack for {subject}", with a hint: whether
+    /// `stream` exists (`weft up` creates it), or whether any stream takes the subject.
+    pub(crate) async fn wait(self, stream: Option<&str>) -> Result<PublishAck> {
+        let PendingAck { subject, ack } = self;
+        ack.await.map_err(|e| {
+            let hint = match stream {
+                Some(stream) => format!("does stream {stream} exist? `weft up` creates it"),
+                None => "is the subject in a stream?".to_owned(),
+            };
+            Error::with_source(
+                ErrorKind::Publish,
+                format!("no JetStream ack for {subject} ({hint})"),
+                e,
+            )
+        })
+    }
+}
 
 /// What JetStream said about a durable publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,24 +177,10 @@ impl Bus {
         let subject = self.subjects().events(&event_type);
         let (env, headers) = crate::trace::outgoing(env);
         let bytes = env.to_bytes()?;
-        let ack = self
-            .jetstream()
-            .publish_with_headers(subject.clone(), headers, bytes.into())
-            .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Publish, format!("cannot publish to {subject}"), e)
-            })?
-            .await
-            .map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Publish,
-                    format!(
-                        "no JetStream ack for {subject} (does stream {} exist? `weft up` creates it)",
-                        self.names().events_stream
-                    ),
-                    e,
-                )
-            })?;
+        let ack = send_to_stream(self, subject, headers, bytes.into())
+            .await?
+            .wait(Some(&self.names().events_stream))
+            .await?;
         Ok(Published {
             event_id: env.event_id.clone(),
             stream: ack.stream,

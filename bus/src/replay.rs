@@ -41,13 +41,13 @@ use crate::connect::Bus;
 use crate::envelope::{Envelope, new_event_id, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
-use crate::publish::MSG_ID_HEADER;
+use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
 use crate::subject::{EventPattern, Subjects, validate_token};
 
 /// How long one read of a stream may take before a selection fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replay publishes awaiting their JetStream ack at once.
-const IN_FLIGHT: usize = 64;
+/// Replay publishes awaiting their JetStream ack at once (also for DLQ replays).
+pub(crate) const IN_FLIGHT: usize = 64;
 
 /// Where a selection starts (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,12 +285,12 @@ pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Re
         report.last_sequence = Some(m.sequence);
         while acks.len() >= IN_FLIGHT {
             let ack = acks.pop_front().expect("not empty");
-            confirm(ack).await.map_err(|e| failed(&report, e))?;
+            ack.wait(None).await.map_err(|e| failed(&report, e))?;
             replayed(&mut report);
         }
     }
     while let Some(ack) = acks.pop_front() {
-        confirm(ack).await.map_err(|e| failed(&report, e))?;
+        ack.wait(None).await.map_err(|e| failed(&report, e))?;
         replayed(&mut report);
     }
     tracing::info!(
@@ -310,40 +310,22 @@ fn replayed(report: &mut ReplayReport) {
         .inc();
 }
 
-type AckFuture = async_nats::jetstream::context::PublishAckFuture;
-
-/// Publishes a copy of stored bytes to `subject` with a fresh `Nats-Msg-Id` and the
-/// trace headers of `source`; the returned future resolves on the JetStream ack.
+/// Publishes a copy of stored bytes to `subject` with a fresh `Nats-Msg-Id` (so
+/// de-duplication keeps it) and the trace headers of `source`; returns without waiting
+/// for the JetStream ack (`wait(None)` on the result: any stream may take `subject`).
+///
+/// # Errors
+/// As [`send_to_stream`].
 pub(crate) async fn publish_copy(
     bus: &Bus,
     subject: String,
     source: Option<&HeaderMap>,
     payload: Bytes,
-) -> Result<AckFuture> {
+) -> Result<PendingAck> {
     let mut headers = HeaderMap::new();
     headers.insert(MSG_ID_HEADER, new_event_id().as_str());
     crate::trace::copy_context(source, &mut headers);
-    bus.jetstream()
-        .publish_with_headers(subject.clone(), headers, payload)
-        .await
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Publish,
-                format!("cannot publish to {subject}"),
-                e,
-            )
-        })
-}
-
-/// Waits for the JetStream ack of a copy.
-pub(crate) async fn confirm(ack: AckFuture) -> Result<async_nats::jetstream::publish::PublishAck> {
-    ack.await.map_err(|e| {
-        Error::with_source(
-            ErrorKind::Publish,
-            "no JetStream ack for a replayed event (is the subject in a stream?)",
-            e,
-        )
-    })
+    send_to_stream(bus, subject, headers, payload).await
 }
 
 /// The event patterns for which durable consumer `consumer` takes replays (its

@@ -164,6 +164,93 @@ async fn dlq_replay_all_by_event_type_to_a_subject_reaches_every_consumer() {
     b.stop().await;
 }
 
+/// A dead letter of a `bulk.item` event given up on by consumer `picky`; `n` makes it
+/// unique.
+fn bulk_letter(n: u64) -> dlq::DeadLetter {
+    dlq::DeadLetter {
+        original_subject: "weft.events.bulk.item".into(),
+        stream: "WEFT_EVENTS".into(),
+        stream_sequence: n,
+        consumer: "picky".into(),
+        attempts: 1,
+        reason: dlq::Reason::Permanent,
+        last_error: "bad data".into(),
+        first_failed_at: None,
+        last_failed_at: "2026-11-21T14:00:00.000Z".into(),
+    }
+}
+
+#[tokio::test]
+async fn dlq_replay_all_pipelines_many_letters_and_stops_at_one_it_cannot_replay() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (picky, picky_seen) =
+        subscriber(&bus, quick("picky", "bulk.>"), fail_unless_replayed).await;
+    let t: EventType = "bulk.item".parse().unwrap();
+    // More than the republishes awaiting their acks at once (64).
+    let n = 70;
+    for i in 0..n {
+        let raw = weft_bus::Envelope::event(&t, json!(i)).to_bytes().unwrap();
+        dlq::publish(&bus, &raw, None, &bulk_letter(i))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<u64> = dlq::list(&bus, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), n as usize);
+
+    let done = dlq::replay_all(&bus, None, None).await.unwrap();
+    assert_eq!(
+        done.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids,
+        "every one, oldest first"
+    );
+    assert!(
+        done.iter()
+            .all(|r| r.to_subject == "weft.replay.picky.bulk.item")
+    );
+    assert!(dlq::list(&bus, None).await.unwrap().is_empty());
+    picky_seen
+        .wait_for(n as usize, Duration::from_secs(10))
+        .await;
+    assert!(picky_seen.all().iter().all(|(_, d)| d.replayed));
+
+    // Two good letters, one that wraps bytes that were not an envelope, one good.
+    for i in n..n + 4 {
+        let raw = match i - n {
+            2 => b"not an envelope".to_vec(),
+            _ => weft_bus::Envelope::event(&t, json!(i)).to_bytes().unwrap(),
+        };
+        dlq::publish(&bus, &raw, None, &bulk_letter(i))
+            .await
+            .unwrap();
+    }
+    let before = dlq::list(&bus, None).await.unwrap();
+    let e = dlq::replay_all(&bus, None, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("replayed 2 dead letters, then stopped: "),
+        "{e}"
+    );
+    assert!(e.to_string().contains("wraps bytes"), "{e}");
+    let left: Vec<u64> = dlq::list(&bus, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left, [before[2].id, before[3].id], "stopped at the bad one");
+    picky_seen
+        .wait_for(n as usize + 2, Duration::from_secs(10))
+        .await;
+    picky.stop().await;
+}
+
 #[tokio::test]
 async fn replay_by_sequence_reaches_only_the_named_consumer() {
     let server = TestServer::start().await;
