@@ -5,6 +5,19 @@
 //! `nats-server` on `PATH`, then `.tools/nats-server/bin/nats-server` (where
 //! `scripts/install-nats-server` puts it) under the current directory or the Weft
 //! source tree. Version 2.10 or newer is needed.
+//!
+//! # Process lifecycle
+//!
+//! [`LocalServer::stop`] stops the server gracefully (SIGTERM, then SIGKILL after a
+//! timeout) and dropping a [`LocalServer`] kills it. Neither runs when the owning
+//! process is itself killed (SIGKILL, a crash), so on Linux the child is also started
+//! with a parent-death signal (`prctl(PR_SET_PDEATHSIG, SIGTERM)`): when the parent
+//! dies, the kernel sends the server SIGTERM and it shuts down instead of staying
+//! orphaned with its port and store. Linux delivers that signal when the *thread*
+//! that spawned the server exits, not only the process, so [`LocalServer::start`]
+//! must be called from a thread that outlives the server; see its docs. On other
+//! unix platforms there is no such signal and a server whose parent was killed keeps
+//! running until it is stopped by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,6 +109,18 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts `nats-server -js` and waits until it accepts connections.
     ///
+    /// On Linux the server gets SIGTERM when its parent dies (see the module docs).
+    /// The kernel ties that to the **thread** that spawns the child, which is the
+    /// thread polling this future when it is first polled (the spawn happens before
+    /// the first `.await`). Call it from a thread that lives at least as long as the
+    /// server: the thread running `Runtime::block_on` (as `weft up`, `weft bench` and
+    /// `#[tokio::test]` bodies do) or a thread you own. Never call it inside
+    /// `tokio::task::spawn_blocking` or on a short-lived `std::thread`: blocking-pool
+    /// threads exit after 10 s idle and the server would be stopped with them. A
+    /// `tokio::spawn`ed task is normally safe (worker threads live as long as the
+    /// runtime), except that a worker thread that ran `block_in_place` may end up in
+    /// the blocking pool, so prefer the `block_on` thread.
+    ///
     /// # Errors
     /// [`ErrorKind::Server`] when the binary is missing, exits at once (the message
     /// carries the end of its log, e.g. "address already in use") or does not come up
@@ -123,8 +148,11 @@ impl LocalServer {
             )
         })?;
         let port = config.port.map_or("-1".to_owned(), |p| p.to_string());
+        let mut command = Command::new(&binary);
+        #[cfg(target_os = "linux")]
+        die_with_parent(&mut command);
         let child =
-            Command::new(&binary)
+            command
                 .arg("-js")
                 .arg("-a")
                 .arg(&config.host)
@@ -235,6 +263,38 @@ impl Drop for LocalServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Makes the child get SIGTERM when the calling thread exits, which includes this
+/// process dying (Linux only; see the module docs and [`LocalServer::start`] for why
+/// the thread matters).
+///
+/// SIGTERM rather than SIGKILL: nats-server handles SIGTERM with a clean shutdown
+/// (JetStream flushes its store, the ports file is removed) and exits within a second
+/// or so, whereas SIGKILL could leave the store needing recovery at the next start.
+/// The e2e test `local_nats_server_dies_with_weft_up_after_sigkill` checks that it
+/// does exit promptly.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // the workspace's only unsafe block: `pre_exec` has no safe form
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it neither allocates nor takes
+    // locks (`io::Error::from_raw_os_error` does not allocate).
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The parent may have died between fork and prctl: then the signal never
+            // comes, and the child has already been reparented. Fail the exec instead
+            // (std's child then exits with `_exit`).
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -1,5 +1,6 @@
-//! Process-level guarantees: a registry entry expires after SIGKILL, and a flow run
-//! survives its worker being killed mid-step.
+//! Process-level guarantees: a registry entry expires after SIGKILL, a flow run
+//! survives its worker being killed mid-step, and (Linux) the local nats-server of
+//! `weft up` dies with it when `weft up` is killed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -175,4 +176,107 @@ async fn a_run_resumes_on_another_worker_after_sigkill_without_rerunning_finishe
     let attempts: Vec<u32> = done.steps.iter().map(|s| s.attempts).collect();
     assert_eq!(attempts, [1, 2, 1]);
     assert_eq!(done.steps[2].output.as_ref().unwrap()["three"], true);
+}
+
+/// The children of `pid` named `name`, from `/proc/<pid>/task/*/children`.
+#[cfg(target_os = "linux")]
+fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == name)
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs: `/proc/<pid>` exists and is not a zombie (a zombie has
+/// exited; it only waits for whoever it was reparented to to reap it).
+#[cfg(target_os = "linux")]
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) state ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs a process on drop, so a failing test leaves no nats-server behind.
+#[cfg(target_os = "linux")]
+struct KillOnDrop(u32);
+
+#[cfg(target_os = "linux")]
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if running(self.0) {
+            let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn local_nats_server_dies_with_weft_up_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats_port, http_port) = (crate::free_port(), crate::free_port());
+    let data = dir.path().join("data");
+    let http = format!("127.0.0.1:{http_port}");
+    let mut up = Proc::weft(
+        "weft-up",
+        &[
+            "up",
+            "--nats-port",
+            &nats_port.to_string(),
+            "--http",
+            &http,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("weft-up.log")).unwrap_or_default();
+
+    // Wait for the child nats-server to accept connections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let server = loop {
+        if let Ok(Some(status)) = up.child.try_wait() {
+            panic!("weft up exited ({status}); stderr:\n{}", log());
+        }
+        let children = children_named(up.child.id(), "nats-server");
+        if let [pid] = children[..]
+            && std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no nats-server child of weft up accepting on {nats_port} within 30 s; \
+             stderr:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _guard = KillOnDrop(server);
+
+    up.kill(); // SIGKILL: weft up gets no chance to stop its server
+    let killed = Instant::now();
+    while running(server) && killed.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !running(server),
+        "nats-server (pid {server}) still runs 10 s after weft up was killed"
+    );
 }
