@@ -54,7 +54,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
-use crate::stream::{ReplySink, StreamHandler, StreamWriter};
+use crate::stream::{ReplySink, StreamHandler, StreamWriter, as_error, encode_terminal};
 use crate::subject::{ServiceName, Target, validate_token};
 
 /// A boxed, sendable future.
@@ -640,19 +640,11 @@ async fn handle_plain(
             Some(err)
         }
     };
-    let bytes = match reply.to_bytes() {
-        Ok(b) => b,
+    let bytes = match encode_terminal(&mut reply, &mut error, ctx.service.as_str(), &ctx.endpoint) {
+        Ok(bytes) => bytes,
         Err(e) => {
-            let err = ErrorPayload::new(
-                ErrorCode::CodecFailure,
-                format!(
-                    "the reply of {}.{} cannot be sent: {e}",
-                    ctx.service, ctx.endpoint
-                ),
-            );
-            as_error(&mut reply, &err);
-            error = Some(err);
-            reply.to_bytes().unwrap_or_default()
+            tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot encode even an error reply; answer dropped");
+            return;
         }
     };
     let sent = crate::stream::deliver(
@@ -667,13 +659,6 @@ async fn handle_plain(
     if let Err(e) = sent {
         tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
     }
-}
-
-/// Turns a reply shell into an `agent.response.error` carrying `err`.
-fn as_error(reply: &mut Envelope, err: &ErrorPayload) {
-    reply.event_type = FrameType::Error.event_type().to_owned();
-    reply.frame_type = Some(FrameType::Error);
-    reply.payload = Some(err.to_value());
 }
 
 /// Counts and times one handled request.

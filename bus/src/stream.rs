@@ -209,6 +209,37 @@ pub(crate) fn error_payload_of(env: &Envelope) -> ErrorPayload {
     })
 }
 
+/// Turns a reply shell into an `agent.response.error` carrying `err`.
+pub(crate) fn as_error(reply: &mut Envelope, err: &ErrorPayload) {
+    reply.event_type = FrameType::Error.event_type().to_owned();
+    reply.frame_type = Some(FrameType::Error);
+    reply.payload = Some(err.to_value());
+}
+
+/// Encodes the terminal reply of `service.endpoint`. A terminal reply must go out: one
+/// that cannot be encoded (e.g. larger than [`MAX_ENVELOPE_BYTES`](crate::envelope::MAX_ENVELOPE_BYTES))
+/// becomes an `agent.response.error` with `CODEC_FAILURE` saying why, and `error` is
+/// set to that error (it goes into the NATS micro error headers).
+///
+/// # Errors
+/// [`EnvelopeError`] only when even that error reply cannot be encoded.
+pub(crate) fn encode_terminal(
+    reply: &mut Envelope,
+    error: &mut Option<ErrorPayload>,
+    service: &str,
+    endpoint: &str,
+) -> std::result::Result<Vec<u8>, EnvelopeError> {
+    reply.to_bytes().or_else(|e| {
+        let err = ErrorPayload::new(
+            ErrorCode::CodecFailure,
+            format!("the reply of {service}.{endpoint} cannot be encoded: {e}"),
+        );
+        as_error(reply, &err);
+        *error = Some(err);
+        reply.to_bytes()
+    })
+}
+
 /// Whether `request` asks for a streamed reply (metadata `weft.stream: true`).
 pub fn wants_stream(request: &Envelope) -> bool {
     request.metadata.get(STREAM_METADATA_KEY) == Some(&Value::Bool(true))
@@ -431,23 +462,12 @@ impl Outbox {
         };
         let mut env = self.frame(frame_type, payload, seq);
         let mut error = (frame_type == FrameType::Error).then(|| error_payload_of(&env));
-        let bytes = match env.to_bytes() {
-            Ok(b) => b,
-            Err(e) if terminal => {
-                // The terminal frame must go out: replace it by an error that says why.
-                let err = ErrorPayload::new(
-                    ErrorCode::CodecFailure,
-                    format!(
-                        "the reply of {}.{} cannot be encoded: {e}",
-                        labels.service, labels.endpoint
-                    ),
-                );
-                env = self.frame(FrameType::Error, err.to_value(), seq);
-                error = Some(err);
-                env.to_bytes().map_err(WriteError::Codec)?
-            }
-            Err(e) => return Err(WriteError::Codec(e)),
-        };
+        let bytes = if terminal {
+            encode_terminal(&mut env, &mut error, &labels.service, &labels.endpoint)
+        } else {
+            env.to_bytes()
+        }
+        .map_err(WriteError::Codec)?;
         self.next_seq += 1;
         self.state = next;
         let Some(subject) = self.subject.clone() else {
