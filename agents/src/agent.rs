@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 use tracing::Instrument;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::invoke::Invoker;
@@ -209,12 +210,28 @@ impl Agent {
     /// # Errors
     /// [`AgentError`]; [`AgentError::to_error_payload`] gives its wire form.
     pub async fn chat(&self, bus: &Bus, request: ChatRequest) -> Result<ChatReply, AgentError> {
-        let result = self.chat_inner(bus, request).await;
+        self.chat_with(bus, &Buckets::default(), request).await
+    }
+
+    /// [`Agent::chat`] with the KV buckets taken from (and, on first use, opened into)
+    /// `buckets`.
+    async fn chat_with(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        request: ChatRequest,
+    ) -> Result<ChatReply, AgentError> {
+        let result = self.chat_inner(bus, buckets, request).await;
         record_run(&self.name, &result);
         result
     }
 
-    async fn chat_inner(&self, bus: &Bus, request: ChatRequest) -> Result<ChatReply, AgentError> {
+    async fn chat_inner(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        request: ChatRequest,
+    ) -> Result<ChatReply, AgentError> {
         if request.message.trim().is_empty() {
             return Err(AgentError::InvalidInput(format!(
                 "the message to agent {} is empty",
@@ -223,10 +240,10 @@ impl Agent {
         }
         let memory = match &request.session_id {
             Some(session) => {
-                let memory = Memory::open(bus)
+                let memory = buckets
+                    .memory(bus, self.memory_limit)
                     .await
-                    .map_err(AgentError::Memory)?
-                    .limit(self.memory_limit);
+                    .map_err(AgentError::Memory)?;
                 let history = memory
                     .load(&self.name, session)
                     .await
@@ -238,7 +255,8 @@ impl Agent {
         let tools = if self.manages.is_empty() {
             ServiceTools::from_registrations(bus, &[])
         } else {
-            ServiceTools::discover(bus, &self.manages)
+            let registry = buckets.registry(bus).await.map_err(AgentError::Registry)?;
+            ServiceTools::discover_in(bus, registry, &self.manages)
                 .await
                 .map_err(AgentError::Registry)?
         }
@@ -461,10 +479,13 @@ impl Agent {
         if let Some(id) = model.model_id() {
             service = service.metadata("model_id", json!(id));
         }
+        // Every chat of this service shares the KV handles, opened on first use.
         let agent = Arc::new(self);
+        let buckets = Arc::new(Buckets::default());
         let handler = move |req: Request| {
             let agent = agent.clone();
-            async move { agent.handle(req).await }
+            let buckets = buckets.clone();
+            async move { agent.handle(req, &buckets).await }
         };
         service
             .endpoint(
@@ -478,7 +499,7 @@ impl Agent {
             .await
     }
 
-    async fn handle(&self, req: Request) -> Result<Value, ErrorPayload> {
+    async fn handle(&self, req: Request, buckets: &Buckets) -> Result<Value, ErrorPayload> {
         let mut request =
             match ChatRequest::from_payload(req.payload(), req.envelope.session_id.as_deref()) {
                 Ok(r) => r,
@@ -489,7 +510,7 @@ impl Agent {
             };
         request.parent = Some(req.envelope);
         let reply = self
-            .chat(&req.bus, request)
+            .chat_with(&req.bus, buckets, request)
             .await
             .map_err(|e| e.to_error_payload())?;
         serde_json::to_value(reply).map_err(|e| {
@@ -498,6 +519,29 @@ impl Agent {
                 format!("cannot encode the reply: {e}"),
             )
         })
+    }
+}
+
+/// The KV buckets chats use: memory and the registry. Each is opened on first use and
+/// then shared (the handles are cheap clones); one that cannot be opened is tried again
+/// by the next chat, which fails as it would have.
+#[derive(Default)]
+struct Buckets {
+    memory: OnceCell<Memory>,
+    registry: OnceCell<Registry>,
+}
+
+impl Buckets {
+    /// The memory bucket, keeping `limit` messages per session.
+    async fn memory(&self, bus: &Bus, limit: usize) -> weft_bus::Result<&Memory> {
+        self.memory
+            .get_or_try_init(|| async { Ok(Memory::open(bus).await?.limit(limit)) })
+            .await
+    }
+
+    /// The registry bucket.
+    async fn registry(&self, bus: &Bus) -> weft_bus::Result<&Registry> {
+        self.registry.get_or_try_init(|| Registry::open(bus)).await
     }
 }
 

@@ -103,6 +103,19 @@ impl ServiceTools {
     /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be read.
     pub async fn discover(bus: &Bus, services: &[String]) -> weft_bus::Result<ServiceTools> {
         let registry = Registry::open(bus).await?;
+        ServiceTools::discover_in(bus, &registry, services).await
+    }
+
+    /// As [`ServiceTools::discover`], reading a registry that is already open (a
+    /// served agent opens it once for all its chats).
+    ///
+    /// # Errors
+    /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be read.
+    pub async fn discover_in(
+        bus: &Bus,
+        registry: &Registry,
+        services: &[String],
+    ) -> weft_bus::Result<ServiceTools> {
         let mut chosen = Vec::new();
         for name in services {
             // Reads only `service.<name>.*`, not the whole registry.

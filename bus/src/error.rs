@@ -159,8 +159,10 @@ impl std::error::Error for Error {
 /// The error as an `agent.response.error` payload, for a component that answers for
 /// a call it made (an agent's tool call, a gateway): a remote error is passed on as
 /// it came; otherwise timeouts are `AGENT_TIMEOUT`, no responders and rejected calls
-/// `AGENT_UNAVAILABLE`, bad names `INVALID_REQUEST`, bad envelopes `CODEC_FAILURE`,
-/// the rest `TRANSPORT_FAILURE`; `retryable` is [`Error::is_retryable`].
+/// `AGENT_UNAVAILABLE`, bad names and settings `INVALID_REQUEST`, bad envelopes and
+/// broken frame streams `CODEC_FAILURE`, missing things `NOT_FOUND`, conflicts and
+/// anything else `INTERNAL`, and NATS, JetStream and KV failures `TRANSPORT_FAILURE`;
+/// `retryable` is [`Error::is_retryable`].
 impl From<&Error> for ErrorPayload {
     fn from(e: &Error) -> Self {
         use crate::envelope::ErrorCode;
@@ -170,9 +172,18 @@ impl From<&Error> for ErrorPayload {
         let code = match e.kind {
             ErrorKind::Timeout => ErrorCode::AgentTimeout,
             ErrorKind::NoResponders | ErrorKind::Rejected => ErrorCode::AgentUnavailable,
-            ErrorKind::InvalidSubject => ErrorCode::InvalidRequest,
-            ErrorKind::Envelope => ErrorCode::CodecFailure,
-            _ => ErrorCode::TransportFailure,
+            ErrorKind::InvalidSubject | ErrorKind::InvalidConfig => ErrorCode::InvalidRequest,
+            // Bytes that are not an envelope, or frames that break the stream protocol.
+            ErrorKind::Envelope | ErrorKind::Stream => ErrorCode::CodecFailure,
+            ErrorKind::NotFound => ErrorCode::Other("NOT_FOUND".into()),
+            ErrorKind::Conflict | ErrorKind::Other => ErrorCode::Other("INTERNAL".into()),
+            ErrorKind::Connect
+            | ErrorKind::Publish
+            | ErrorKind::Subscribe
+            | ErrorKind::JetStream
+            | ErrorKind::Kv
+            | ErrorKind::Server
+            | ErrorKind::Remote => ErrorCode::TransportFailure,
         };
         let payload = ErrorPayload::new(code, e.to_string());
         if e.is_retryable() {

@@ -17,12 +17,19 @@
 //! | 404 | `NOT_FOUND` | no such route |
 //! | 405 | `METHOD_NOT_ALLOWED` | the route exists, the method does not |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over `max_body_bytes`, or the envelope over 1 MiB |
+//! | 404 | `NOT_FOUND` | the bus found no such thing |
+//! | 500 | `INTERNAL` | a bus error of no other kind (e.g. a resource configured in conflict) |
 //! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope, or its stream broke the frame protocol |
-//! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down) |
-//! | 503 | `AGENT_UNAVAILABLE` | nothing serves the invoke target (no responders) |
+//! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down), another NATS, JetStream or KV failure |
+//! | 503 | `AGENT_UNAVAILABLE` | nothing serves the invoke target (no responders), or the call was rejected (circuit open, limit reached) |
 //! | 503 | `NOT_READY` | `/readyz`: NATS or a resource is missing |
 //! | 504 | `AGENT_TIMEOUT` | no invoke reply in time |
 //! | per code | the handler's | the service answered `agent.response.error`: status from [`ErrorCode::status`] |
+//!
+//! The code, message and `retryable` of a bus error are not decided here: they are
+//! the bus's [`ErrorPayload`] for it (`From<&weft_bus::Error> for ErrorPayload`, the
+//! same payload an agent's tool call reports). The gateway only picks the status for
+//! the code.
 
 use std::net::SocketAddr;
 
@@ -33,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use weft_bus::envelope::EnvelopeError;
 use weft_bus::subject::SubjectError;
-use weft_bus::{ErrorCode, ErrorKind};
+use weft_bus::{ErrorCode, ErrorPayload};
 
 /// An HTTP error: a status, a machine-readable `code` and a `message` a person can act
 /// on, answered as the JSON body `{code, message}` (see the [module docs](self) for the
@@ -62,8 +69,9 @@ pub enum ApiError {
     /// 503 `NOT_READY`: readiness failed; the message says what is missing.
     #[error("{0}")]
     NotReady(String),
-    /// An error from the bus; status and code follow its [`ErrorKind`] (a remote
-    /// handler's error keeps its own code). Boxed to keep `Result<_, ApiError>` small.
+    /// An error from the bus. Its code, message and `retryable` are the bus's
+    /// [`ErrorPayload`] for it (a remote handler's error keeps its own); the status
+    /// follows the code. Boxed to keep `Result<_, ApiError>` small.
     #[error(transparent)]
     Bus(Box<weft_bus::Error>),
 }
@@ -84,7 +92,10 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    /// The HTTP status this error is answered with.
+    /// The HTTP status this error is answered with. A bus error's status follows its
+    /// code ([`ApiError::code`]): a remote handler's code maps by
+    /// [`ErrorCode::status`] (a NATS micro `SERVICE_ERROR_<n>` keeps `n`), a code the
+    /// gateway met itself by the table in the [module docs](self).
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -93,26 +104,16 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Bus(e) => match e.kind() {
-                ErrorKind::InvalidSubject => StatusCode::BAD_REQUEST,
-                ErrorKind::Envelope | ErrorKind::Stream => StatusCode::BAD_GATEWAY,
-                ErrorKind::NoResponders | ErrorKind::Publish => StatusCode::SERVICE_UNAVAILABLE,
-                ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                ErrorKind::Remote => e
-                    .remote()
-                    .map(|r| remote_status(&r.code))
-                    .unwrap_or(StatusCode::BAD_GATEWAY),
-                ErrorKind::Connect
-                | ErrorKind::Subscribe
-                | ErrorKind::JetStream
-                | ErrorKind::Kv
-                | ErrorKind::Server => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Bus(e) => match e.remote() {
+                Some(r) => remote_status(&r.code),
+                None => local_status(&ErrorPayload::from(e.as_ref()).code),
             },
         }
     }
 
-    /// The `code` of the body, e.g. `INVALID_REQUEST`.
+    /// The `code` of the body, e.g. `INVALID_REQUEST`. A bus error's code is the one
+    /// the bus gives it (`From<&weft_bus::Error> for ErrorPayload`): a remote
+    /// handler's own code, else one by [`ErrorKind`](weft_bus::ErrorKind).
     pub fn code(&self) -> String {
         let code = match self {
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest.as_str(),
@@ -121,56 +122,42 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::NotReady(_) => "NOT_READY",
-            ApiError::Bus(e) => match e.kind() {
-                ErrorKind::InvalidSubject => ErrorCode::InvalidRequest.as_str(),
-                ErrorKind::Envelope | ErrorKind::Stream => ErrorCode::CodecFailure.as_str(),
-                ErrorKind::NoResponders => ErrorCode::AgentUnavailable.as_str(),
-                ErrorKind::Timeout => ErrorCode::AgentTimeout.as_str(),
-                ErrorKind::Remote => match e.remote() {
-                    Some(r) => return r.code.as_str().to_owned(),
-                    None => ErrorCode::AgentUnavailable.as_str(),
-                },
-                ErrorKind::Publish
-                | ErrorKind::Connect
-                | ErrorKind::Subscribe
-                | ErrorKind::JetStream
-                | ErrorKind::Kv
-                | ErrorKind::Server => ErrorCode::TransportFailure.as_str(),
-                _ => "INTERNAL",
-            },
+            ApiError::Bus(e) => return ErrorPayload::from(e.as_ref()).code.as_str().to_owned(),
         };
         code.to_owned()
     }
 
-    /// The body this error is answered with.
+    /// The body this error is answered with. A bus error's body is its
+    /// [`ErrorPayload`] as the bus makes it (a remote handler's is passed on as it
+    /// came).
     pub fn body(&self) -> ErrorBody {
-        let (message, retryable, cause) = match self {
-            ApiError::Bus(e) => match e.remote() {
-                Some(r) => (r.message.clone(), r.retryable, r.cause.clone()),
-                None => (
-                    e.to_string(),
-                    matches!(
-                        e.kind(),
-                        ErrorKind::NoResponders
-                            | ErrorKind::Timeout
-                            | ErrorKind::Publish
-                            | ErrorKind::Connect
-                    ),
-                    None,
-                ),
+        match self {
+            ApiError::Bus(e) => {
+                let payload = ErrorPayload::from(e.as_ref());
+                ErrorBody {
+                    code: payload.code.as_str().to_owned(),
+                    message: payload.message,
+                    retryable: payload.retryable,
+                    cause: payload.cause,
+                }
+            }
+            other => ErrorBody {
+                code: other.code(),
+                message: other.to_string(),
+                retryable: matches!(other, ApiError::NotReady(_)),
+                cause: None,
             },
-            other => (
-                other.to_string(),
-                matches!(other, ApiError::NotReady(_)),
-                None,
-            ),
-        };
-        ErrorBody {
-            code: self.code(),
-            message,
-            retryable,
-            cause,
         }
+    }
+}
+
+/// The status of a bus error the gateway met itself (no handler answered it), by
+/// its code: [`ErrorCode::status`], except that `CODEC_FAILURE` is 502 here: the
+/// service's answer was not a valid envelope or stream, not the client's request.
+fn local_status(code: &ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::CodecFailure => StatusCode::BAD_GATEWAY,
+        other => StatusCode::from_u16(other.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 
@@ -276,7 +263,7 @@ pub enum Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_bus::ErrorPayload;
+    use weft_bus::ErrorKind;
 
     #[test]
     fn bus_errors_map_to_status_and_code() {
@@ -286,12 +273,23 @@ mod tests {
             (ErrorKind::Publish, 503, "TRANSPORT_FAILURE"),
             (ErrorKind::InvalidSubject, 400, "INVALID_REQUEST"),
             (ErrorKind::Envelope, 502, "CODEC_FAILURE"),
+            (ErrorKind::Stream, 502, "CODEC_FAILURE"),
+            (ErrorKind::Rejected, 503, "AGENT_UNAVAILABLE"),
+            (ErrorKind::InvalidConfig, 400, "INVALID_REQUEST"),
+            (ErrorKind::NotFound, 404, "NOT_FOUND"),
             (ErrorKind::Other, 500, "INTERNAL"),
         ];
         for (kind, status, code) in cases {
-            let e = ApiError::from(weft_bus::Error::new(kind, "x"));
+            let bus_error = weft_bus::Error::new(kind, "x");
+            let payload = ErrorPayload::from(&bus_error);
+            let e = ApiError::from(bus_error);
             assert_eq!(e.status().as_u16(), status, "{kind:?}");
             assert_eq!(e.code(), code, "{kind:?}");
+            // The gateway answers what the bus makes of the error.
+            let body = e.body();
+            assert_eq!(body.code, payload.code.as_str(), "{kind:?}");
+            assert_eq!(body.message, payload.message, "{kind:?}");
+            assert_eq!(body.retryable, payload.retryable, "{kind:?}");
         }
     }
 

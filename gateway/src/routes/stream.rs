@@ -9,9 +9,10 @@
 //! - an error before the stream starts keeps the gateway's JSON error shape
 //!   `{code, message, retryable?, cause?}` and status: 400 (bad target, body, header
 //!   or query), 413, 503 `AGENT_UNAVAILABLE` (nothing serves the target), 504
-//!   `AGENT_TIMEOUT` (no first frame within the idle timeout), 502 `CODEC_FAILURE`, or
-//!   the handler's own error when its stream is a single `agent.response.error` frame
-//!   (it failed before it started);
+//!   `AGENT_TIMEOUT` (no first frame within the idle timeout), 502 `CODEC_FAILURE` (a
+//!   frame is not an envelope, or the frames broke the stream protocol), or the
+//!   handler's own error when its stream is a single `agent.response.error` frame (it
+//!   failed before it started);
 //! - otherwise **200** `text/event-stream`, one event per frame, in `seq` order:
 //!
 //! ```text
@@ -47,7 +48,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use weft_bus::stream::{DEFAULT_STREAM_TIMEOUT, Frame, StreamOptions};
-use weft_bus::{Envelope, ErrorCode, ErrorKind, ErrorPayload, Target};
+use weft_bus::{Envelope, ErrorKind, ErrorPayload, Target};
 
 use super::JsonPayload;
 use super::invoke::{request_envelope, timeout_param};
@@ -128,13 +129,8 @@ fn event(request: &Envelope, item: weft_bus::Result<Frame>) -> Event {
     let envelope = match item {
         Ok(frame) => frame.into_envelope(),
         Err(e) => {
-            let body = ApiError::from(e).body();
-            let error = ErrorPayload {
-                code: ErrorCode::from(body.code.as_str()),
-                message: body.message,
-                retryable: body.retryable,
-                cause: body.cause,
-            };
+            // The same code, message and `retryable` as the JSON error would have.
+            let error = ErrorPayload::from(&e);
             let mut env = request.error_reply(&error);
             env.metadata
                 .insert(ORIGIN_METADATA_KEY.to_owned(), json!("gateway"));
