@@ -65,7 +65,7 @@ use tracing::Instrument;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::invoke::Invoker;
 use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer};
-use weft_bus::registry::{Kind, Registry};
+use weft_bus::registry::{Kind, Listing, Registry};
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
@@ -883,29 +883,22 @@ pub struct AgentInfo {
     pub model_id: Option<String>,
 }
 
-/// Every live agent in the registry, by name.
+/// Every live agent in the registry, sorted by name.
 ///
 /// # Errors
 /// [`ErrorKind::Kv`] when the registry cannot be read.
 pub async fn list(bus: &Bus) -> weft_bus::Result<Vec<AgentInfo>> {
-    let registry = Registry::open(bus).await?;
-    let mut out: Vec<AgentInfo> = Vec::new();
-    for r in registry.list_kind(Kind::Agent, None).await? {
-        if let Some(a) = out.iter_mut().find(|a| a.name == r.name) {
-            a.instances += 1;
-            if !a.versions.contains(&r.version) {
-                a.versions.push(r.version.clone());
-                a.versions.sort();
-            }
-            continue;
-        }
-        let meta_str = |k: &str| r.metadata.get(k).and_then(Value::as_str).map(str::to_owned);
-        out.push(AgentInfo {
-            name: r.name.clone(),
-            description: r.description.clone(),
-            versions: vec![r.version.clone()],
-            instances: 1,
-            manages: r
+    let listing = Registry::open(bus).await?.listing_kind(Kind::Agent).await?;
+    Ok(listing.into_iter().map(AgentInfo::from).collect())
+}
+
+impl From<Listing> for AgentInfo {
+    /// An agent's registry listing, its `manages`, `model` and `model_id` read from
+    /// the metadata.
+    fn from(l: Listing) -> Self {
+        let meta_str = |k: &str| l.metadata.get(k).and_then(Value::as_str).map(str::to_owned);
+        AgentInfo {
+            manages: l
                 .metadata
                 .get("manages")
                 .and_then(Value::as_array)
@@ -918,9 +911,12 @@ pub async fn list(bus: &Bus) -> weft_bus::Result<Vec<AgentInfo>> {
                 .unwrap_or_default(),
             model: meta_str("model").unwrap_or_default(),
             model_id: meta_str("model_id"),
-        });
+            name: l.name,
+            description: l.description,
+            versions: l.versions,
+            instances: l.instances,
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]

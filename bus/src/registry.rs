@@ -135,6 +135,33 @@ pub struct Listing {
     pub description: String,
     /// Endpoint names (from one instance).
     pub endpoints: Vec<String>,
+    /// Free-form metadata (from one instance), e.g. an agent's `model`.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// Groups registrations by (kind, name), sorted so.
+fn group(registrations: Vec<Registration>) -> Vec<Listing> {
+    let mut groups: BTreeMap<(Kind, String), Listing> = BTreeMap::new();
+    for r in registrations {
+        let l = groups
+            .entry((r.kind, r.name.clone()))
+            .or_insert_with(|| Listing {
+                kind: r.kind,
+                name: r.name.clone(),
+                instances: 0,
+                versions: Vec::new(),
+                description: r.description.clone(),
+                endpoints: r.endpoints.iter().map(|e| e.name.clone()).collect(),
+                metadata: r.metadata.clone(),
+            });
+        l.instances += 1;
+        if !l.versions.contains(&r.version) {
+            l.versions.push(r.version.clone());
+            l.versions.sort();
+        }
+    }
+    groups.into_values().collect()
 }
 
 /// The registry bucket of one mesh.
@@ -191,25 +218,15 @@ impl Registry {
     /// # Errors
     /// As [`Registry::list`].
     pub async fn listing(&self) -> Result<Vec<Listing>> {
-        let mut groups: BTreeMap<(Kind, String), Listing> = BTreeMap::new();
-        for r in self.list().await? {
-            let l = groups
-                .entry((r.kind, r.name.clone()))
-                .or_insert_with(|| Listing {
-                    kind: r.kind,
-                    name: r.name.clone(),
-                    instances: 0,
-                    versions: Vec::new(),
-                    description: r.description.clone(),
-                    endpoints: r.endpoints.iter().map(|e| e.name.clone()).collect(),
-                });
-            l.instances += 1;
-            if !l.versions.contains(&r.version) {
-                l.versions.push(r.version.clone());
-                l.versions.sort();
-            }
-        }
-        Ok(groups.into_values().collect())
+        Ok(group(self.list().await?))
+    }
+
+    /// Registrations of one kind grouped by name with instance counts, by name.
+    ///
+    /// # Errors
+    /// As [`Registry::list`].
+    pub async fn listing_kind(&self, kind: Kind) -> Result<Vec<Listing>> {
+        Ok(group(self.list_kind(kind, None).await?))
     }
 
     /// Writes `registration` now and keeps it alive on a heartbeat until the returned

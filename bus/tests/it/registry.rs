@@ -14,6 +14,7 @@ async fn entries_appear_with_schemas_and_are_deleted_on_stop() {
     let bus = server.bus().await;
     let svc = Service::new("tickets", "0.2.0")
         .description("tickets")
+        .metadata("team", json!("support"))
         .endpoint(
             Endpoint::new("get", |_r: Request| async { Ok(json!({})) })
                 .description("get a ticket")
@@ -41,6 +42,10 @@ async fn entries_appear_with_schemas_and_are_deleted_on_stop() {
     let listing = registry.listing().await.unwrap();
     assert_eq!(listing.len(), 1);
     assert_eq!(listing[0].instances, 1);
+    assert_eq!(listing[0].metadata["team"], "support");
+    // Listing by kind: this service, and no agents.
+    assert_eq!(registry.listing_kind(Kind::Service).await.unwrap(), listing);
+    assert!(registry.listing_kind(Kind::Agent).await.unwrap().is_empty());
 
     // Heartbeats keep it past the TTL (3 s in the harness).
     tokio::time::sleep(Duration::from_secs(4)).await;
