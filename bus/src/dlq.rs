@@ -311,15 +311,46 @@ async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
         check_subject(to)?;
     }
     let (entry, headers, dlq) = get_raw(bus, id).await?;
-    let (env, to_subject) = prepare(bus, entry, to, &mut HashMap::new()).await?;
+    let sent = republish(bus, entry, &headers, to, &mut HashMap::new()).await?;
+    settle(&dlq, sent).await
+}
+
+/// A dead letter's republish, sent and not yet acked.
+struct Republish {
+    id: u64,
+    event_id: String,
+    to_subject: String,
+    ack: PendingAck,
+}
+
+/// Checks dead letter `entry` ([`prepare`]) and sends its republish, with the trace
+/// context of its `headers`, without waiting for the ack.
+///
+/// # Errors
+/// As [`prepare`]; [`ErrorKind::Envelope`] or [`ErrorKind::Publish`] when it cannot
+/// be sent.
+async fn republish(
+    bus: &Bus,
+    entry: DlqEntry,
+    headers: &HeaderMap,
+    to: Option<&str>,
+    cache: &mut PatternCache,
+) -> Result<Republish> {
+    let id = entry.id;
+    let (env, to_subject) = prepare(bus, entry, to, cache).await?;
     let ack = replay::publish_copy(
         bus,
         to_subject.clone(),
-        Some(&headers),
+        Some(headers),
         env.to_bytes()?.into(),
     )
     .await?;
-    settle(&dlq, id, env.event_id, to_subject, ack).await
+    Ok(Republish {
+        id,
+        event_id: env.event_id,
+        to_subject,
+        ack,
+    })
 }
 
 /// The replay patterns of each consumer looked up so far, by consumer name.
@@ -386,19 +417,19 @@ async fn prepare(
     Ok((env, to_subject))
 }
 
-/// Waits for the JetStream ack of the republish of dead letter `id`, and only then
-/// removes the dead letter from `dlq`.
+/// Waits for the JetStream ack of a dead letter's republish, and only then removes the
+/// dead letter from `dlq`.
 ///
 /// # Errors
 /// [`ErrorKind::Publish`] when the republish is not acked (the dead letter is kept);
 /// [`ErrorKind::JetStream`] when it was acked but the dead letter could not be removed.
-async fn settle(
-    dlq: &Stream,
-    id: u64,
-    event_id: String,
-    to_subject: String,
-    ack: PendingAck,
-) -> Result<Replayed> {
+async fn settle(dlq: &Stream, sent: Republish) -> Result<Replayed> {
+    let Republish {
+        id,
+        event_id,
+        to_subject,
+        ack,
+    } = sent;
     let ack = ack.wait(None).await?;
     dlq.delete_message(id).await.map_err(|e| {
         Error::with_source(
@@ -476,17 +507,9 @@ pub async fn replay_all(
             let Some(m) = scan.next().await? else {
                 return Ok(None);
             };
-            let (id, headers) = (m.sequence, m.headers);
-            let entry = DlqEntry::new(id, m.subject, rfc3339(m.stored_at), &m.payload);
-            let (env, to_subject) = prepare(bus, entry, to, &mut cache).await?;
-            let ack = replay::publish_copy(
-                bus,
-                to_subject.clone(),
-                Some(&headers),
-                env.to_bytes()?.into(),
-            )
-            .await?;
-            Ok(Some(settle(&dlq, id, env.event_id, to_subject, ack)))
+            let entry = DlqEntry::new(m.sequence, m.subject, rfc3339(m.stored_at), &m.payload);
+            let sent = republish(bus, entry, &m.headers, to, &mut cache).await?;
+            Ok(Some(settle(&dlq, sent)))
         }
         .await;
         match sent {

@@ -8,32 +8,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::{Proc, free_port, http_client, weft_output};
+use crate::{Up, http_client, weft_output};
 
 #[tokio::test]
 async fn weft_up_demo_triages_a_ticket_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (nats_port, http_port) = (free_port(), free_port());
-    let data = dir.path().join("data");
-    let http = format!("127.0.0.1:{http_port}");
+    let mut up = Up::start(&["--demo"]);
+    let (nats_port, http) = (up.nats_port, up.http.clone());
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let mut up = Proc::weft(
-        "weft-up",
-        &[
-            "up",
-            "--demo",
-            "--nats-port",
-            &nats_port.to_string(),
-            "--http",
-            &http,
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
 
     // Wait for the banner, which comes once everything runs.
-    let stdout = up.child.stdout.take().unwrap();
+    let stdout = up.proc.child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -50,10 +34,7 @@ async fn weft_up_demo_triages_a_ticket_end_to_end() {
                     break;
                 }
             }
-            Err(_) => panic!(
-                "weft up did not print its banner; stderr:\n{}",
-                std::fs::read_to_string(dir.path().join("weft-up.log")).unwrap_or_default()
-            ),
+            Err(_) => panic!("weft up did not print its banner; stderr:\n{}", up.log()),
         }
     }
     assert!(banner.contains("WEFT_EVENTS"), "{banner}");
@@ -201,6 +182,7 @@ async fn weft_up_demo_triages_a_ticket_end_to_end() {
 
     // Ctrl-C: clean shutdown, exit 0, nats-server gone.
     let status = up
+        .proc
         .interrupt(Duration::from_secs(30))
         .expect("weft up did not stop within 30 s");
     assert!(status.success(), "weft up exited with {status}");

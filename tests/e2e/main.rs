@@ -63,6 +63,45 @@ impl Drop for Proc {
     }
 }
 
+/// A `weft up` on free ports with its data under a temporary directory, which also
+/// holds its log (`weft-up.log`).
+pub struct Up {
+    /// The process.
+    pub proc: Proc,
+    /// The directory with its data and log.
+    pub dir: tempfile::TempDir,
+    /// The port of its nats-server.
+    pub nats_port: u16,
+    /// The address of its HTTP gateway, `127.0.0.1:<port>`.
+    pub http: String,
+}
+
+impl Up {
+    /// Starts `weft up` with `extra` arguments (e.g. `--demo`) on free ports.
+    pub fn start(extra: &[&str]) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let nats_port = free_port();
+        let http = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join("data");
+        let port = nats_port.to_string();
+        let mut args = vec!["up", "--nats-port", &port, "--http", &http];
+        args.extend(["--data", data.to_str().unwrap()]);
+        args.extend(extra);
+        let proc = Proc::weft("weft-up", &args, dir.path());
+        Up {
+            proc,
+            dir,
+            nats_port,
+            http,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weft-up.log")).unwrap_or_default()
+    }
+}
+
 /// Runs `weft args…` to completion and returns stdout; panics with stderr on failure.
 pub fn weft_output(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))

@@ -229,32 +229,16 @@ impl Drop for KillOnDrop {
 #[cfg(target_os = "linux")]
 #[test]
 fn local_nats_server_dies_with_weft_up_after_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (nats_port, http_port) = (crate::free_port(), crate::free_port());
-    let data = dir.path().join("data");
-    let http = format!("127.0.0.1:{http_port}");
-    let mut up = Proc::weft(
-        "weft-up",
-        &[
-            "up",
-            "--nats-port",
-            &nats_port.to_string(),
-            "--http",
-            &http,
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    let log = || std::fs::read_to_string(dir.path().join("weft-up.log")).unwrap_or_default();
+    let mut up = crate::Up::start(&[]);
+    let nats_port = up.nats_port;
 
     // Wait for the child nats-server to accept connections.
     let deadline = Instant::now() + Duration::from_secs(30);
     let server = loop {
-        if let Ok(Some(status)) = up.child.try_wait() {
-            panic!("weft up exited ({status}); stderr:\n{}", log());
+        if let Ok(Some(status)) = up.proc.child.try_wait() {
+            panic!("weft up exited ({status}); stderr:\n{}", up.log());
         }
-        let children = children_named(up.child.id(), "nats-server");
+        let children = children_named(up.proc.child.id(), "nats-server");
         if let [pid] = children[..]
             && std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()
         {
@@ -264,13 +248,13 @@ fn local_nats_server_dies_with_weft_up_after_sigkill() {
             Instant::now() < deadline,
             "no nats-server child of weft up accepting on {nats_port} within 30 s; \
              stderr:\n{}",
-            log()
+            up.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     let _guard = KillOnDrop(server);
 
-    up.kill(); // SIGKILL: weft up gets no chance to stop its server
+    up.proc.kill(); // SIGKILL: weft up gets no chance to stop its server
     let killed = Instant::now();
     while running(server) && killed.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
