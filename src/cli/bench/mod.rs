@@ -241,7 +241,7 @@ impl Figure {
     /// Merges the figures of several rounds of one scenario (each round yields the same
     /// figures in the same order). For each figure it takes the median round: the
     /// rounds sorted by ratio (by the Weft figure where there is no raw twin), the
-    /// middle one, or the lower of the two middle ones for an even count. A round
+    /// middle one, or for an even count the worse of the two middle ones for Weft. A round
     /// measures Weft and raw minutes apart at most, so its ratio compares like with
     /// like; the median keeps one round under a load spike from moving the figure, as
     /// a mean would. `weft`, `raw`, `ratio` and `ceiling` come from that round (so
@@ -272,7 +272,12 @@ impl Figure {
                         a.add(b);
                     }
                 }
-                let mut median = column.swap_remove((column.len() - 1) / 2);
+                // For an even count, the middle round that is worse for Weft.
+                let middle = match column[0].better {
+                    Better::Higher => (column.len() - 1) / 2,
+                    Better::Lower => column.len() / 2,
+                };
+                let mut median = column.swap_remove(middle);
                 median.counts = total;
                 median.ratio_range = range;
                 Some(median)
@@ -830,9 +835,16 @@ mod tests {
         assert_eq!(f.counts.weft.ops, 430);
         assert_eq!(f.counts.raw.unwrap().dropped, Some(7));
 
-        // An even count takes the lower middle round; one round is itself.
+        // An even count takes the middle round worse for Weft; one round is itself.
         let two = Figure::median_of(vec![round(90.0, 100.0, 0), round(50.0, 100.0, 0)]);
         assert_eq!(two[0].ratio, Some(0.5));
+        let latency = |weft: f64| {
+            let mut f = round(weft, 100.0, 0);
+            f[0].better = Better::Lower;
+            f
+        };
+        let two = Figure::median_of(vec![latency(120.0), latency(150.0)]);
+        assert_eq!(two[0].ratio, Some(1.5));
         let one = Figure::median_of(vec![round(90.0, 100.0, 0)]);
         assert_eq!((one[0].ratio, one[0].ratio_range), (Some(0.9), None));
     }
