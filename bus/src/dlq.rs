@@ -299,11 +299,16 @@ pub struct Replayed {
 /// was republished but could not be removed (the message says so).
 pub async fn replay(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
     let result = replay_one(bus, id, to).await;
+    count_replay(result.is_ok());
+    result
+}
+
+/// Counts one dead letter replay in `weft_replays_total{source="dlq", outcome}`.
+fn count_replay(ok: bool) {
     metrics::bus()
         .replays
-        .with_label_values(&["dlq", if result.is_ok() { "ok" } else { "error" }])
+        .with_label_values(&["dlq", if ok { "ok" } else { "error" }])
         .inc();
-    result
 }
 
 async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
@@ -482,20 +487,13 @@ pub async fn replay_all(
     let mut done = Vec::new();
     let mut failure = None;
     let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| {
-        let outcome = match result {
-            Ok(r) => {
-                done.push(r);
-                "ok"
-            }
+        count_replay(result.is_ok());
+        match result {
+            Ok(r) => done.push(r),
             Err(e) => {
                 failure.get_or_insert(e);
-                "error"
             }
-        };
-        metrics::bus()
-            .replays
-            .with_label_values(&["dlq", outcome])
-            .inc();
+        }
     };
     while failure.is_none() {
         if in_flight.len() >= replay::IN_FLIGHT {

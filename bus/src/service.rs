@@ -44,7 +44,7 @@ use futures::stream::FuturesUnordered;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSemaphore};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt as _};
 
@@ -515,6 +515,9 @@ async fn serve_endpoint(
 ) {
     let ctx = &ctx;
     let mut running = FuturesUnordered::new();
+    // Keeps this endpoint's place in the semaphore's queue across loop turns (a fresh
+    // `acquire` each turn would go to the back whenever another branch fired).
+    let mut permits = PollSemaphore::new(permits);
     let mut permit = None;
     let mut open = true;
     loop {
@@ -525,9 +528,9 @@ async fn serve_endpoint(
             biased;
             _ = cancel.cancelled(), if open => open = false,
             Some(()) = running.next() => {}
-            p = Arc::clone(&permits).acquire_owned(), if open && permit.is_none() => match p {
-                Ok(p) => permit = Some(p),
-                Err(_) => open = false,
+            p = std::future::poll_fn(|cx| permits.poll_acquire(cx)), if open && permit.is_none() => match p {
+                Some(p) => permit = Some(p),
+                None => open = false,
             },
             r = stream.next(), if open && permit.is_some() => match r {
                 Some(request) => {
