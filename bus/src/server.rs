@@ -41,6 +41,12 @@ pub struct LocalServerConfig {
     pub data_dir: PathBuf,
     /// How long to wait for the server to accept connections. Default 10 s.
     pub start_timeout: Duration,
+    /// A nats-server configuration file (`-c`), e.g. for TLS, accounts or a cluster.
+    /// Flags given here and by the fields above override what it says. Default none.
+    pub config_file: Option<PathBuf>,
+    /// More command-line arguments, passed after the others (e.g. `--cluster_name`,
+    /// `--cluster`, `--routes`, `-n`). Default none.
+    pub extra_args: Vec<std::ffi::OsString>,
 }
 
 impl LocalServerConfig {
@@ -52,6 +58,8 @@ impl LocalServerConfig {
             host: "127.0.0.1".into(),
             data_dir: data_dir.into(),
             start_timeout: Duration::from_secs(10),
+            config_file: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -151,6 +159,9 @@ impl LocalServer {
         let mut command = Command::new(&binary);
         #[cfg(target_os = "linux")]
         die_with_parent(&mut command);
+        if let Some(file) = &config.config_file {
+            command.arg("-c").arg(file);
+        }
         let child =
             command
                 .arg("-js")
@@ -162,6 +173,7 @@ impl LocalServer {
                 .arg(&store)
                 .arg("--ports_file_dir")
                 .arg(&ports_dir)
+                .args(&config.extra_args)
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().map_err(|e| {
                     Error::with_source(ErrorKind::Server, "cannot open server log", e)

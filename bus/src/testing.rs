@@ -39,8 +39,22 @@ impl TestServer {
     /// # Panics
     /// When `nats-server` is missing (with the install hint) or does not start.
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_, _| {}).await
+    }
+
+    /// Starts a server whose settings `configure` adjusts (a config file for TLS or
+    /// accounts, extra flags) after the harness set the store to a temporary
+    /// directory, given as the second argument.
+    ///
+    /// # Panics
+    /// As [`TestServer::start`].
+    pub async fn start_with(
+        configure: impl FnOnce(&mut LocalServerConfig, &std::path::Path),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let server = LocalServer::start(LocalServerConfig::new(dir.path()))
+        let mut config = LocalServerConfig::new(dir.path());
+        configure(&mut config, dir.path());
+        let server = LocalServer::start(config)
             .await
             .unwrap_or_else(|e| panic!("cannot start nats-server for the test: {e}"));
         TestServer { server, dir }
