@@ -19,9 +19,14 @@
 //! still calling tools at the last step fails the run with `AGENT_TIMEOUT`, and the
 //! tools of that last turn are not called.
 //!
-//! A failed tool call does not fail the run: its error goes back to the model as the
-//! tool result (`{"error": {code, message, retryable}}`), as do arguments that are
-//! not valid JSON and names of tools that do not exist.
+//! A tool that answered with an error does not fail the run: its error goes back to
+//! the model as the tool result (`{"error": {code, message, retryable}}`), as do
+//! arguments that are not valid JSON and names of tools that do not exist. A tool that
+//! cannot be reached (a retryable `AGENT_TIMEOUT`, `AGENT_UNAVAILABLE` or
+//! `TRANSPORT_FAILURE`: timed out, nobody serves it, its circuit is open) fails the
+//! run with a retryable error, and so does an agent none of whose managed services is
+//! registered: an answer made without the tools would be wrong, and the caller (a flow
+//! step, a person) can try again.
 //!
 //! # Errors on the wire
 //! | [`AgentError`] | code | retryable |
@@ -32,6 +37,9 @@
 //! | `Model`, other kinds | `AGENT_UNAVAILABLE` | as [`ModelErrorKind::is_retryable`] |
 //! | `MaxSteps` | `AGENT_TIMEOUT` | no |
 //! | `Memory`, `Registry` (KV failed) | `TRANSPORT_FAILURE` | yes |
+//! | `NoTools` (no managed service registered) | `AGENT_UNAVAILABLE` | yes |
+//! | `Tool` (a tool timed out) | `AGENT_TIMEOUT` | yes |
+//! | `Tool` (a tool unreachable otherwise) | `AGENT_UNAVAILABLE` | yes |
 //!
 //! # Examples
 //! ```no_run
@@ -65,7 +73,7 @@ use tracing::Instrument;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::invoke::Invoker;
 use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer};
-use weft_bus::registry::{Kind, Listing, Registry};
+use weft_bus::registry::{Kind, Listing, Registry, RegistryWatch};
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
@@ -256,9 +264,16 @@ impl Agent {
             ServiceTools::from_registrations(bus, &[])
         } else {
             let registry = buckets.registry(bus).await.map_err(AgentError::Registry)?;
-            ServiceTools::discover_in(bus, registry, &self.manages)
-                .await
-                .map_err(AgentError::Registry)?
+            let tools = ServiceTools::discover_in(bus, registry, &self.manages);
+            if tools.is_empty() {
+                // Answering without the tools would be a wrong answer reported as
+                // success; the caller (a flow step, a person) can try again.
+                return Err(AgentError::NoTools {
+                    agent: self.name.clone(),
+                    services: self.manages.clone(),
+                });
+            }
+            tools
         }
         .invoker(Invoker::guarded(bus, &self.breaker))
         .timeout(self.tool_timeout)
@@ -361,6 +376,13 @@ impl Agent {
             ));
             for call in turn.tool_calls {
                 let (record, content) = self.call_tool(tools, &request.tools, &call).await;
+                if let Some(error) = record.error.as_ref().filter(|e| is_unavailable(e)) {
+                    return Err(AgentError::Tool {
+                        agent: self.name.clone(),
+                        tool: record.name.clone(),
+                        error: error.clone(),
+                    });
+                }
                 request.messages.push(Message::tool(call.id, content));
                 records.push(record);
             }
@@ -522,13 +544,24 @@ impl Agent {
     }
 }
 
-/// The KV buckets chats use: memory and the registry. Each is opened on first use and
-/// then shared (the handles are cheap clones); one that cannot be opened is tried again
-/// by the next chat, which fails as it would have.
+/// Whether a tool call's error says the tool cannot be reached now (timed out, nobody
+/// serves it, its circuit is open, the transport failed) rather than that it answered
+/// no: then the run fails with a retryable error instead of answering without it.
+fn is_unavailable(error: &ErrorPayload) -> bool {
+    error.retryable
+        && matches!(
+            error.code,
+            ErrorCode::AgentTimeout | ErrorCode::AgentUnavailable | ErrorCode::TransportFailure
+        )
+}
+
+/// The KV buckets chats use: memory, and the registry through the connection's
+/// shared watch. Each is opened on first use and then shared (the handles are cheap
+/// clones); one that cannot be opened is tried again by the next chat, which fails as
+/// it would have.
 #[derive(Default)]
 struct Buckets {
     memory: OnceCell<Memory>,
-    registry: OnceCell<Registry>,
 }
 
 impl Buckets {
@@ -539,9 +572,9 @@ impl Buckets {
             .await
     }
 
-    /// The registry bucket.
-    async fn registry(&self, bus: &Bus) -> weft_bus::Result<&Registry> {
-        self.registry.get_or_try_init(|| Registry::open(bus)).await
+    /// The connection's live registry view ([`Bus::registry_watch`]).
+    async fn registry<'b>(&self, bus: &'b Bus) -> weft_bus::Result<&'b RegistryWatch> {
+        bus.registry_watch().await
     }
 }
 
@@ -813,11 +846,34 @@ pub enum AgentError {
     /// The registry could not be read to find the tools.
     #[error("{0}")]
     Registry(weft_bus::Error),
+    /// None of the services the agent manages is registered now, so it has no tools.
+    #[error(
+        "agent {agent} has no tools now: none of the services it manages ({}) is registered; try again once they run",
+        services.join(", ")
+    )]
+    NoTools {
+        /// The agent.
+        agent: String,
+        /// The services it manages.
+        services: Vec<String>,
+    },
+    /// A tool could not be reached (timeout, no responders, open circuit, transport
+    /// failure), so the agent cannot answer correctly now.
+    #[error("agent {agent} cannot reach its tool {tool}: {error}")]
+    Tool {
+        /// The agent.
+        agent: String,
+        /// The tool name.
+        tool: String,
+        /// The tool call's error.
+        error: ErrorPayload,
+    },
 }
 
 impl AgentError {
     /// The `outcome` label of `weft_agent_runs_total`: `invalid_input`,
-    /// `model_error`, `max_steps`, `memory_error` or `registry_error`.
+    /// `model_error`, `max_steps`, `memory_error`, `registry_error`, `no_tools` or
+    /// `tool_unavailable`.
     pub fn outcome(&self) -> &'static str {
         match self {
             AgentError::InvalidInput(_) => "invalid_input",
@@ -825,6 +881,8 @@ impl AgentError {
             AgentError::MaxSteps { .. } => "max_steps",
             AgentError::Memory(_) => "memory_error",
             AgentError::Registry(_) => "registry_error",
+            AgentError::NoTools { .. } => "no_tools",
+            AgentError::Tool { .. } => "tool_unavailable",
         }
     }
 
@@ -851,6 +909,16 @@ impl AgentError {
             }
             AgentError::Memory(e) | AgentError::Registry(e) => {
                 ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()).retryable()
+            }
+            AgentError::NoTools { .. } => {
+                ErrorPayload::new(ErrorCode::AgentUnavailable, self.to_string()).retryable()
+            }
+            AgentError::Tool { error, .. } => {
+                let code = match error.code {
+                    ErrorCode::AgentTimeout => ErrorCode::AgentTimeout,
+                    _ => ErrorCode::AgentUnavailable,
+                };
+                ErrorPayload::new(code, self.to_string()).retryable()
             }
         }
     }

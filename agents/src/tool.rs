@@ -2,8 +2,9 @@
 //!
 //! [`Tools`] is the interface the tool loop uses: the specs to show the model and a
 //! way to call one tool. [`ServiceTools`] is the implementation agents use: the
-//! endpoints of the services an agent manages, read from the registry at chat time, so
-//! a service that starts, stops or adds an endpoint changes the agent's tools on its
+//! endpoints of the services an agent manages, read at chat time from the process's
+//! live registry view ([`RegistryWatch`], no request to the server per chat), so a
+//! service that starts, stops or adds an endpoint changes the agent's tools on its
 //! next chat.
 //!
 //! | tool | from the registry |
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use weft_bus::envelope::{Envelope, ErrorCode, ErrorPayload};
 use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
 use weft_bus::middleware::ServiceExt;
-use weft_bus::registry::{Kind, Registration, Registry};
+use weft_bus::registry::{Kind, Registration, RegistryWatch};
 use weft_bus::{Bus, ServiceName, Target};
 
 use crate::model::ToolSpec;
@@ -96,42 +97,40 @@ impl std::fmt::Debug for ServiceTools {
 
 impl ServiceTools {
     /// The tools of the named services, from the live registry entries of kind
-    /// `service` (for each service, the most recently started instance). A service
-    /// that is not registered contributes no tools (logged as a warning).
+    /// `service` (for each service, the most recently started instance), read from the
+    /// connection's shared registry watch ([`Bus::registry_watch`]). A service that is
+    /// not registered contributes no tools (logged as a warning).
     ///
     /// # Errors
-    /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be read.
+    /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be watched.
     pub async fn discover(bus: &Bus, services: &[String]) -> weft_bus::Result<ServiceTools> {
-        let registry = Registry::open(bus).await?;
-        ServiceTools::discover_in(bus, &registry, services).await
+        let registry = bus.registry_watch().await?;
+        Ok(ServiceTools::discover_in(bus, registry, services))
     }
 
-    /// As [`ServiceTools::discover`], reading a registry that is already open (a
-    /// served agent opens it once for all its chats).
-    ///
-    /// # Errors
-    /// [`weft_bus::ErrorKind::Kv`] when the registry cannot be read.
-    pub async fn discover_in(
-        bus: &Bus,
-        registry: &Registry,
-        services: &[String],
-    ) -> weft_bus::Result<ServiceTools> {
+    /// As [`ServiceTools::discover`], reading a registry view the caller holds. Reads
+    /// memory only.
+    pub fn discover_in(bus: &Bus, registry: &RegistryWatch, services: &[String]) -> ServiceTools {
         let mut chosen = Vec::new();
         for name in services {
-            // Reads only `service.<name>.*`, not the whole registry.
-            let newest = registry
-                .list_kind(Kind::Service, Some(name))
-                .await?
-                .into_iter()
-                .max_by(|a, b| a.started_at.cmp(&b.started_at));
-            match newest {
+            match registry.newest(Kind::Service, name) {
                 Some(r) => chosen.push(r),
                 None => {
                     tracing::warn!(service = %name, "managed service is not registered; it has no tools now")
                 }
             }
         }
-        Ok(ServiceTools::from_registrations(bus, &chosen))
+        ServiceTools::from_registrations(bus, &chosen)
+    }
+
+    /// Number of tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// True when there are no tools.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
     }
 
     /// The tools of these registrations' endpoints. Endpoints whose tool name is longer

@@ -220,6 +220,7 @@ impl ConnectOptions {
                 names: Names::new(&self.prefix),
                 url: redact(&self.url),
                 replies: tokio::sync::OnceCell::new(),
+                registry: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -243,6 +244,7 @@ struct Inner {
     names: Names,
     url: String,
     replies: tokio::sync::OnceCell<crate::reply::ReplyInbox>,
+    registry: tokio::sync::OnceCell<crate::registry::RegistryWatch>,
 }
 
 /// A connection to one mesh: the NATS client, its JetStream context, and the mesh's
@@ -300,6 +302,20 @@ impl Bus {
         self.inner
             .replies
             .get_or_try_init(|| crate::reply::ReplyInbox::start(&self.inner.client))
+            .await
+    }
+
+    /// The connection's live view of the registry, started on first use and shared by
+    /// every clone of this bus (one KV watch per connection; see
+    /// [`RegistryWatch`](crate::registry::RegistryWatch)).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the registry bucket is missing or cannot be watched; the
+    /// next call tries again.
+    pub async fn registry_watch(&self) -> Result<&crate::registry::RegistryWatch> {
+        self.inner
+            .registry
+            .get_or_try_init(|| crate::registry::RegistryWatch::start(self))
             .await
     }
 

@@ -7,12 +7,26 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// A consistent listing of a bucket: its live values and the stream sequence they were
+/// read at or after (watch from `last_sequence + 1` to follow every later change).
+#[derive(Debug, Clone)]
+pub struct Snapshot<T> {
+    /// `(key, value)` pairs in key order.
+    pub entries: Vec<(String, T)>,
+    /// The bucket stream's last sequence when the listing started.
+    pub last_sequence: u64,
+}
+
 /// Every live value of `store` whose key starts with `key_prefix` (`""` for all),
 /// decoded from JSON, as `(key, value)` pairs in key order. Values that do not decode
-/// as `T` are skipped with a warning; a key that expires between listing and reading
-/// is skipped.
+/// as `T` are skipped with a warning; a key deleted or expired between listing and
+/// reading is skipped.
 ///
-/// Reads each key separately: fine for buckets of thousands of keys, not millions.
+/// Creates no consumer: the keys come from one stream-info request with a subject
+/// filter, and each value from a direct get. (`kv::Store::keys` creates a consumer per
+/// call that the server keeps for a while; a process listing often would pile them
+/// up until the server refuses more.) Fine for buckets of thousands of keys, not
+/// millions.
 ///
 /// # Errors
 /// [`ErrorKind::Kv`] naming the bucket when listing or reading fails.
@@ -20,32 +34,59 @@ pub async fn read_all<T: DeserializeOwned>(
     store: &kv::Store,
     key_prefix: &str,
 ) -> Result<Vec<(String, T)>> {
+    Ok(snapshot(store, key_prefix).await?.entries)
+}
+
+/// As [`read_all`], with the stream sequence the listing started at.
+///
+/// # Errors
+/// As [`read_all`].
+pub async fn snapshot<T: DeserializeOwned>(
+    store: &kv::Store,
+    key_prefix: &str,
+) -> Result<Snapshot<T>> {
     let err = |e: &dyn std::fmt::Display| {
         Error::new(
             ErrorKind::Kv,
             format!("cannot read KV bucket {}: {e}", store.name),
         )
     };
-    let mut keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| err(&e))?
-        .try_filter(|k| futures::future::ready(k.starts_with(key_prefix)))
-        .try_collect()
+    // A filter on whole tokens when the prefix ends at a token boundary; otherwise
+    // every key, narrowed below.
+    let filter = if key_prefix.is_empty() || key_prefix.ends_with('.') {
+        format!("{}{key_prefix}>", store.prefix)
+    } else {
+        format!("{}>", store.prefix)
+    };
+    let mut subjects = store
+        .stream
+        .info_with_subjects(filter)
         .await
         .map_err(|e| err(&e))?;
+    let last_sequence = subjects.info.state.last_sequence;
+    let mut keys = Vec::new();
+    while let Some((subject, _count)) = subjects.try_next().await.map_err(|e| err(&e))? {
+        if let Some(key) = subject.strip_prefix(store.prefix.as_str())
+            && key.starts_with(key_prefix)
+        {
+            keys.push(key.to_owned());
+        }
+    }
     keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
+    let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
         let Some(bytes) = store.get(&key).await.map_err(|e| err(&e))? else {
             continue;
         };
         match serde_json::from_slice::<T>(&bytes) {
-            Ok(v) => out.push((key, v)),
+            Ok(v) => entries.push((key, v)),
             Err(e) => {
                 tracing::warn!(bucket = %store.name, %key, error = %e, "skipping an unreadable value")
             }
         }
     }
-    Ok(out)
+    Ok(Snapshot {
+        entries,
+        last_sequence,
+    })
 }

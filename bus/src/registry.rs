@@ -3,15 +3,25 @@
 //!
 //! Each instance refreshes its entry on a heartbeat (every third of the bucket's max
 //! age); an entry expires when its instance dies (the bucket's max age is the TTL) and
-//! is deleted when it stops cleanly. Gateways and `weft ls` read the bucket.
+//! is deleted when it stops cleanly.
+//!
+//! # Reading it
+//!
+//! - [`RegistryWatch`]: a live view kept current by one KV watch, for long-running
+//!   processes (agents' tool discovery, gateways, bridges). A process shares one:
+//!   [`Bus::registry_watch`]. Reads are in memory and create nothing on the server.
+//! - [`Registry::list`] and friends: one-shot reads (`weft ls`), one stream-info
+//!   request plus a direct get per entry, no consumer ([`crate::kv::read_all`]).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
@@ -329,5 +339,308 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// One registry entry as a [`RegistryWatch`] holds it.
+#[derive(Debug, Clone)]
+struct Seen {
+    registration: Registration,
+    /// When the watch last saw the entry written (by its instance's heartbeat).
+    at: Instant,
+}
+
+struct WatchState {
+    entries: RwLock<BTreeMap<String, Seen>>,
+    /// Bumped on every change of the set of live registrations.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// An entry the watch has not seen written for this long is treated as expired,
+    /// even if no expiry marker came (a bucket made by an older Weft, or a marker lost
+    /// while the watch restarted): twice the registry TTL.
+    stale_after: Duration,
+}
+
+impl WatchState {
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Applies one put; true when it changed what the view shows.
+    fn put(&self, key: String, registration: Registration) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let at = Instant::now();
+        match entries.get_mut(&key) {
+            Some(seen) if seen.registration == registration => {
+                seen.at = at;
+                false
+            }
+            _ => {
+                entries.insert(key, Seen { registration, at });
+                true
+            }
+        }
+    }
+
+    fn remove(&self, key: &str) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key).is_some()
+    }
+
+    /// Drops entries not written for `stale_after`; true when any went.
+    fn prune(&self) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|_, s| s.at.elapsed() < self.stale_after);
+        entries.len() != before
+    }
+
+    /// Replaces the whole view with a fresh listing (after a (re)start of the watch).
+    fn reset(&self, fresh: Vec<(String, Registration)>) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let keys: HashSet<&String> = fresh.iter().map(|(k, _)| k).collect();
+        let mut changed = entries.keys().any(|k| !keys.contains(k));
+        entries.retain(|k, _| keys.contains(k));
+        let at = Instant::now();
+        for (key, registration) in fresh {
+            match entries.get_mut(&key) {
+                Some(seen) if seen.registration == registration => seen.at = at,
+                _ => {
+                    entries.insert(key, Seen { registration, at });
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// A live view of the registry, kept current by one KV watch on the registry bucket.
+///
+/// Start one per process and share it ([`Bus::registry_watch`] does): every read
+/// ([`RegistryWatch::list`], [`RegistryWatch::list_kind`], [`RegistryWatch::listing`]…)
+/// is answered from memory, so reading the registry on every agent chat or MCP
+/// `tools/list` costs nothing on the server. The watch holds one ordered consumer on
+/// the bucket's stream for as long as it runs.
+///
+/// Changes arrive as they are written: a registration when its instance starts, a
+/// delete when it stops cleanly, an expiry marker when its TTL passes (buckets made by
+/// [`crate::resources::ensure`] have limit markers on). An entry whose instance has not
+/// written it for twice the TTL is dropped as well, marker or not.
+///
+/// When the watch breaks (its node restarts, the bucket is re-created), it starts
+/// again with back-off (100 ms doubling to 5 s) from a fresh listing, and the view
+/// keeps its last known entries meanwhile, so a registry hiccup does not look like an
+/// empty mesh.
+///
+/// Cheap to clone; the watch stops when the last clone is dropped.
+///
+/// # Examples
+/// ```no_run
+/// use weft_bus::registry::Kind;
+/// # async fn run(bus: weft_bus::Bus) -> Result<(), weft_bus::Error> {
+/// let registry = bus.registry_watch().await?;
+/// for r in registry.list_kind(Kind::Service, None) {
+///     println!("{} {} ({})", r.name, r.version, r.instance);
+/// }
+/// let mut changes = registry.changes();
+/// changes.changed().await.ok(); // a service registered, stopped or expired
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RegistryWatch {
+    state: Arc<WatchState>,
+    _stop: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for RegistryWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryWatch")
+            .field("entries", &self.len())
+            .field("generation", &*self.state.generation.borrow())
+            .finish()
+    }
+}
+
+impl RegistryWatch {
+    /// Lists the registry bucket of `bus`'s mesh and starts watching it; returns once
+    /// the view holds every live entry.
+    ///
+    /// Prefer [`Bus::registry_watch`], which shares one watch per connection.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket does not exist or cannot be read or watched.
+    pub async fn start(bus: &Bus) -> Result<RegistryWatch> {
+        let store = bus.kv(&bus.names().registry_bucket).await?;
+        let ttl = store
+            .status()
+            .await
+            .map(|s| s.max_age())
+            .unwrap_or_default();
+        let ttl = if ttl.is_zero() {
+            Duration::from_secs(15)
+        } else {
+            ttl
+        };
+        let (generation, _) = tokio::sync::watch::channel(0);
+        let state = Arc::new(WatchState {
+            entries: RwLock::new(BTreeMap::new()),
+            generation,
+            stale_after: ttl * 2,
+        });
+        let from = load(&store, &state).await?;
+        let watch = watch_from(&store, from).await?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(follow(
+            bus.jetstream().clone(),
+            bus.names().registry_bucket.clone(),
+            watch,
+            state.clone(),
+            cancel.clone(),
+        ));
+        Ok(RegistryWatch {
+            state,
+            _stop: Arc::new(cancel.drop_guard()),
+        })
+    }
+
+    /// Number of live registrations.
+    pub fn len(&self) -> usize {
+        self.live().len()
+    }
+
+    /// True when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn live(&self) -> Vec<Registration> {
+        let entries = self.state.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .values()
+            .filter(|s| s.at.elapsed() < self.state.stale_after)
+            .map(|s| s.registration.clone())
+            .collect()
+    }
+
+    /// Every live registration, sorted by (kind, name, instance).
+    pub fn list(&self) -> Vec<Registration> {
+        let mut out = self.live();
+        out.sort_by(|a, b| (a.kind, &a.name, &a.instance).cmp(&(b.kind, &b.name, &b.instance)));
+        out
+    }
+
+    /// Live registrations of one kind, optionally of one name, sorted by (name,
+    /// instance).
+    pub fn list_kind(&self, kind: Kind, name: Option<&str>) -> Vec<Registration> {
+        let mut out = self.list();
+        out.retain(|r| r.kind == kind && name.is_none_or(|n| r.name == n));
+        out
+    }
+
+    /// The most recently started live instance of (kind, name).
+    pub fn newest(&self, kind: Kind, name: &str) -> Option<Registration> {
+        self.list_kind(kind, Some(name))
+            .into_iter()
+            .max_by(|a, b| a.started_at.cmp(&b.started_at))
+    }
+
+    /// Registrations grouped by (kind, name) with instance counts.
+    pub fn listing(&self) -> Vec<Listing> {
+        group(self.list())
+    }
+
+    /// Registrations of one kind grouped by name with instance counts.
+    pub fn listing_kind(&self, kind: Kind) -> Vec<Listing> {
+        group(self.list_kind(kind, None))
+    }
+
+    /// A receiver whose value (a generation counter) changes whenever a registration
+    /// appears, changes, is deleted or expires. Heartbeats that rewrite the same value
+    /// do not count.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.generation.subscribe()
+    }
+}
+
+/// Lists the bucket into `state` and returns the revision to watch from.
+async fn load(store: &kv::Store, state: &WatchState) -> Result<u64> {
+    let snapshot = crate::kv::snapshot::<Registration>(store, "").await?;
+    if state.reset(snapshot.entries) {
+        state.changed();
+    }
+    Ok(snapshot.last_sequence + 1)
+}
+
+async fn watch_from(store: &kv::Store, revision: u64) -> Result<kv::Watch> {
+    store.watch_all_from_revision(revision).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Kv,
+            format!("cannot watch KV bucket {}", store.name),
+            e,
+        )
+    })
+}
+
+/// Applies the watch's entries to `state` until cancelled; restarts the watch (from a
+/// fresh listing) with back-off when it ends or fails.
+async fn follow(
+    js: jetstream::Context,
+    bucket: String,
+    mut watch: kv::Watch,
+    state: Arc<WatchState>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut sweep = tokio::time::interval(state.stale_after / 4);
+    loop {
+        let why = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = sweep.tick() => {
+                    if state.prune() {
+                        state.changed();
+                    }
+                }
+                entry = watch.next() => match entry {
+                    None => break "the watch ended".to_owned(),
+                    Some(Err(e)) => break e.to_string(),
+                    Some(Ok(entry)) => {
+                        backoff = Duration::from_millis(100);
+                        let changed = match entry.operation {
+                            kv::Operation::Put => match serde_json::from_slice(&entry.value) {
+                                Ok(r) => state.put(entry.key, r),
+                                Err(e) => {
+                                    tracing::warn!(key = %entry.key, error = %e, "skipping an unreadable registry entry");
+                                    false
+                                }
+                            },
+                            kv::Operation::Delete | kv::Operation::Purge => state.remove(&entry.key),
+                        };
+                        if changed {
+                            state.changed();
+                        }
+                    }
+                },
+            }
+        };
+        tracing::warn!(%bucket, reason = %why, "registry watch broke; starting it again");
+        watch = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let restarted = async {
+                let store = js.get_key_value(&bucket).await.map_err(|e| {
+                    Error::with_source(ErrorKind::Kv, format!("cannot open KV bucket {bucket}"), e)
+                })?;
+                let from = load(&store, &state).await?;
+                watch_from(&store, from).await
+            };
+            match restarted.await {
+                Ok(w) => break w,
+                Err(e) => tracing::warn!(%bucket, error = %e, "registry watch cannot start yet"),
+            }
+        };
     }
 }

@@ -1,18 +1,37 @@
-//! The mesh's JetStream resources (DESIGN §6): names derived from the prefix, and
-//! [`ensure`], which creates them idempotently.
+//! The mesh's JetStream resources (DESIGN §6): names derived from the prefix;
+//! [`ensure`], which creates them or accepts what exists; [`update`], which changes
+//! them in place; [`list`], which shows them.
 //!
 //! | resource | what |
 //! |---|---|
 //! | stream `<PREFIX>_EVENTS` | `P.events.>` and `P.replay.>` (replays to one consumer), file storage, limits retention, max age (default 7 days), duplicate window 2 min |
 //! | stream `<PREFIX>_DLQ` | `P.dlq.>`, kept 30 days |
 //! | KV `<prefix>_failures` | first failure of a message per durable consumer, for dead letters; max age = events max age |
-//! | KV `<prefix>_registry` | registry entries; max age = registry TTL (default 15 s) |
+//! | KV `<prefix>_registry` | registry entries, file storage, max age = registry TTL (default 15 s), expiry markers on (a watch sees an entry expire) |
 //! | KV `<prefix>_memory` | agent memory by agent and session |
 //! | KV `<prefix>_flows` | flow runs and step checkpoints |
+//!
+//! Every stream and bucket has [`ResourceConfig::replicas`] replicas: 1 on a single
+//! server, 3 on a cluster, so losing one node loses nothing and stops nothing.
+//!
+//! # What exists already
+//!
+//! [`ensure`] never refuses a difference it can live with:
+//!
+//! | difference | what `ensure` does |
+//! |---|---|
+//! | replicas, when [`ResourceConfig::replicas`] is set | scales the resource in place |
+//! | replicas, when it is not set | keeps them |
+//! | a subject this version adds (`P.replay.>`), expiry markers on the registry | adds it in place |
+//! | max age, history, duplicate window | keeps them, with a note naming `weft resources update` |
+//! | the registry on memory storage (older versions) | re-creates it on file storage (its entries come back within one heartbeat) |
+//! | other subjects (not this mesh's), another retention or storage | [`ErrorKind::Conflict`] naming the resource |
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
+use futures::TryStreamExt;
+use serde::Serialize;
 
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
@@ -58,6 +77,17 @@ impl Names {
     pub fn bucket(&self, name: &str) -> String {
         format!("{}_{name}", self.prefix)
     }
+
+    /// Whether `stream` is one of this mesh's streams: its events or DLQ stream, or
+    /// the stream `KV_<prefix>_…` of one of its buckets.
+    pub fn is_mesh_stream(&self, stream: &str) -> bool {
+        stream == self.events_stream
+            || stream == self.dlq_stream
+            || stream
+                .strip_prefix("KV_")
+                .and_then(|b| b.strip_prefix(self.prefix.as_str()))
+                .is_some_and(|rest| rest.starts_with('_'))
+    }
 }
 
 /// Settings of the mesh's resources. Every field states its default.
@@ -69,8 +99,10 @@ pub struct ResourceConfig {
     pub dlq_max_age: Duration,
     /// JetStream de-duplication window on `Nats-Msg-Id`. Default 2 min.
     pub duplicate_window: Duration,
-    /// Replicas of every stream and bucket: 1 locally, 3 in a cluster. Default 1.
-    pub replicas: usize,
+    /// Replicas of every stream and bucket (1 to 5; 3 on a cluster). `Some(n)`:
+    /// resources are created with `n` and existing ones are scaled to `n` in place.
+    /// Default `None`: new resources get 1, existing ones keep theirs.
+    pub replicas: Option<usize>,
     /// Time to live of a registry entry: an instance that stops heartbeating is gone
     /// after this long. Instances heartbeat every third of it. Default 15 s.
     pub registry_ttl: Duration,
@@ -82,9 +114,15 @@ impl Default for ResourceConfig {
             events_max_age: Duration::from_secs(7 * 24 * 3600),
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
-            replicas: 1,
+            replicas: None,
             registry_ttl: Duration::from_secs(15),
         }
+    }
+}
+
+impl ResourceConfig {
+    fn create_replicas(&self) -> usize {
+        self.replicas.unwrap_or(1)
     }
 }
 
@@ -95,81 +133,138 @@ pub struct Ensured {
     pub streams: Vec<String>,
     /// KV buckets, by name.
     pub buckets: Vec<String>,
+    /// What it did or left alone, one line each (created, scaled, upgraded, kept with
+    /// another max age…), for a person to read. Also logged.
+    pub notes: Vec<String>,
 }
 
-/// Creates the mesh's streams and buckets, or checks that they exist with the same
-/// configuration (then it is a no-op).
+/// What one resource should look like, for comparing with what exists.
+struct Wanted {
+    /// `stream WEFT_EVENTS` or `KV bucket weft_registry`, for messages.
+    what: String,
+    /// The JetStream stream name.
+    stream: String,
+    /// Subjects: the first one says whose the stream is; the others are added when
+    /// missing.
+    subjects: Vec<String>,
+    retention: stream::RetentionPolicy,
+    storage: stream::StorageType,
+    max_age: Duration,
+    /// Messages kept per subject (a bucket's history); `None` for streams.
+    history: Option<i64>,
+    /// Duplicate window; `None` for buckets.
+    duplicate_window: Option<Duration>,
+    /// Expiry markers (subject delete marker TTL); `None` when not wanted.
+    markers: Option<Duration>,
+    /// May be deleted and made again when its storage differs (soft state).
+    recreatable: bool,
+    create: Create,
+}
+
+enum Create {
+    Stream(stream::Config),
+    Bucket(kv::Config),
+}
+
+/// Creates the mesh's streams and buckets, or accepts and upgrades those that exist
+/// (see the module docs for what differences are accepted).
 ///
 /// # Errors
-/// [`ErrorKind::Conflict`] naming the resource when it exists with a different
-/// configuration (e.g. another max age); [`ErrorKind::JetStream`] when JetStream is
-/// not enabled on the server or the request fails.
+/// [`ErrorKind::Conflict`] naming the resource when it exists with a conflicting
+/// configuration (other subjects, retention or storage); [`ErrorKind::JetStream`] when
+/// JetStream is not enabled on the server, a request fails, or the server refuses
+/// the replicas (e.g. more than the cluster has nodes).
 pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
     let n = bus.names();
     let s = bus.subjects();
-    let js = bus.jetstream();
-    add_replay_subject(bus).await?;
-    create_stream(
-        js,
-        stream::Config {
-            name: n.events_stream.clone(),
-            description: Some("Weft events".into()),
-            subjects: vec![s.all_events(), s.all_replay()],
+    let replicas = config.create_replicas();
+    let stream = |name: &str, description: &str, subjects: Vec<String>, max_age| {
+        let config = stream::Config {
+            name: name.to_owned(),
+            description: Some(description.into()),
+            subjects: subjects.clone(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: config.events_max_age,
+            max_age,
             duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas,
+            num_replicas: replicas,
             ..Default::default()
-        },
-    )
-    .await?;
-    create_stream(
-        js,
-        stream::Config {
-            name: n.dlq_stream.clone(),
-            description: Some("Weft dead letters".into()),
-            subjects: vec![s.all_dlq()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            max_age: config.dlq_max_age,
-            duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
-    create_bucket(
-        js,
-        kv::Config {
-            bucket: n.registry_bucket.clone(),
-            description: "Weft registry: services, agents, flows and gateways".into(),
-            history: 1,
-            max_age: config.registry_ttl,
-            storage: stream::StorageType::Memory,
-            num_replicas: config.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
-    for (bucket, description) in [
-        (&n.memory_bucket, "Weft agent memory by agent and session"),
-        (&n.flows_bucket, "Weft flow runs and step checkpoints"),
-    ] {
-        create_bucket(js, bucket_config(bucket, description, config.replicas)).await?;
+        };
+        Wanted {
+            what: format!("stream {name}"),
+            stream: name.to_owned(),
+            subjects,
+            retention: config.retention,
+            storage: config.storage,
+            max_age,
+            history: None,
+            duplicate_window: Some(config.duplicate_window),
+            markers: None,
+            recreatable: false,
+            create: Create::Stream(config),
+        }
+    };
+    let wanted = vec![
+        stream(
+            &n.events_stream,
+            "Weft events",
+            vec![s.all_events(), s.all_replay()],
+            config.events_max_age,
+        ),
+        stream(
+            &n.dlq_stream,
+            "Weft dead letters",
+            vec![s.all_dlq()],
+            config.dlq_max_age,
+        ),
+        bucket_wanted(
+            kv::Config {
+                bucket: n.registry_bucket.clone(),
+                description: "Weft registry: services, agents, flows and gateways".into(),
+                history: 1,
+                max_age: config.registry_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                limit_markers: Some(config.registry_ttl),
+                ..Default::default()
+            },
+            true,
+        ),
+        bucket_wanted(
+            bucket_config(
+                &n.memory_bucket,
+                "Weft agent memory by agent and session",
+                replicas,
+            ),
+            false,
+        ),
+        bucket_wanted(
+            bucket_config(
+                &n.flows_bucket,
+                "Weft flow runs and step checkpoints",
+                replicas,
+            ),
+            false,
+        ),
+        bucket_wanted(
+            kv::Config {
+                max_age: config.events_max_age,
+                ..bucket_config(
+                    &n.failures_bucket,
+                    "Weft: when a message first failed, per durable consumer",
+                    replicas,
+                )
+            },
+            false,
+        ),
+    ];
+    let mut notes = Vec::new();
+    for w in &wanted {
+        notes.extend(ensure_one(bus.jetstream(), w, config.replicas).await?);
     }
-    create_bucket(
-        js,
-        kv::Config {
-            max_age: config.events_max_age,
-            ..bucket_config(
-                &n.failures_bucket,
-                "Weft: when a message first failed, per durable consumer",
-                config.replicas,
-            )
-        },
-    )
-    .await?;
+    for note in &notes {
+        tracing::info!("{note}");
+    }
     Ok(Ensured {
         streams: vec![n.events_stream.clone(), n.dlq_stream.clone()],
         buckets: vec![
@@ -178,27 +273,174 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             n.flows_bucket.clone(),
             n.failures_bucket.clone(),
         ],
+        notes,
     })
 }
 
-/// Upgrades an events stream made before replays existed: adds `P.replay.>` to its
-/// subjects and changes nothing else (so [`ensure`] still compares the rest strictly).
-async fn add_replay_subject(bus: &Bus) -> Result<()> {
-    let (n, s) = (bus.names(), bus.subjects());
-    let Ok(stream) = bus.jetstream().get_stream(&n.events_stream).await else {
-        return Ok(());
-    };
-    let mut config = stream.cached_info().config.clone();
-    if config.subjects.contains(&s.all_replay()) {
-        return Ok(());
+fn bucket_wanted(config: kv::Config, recreatable: bool) -> Wanted {
+    Wanted {
+        what: format!("KV bucket {}", config.bucket),
+        stream: format!("KV_{}", config.bucket),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        retention: stream::RetentionPolicy::Limits,
+        storage: config.storage,
+        max_age: config.max_age,
+        history: Some(config.history),
+        duplicate_window: None,
+        markers: config.limit_markers,
+        recreatable,
+        create: Create::Bucket(config),
     }
-    config.subjects.push(s.all_replay());
-    bus.jetstream()
-        .update_stream(config)
-        .await
-        .map_err(|e| classify(&format!("stream {}", n.events_stream), e))?;
-    tracing::info!(stream = %n.events_stream, subject = %s.all_replay(), "added the replay subject to the events stream");
-    Ok(())
+}
+
+/// Creates `w`, or compares it with what exists and upgrades or accepts that. Returns
+/// notes for a person.
+async fn ensure_one(
+    js: &jetstream::Context,
+    w: &Wanted,
+    replicas: Option<usize>,
+) -> Result<Vec<String>> {
+    let existing = match js.get_stream(&w.stream).await {
+        Ok(s) => s.cached_info().config.clone(),
+        Err(e) if is_not_found(&e) => {
+            create(js, w).await?;
+            return Ok(vec![format!("created {}", w.what)]);
+        }
+        Err(e) => return Err(classify(&w.what, e)),
+    };
+    let mut notes = Vec::new();
+    if !existing.subjects.contains(&w.subjects[0]) {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} exists with other subjects ({}) than this mesh's {}; it belongs to something else: delete it or use another --prefix",
+                w.what,
+                existing.subjects.join(", "),
+                w.subjects[0]
+            ),
+        ));
+    }
+    if existing.retention != w.retention {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} exists with {:?} retention, not {:?}; delete it or use another --prefix",
+                w.what, existing.retention, w.retention
+            ),
+        ));
+    }
+    if existing.storage != w.storage {
+        if !w.recreatable {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} exists on {:?} storage, not {:?}; JetStream cannot change that in place",
+                    w.what, existing.storage, w.storage
+                ),
+            ));
+        }
+        js.delete_stream(&w.stream)
+            .await
+            .map_err(|e| classify(&w.what, e))?;
+        create(js, w).await?;
+        return Ok(vec![format!(
+            "re-created {} on {:?} storage (was {:?}; live instances write their entries again within a heartbeat)",
+            w.what, w.storage, existing.storage
+        )]);
+    }
+    let mut updated = existing.clone();
+    for subject in &w.subjects[1..] {
+        if !updated.subjects.contains(subject) {
+            updated.subjects.push(subject.clone());
+            notes.push(format!("added subject {subject} to {}", w.what));
+        }
+    }
+    if let Some(n) = replicas
+        && existing.num_replicas != n
+    {
+        updated.num_replicas = n;
+        notes.push(format!(
+            "scaled {} from {} to {n} replicas",
+            w.what, existing.num_replicas
+        ));
+    }
+    if let Some(ttl) = w.markers
+        && existing.subject_delete_marker_ttl.is_none()
+    {
+        updated.allow_message_ttl = true;
+        updated.subject_delete_marker_ttl = Some(ttl);
+        notes.push(format!("turned on expiry markers on {}", w.what));
+    }
+    if updated != existing {
+        js.update_stream(updated).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::JetStream,
+                format!("cannot update {} ({})", w.what, notes.join("; ")),
+                e,
+            )
+        })?;
+    }
+    let keep = |what: &str, has: String, asked: String| {
+        format!(
+            "{} keeps its {what} {has} (this start asked for {asked}); `weft resources update` changes it",
+            w.what
+        )
+    };
+    if existing.max_age != w.max_age {
+        notes.push(keep("max age", human(existing.max_age), human(w.max_age)));
+    }
+    if let Some(h) = w.history
+        && existing.max_messages_per_subject != h
+    {
+        notes.push(keep(
+            "history",
+            existing.max_messages_per_subject.to_string(),
+            h.to_string(),
+        ));
+    }
+    if let Some(d) = w.duplicate_window
+        && existing.duplicate_window != d
+    {
+        notes.push(keep(
+            "duplicate window",
+            human(existing.duplicate_window),
+            human(d),
+        ));
+    }
+    Ok(notes)
+}
+
+/// Whether a stream lookup failed because the stream does not exist (JetStream error
+/// 10059), as opposed to a failed request.
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+fn human(d: Duration) -> String {
+    if d.is_zero() {
+        "unlimited".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+async fn create(js: &jetstream::Context, w: &Wanted) -> Result<()> {
+    match &w.create {
+        Create::Stream(config) => js
+            .create_stream(config.clone())
+            .await
+            .map(drop)
+            .map_err(|e| classify(&w.what, e)),
+        Create::Bucket(config) => js
+            .create_key_value(config.clone())
+            .await
+            .map(drop)
+            .map_err(|e| classify(&w.what, e)),
+    }
 }
 
 /// The configuration of a plain application bucket (file storage, history 1, no TTL).
@@ -213,23 +455,35 @@ pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> kv::Co
     }
 }
 
-async fn create_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
-    let name = config.name.clone();
-    js.create_stream(config)
-        .await
-        .map(drop)
-        .map_err(|e| classify(&format!("stream {name}"), e))
-}
-
-/// Creates a KV bucket, or checks that it exists with the same configuration.
+/// Creates a KV bucket, or opens it when it exists, accepting the differences
+/// [`ensure`] accepts (its replicas and max age are left as they are).
 ///
 /// # Errors
 /// As [`ensure`].
 pub async fn create_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store> {
     let name = config.bucket.clone();
-    js.create_key_value(config)
+    for note in ensure_one(js, &bucket_wanted(config, false), None).await? {
+        tracing::info!("{note}");
+    }
+    js.get_key_value(&name)
         .await
         .map_err(|e| classify(&format!("KV bucket {name}"), e))
+}
+
+/// The replicas of the mesh's events stream (1 when it does not exist): what an
+/// application bucket of the mesh should have too.
+///
+/// # Errors
+/// [`ErrorKind::JetStream`] when the stream cannot be read.
+pub async fn mesh_replicas(bus: &Bus) -> Result<usize> {
+    match bus.jetstream().get_stream(&bus.names().events_stream).await {
+        Ok(s) => Ok(s.cached_info().config.num_replicas.max(1)),
+        Err(e) if is_not_found(&e) => Ok(1),
+        Err(e) => Err(classify(
+            &format!("stream {}", bus.names().events_stream),
+            e,
+        )),
+    }
 }
 
 fn classify(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -248,29 +502,198 @@ fn classify(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Er
             format!("cannot create {what}: is JetStream enabled on the server (nats-server -js)?"),
             e,
         )
+    } else if text.contains("replicas") {
+        Error::with_source(
+            ErrorKind::JetStream,
+            format!(
+                "cannot create {what} with these replicas: a single server takes 1, a cluster at most its number of nodes"
+            ),
+            e,
+        )
     } else {
         Error::with_source(ErrorKind::JetStream, format!("cannot create {what}"), e)
     }
 }
 
-/// Creates whichever of the mesh's resources are missing, with `config`, and leaves
-/// existing ones as they are (except that an events stream made before replays
-/// existed gains the `P.replay.>` subject). For components that need the resources but do not own
-/// their settings (flow workers, services); `weft up` uses the strict [`ensure`].
+/// Changes to apply to the mesh's existing resources with [`update`]. `None` leaves a
+/// setting as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceUpdate {
+    /// Replicas of every stream and bucket of the mesh, application buckets
+    /// (`<prefix>_…`) included.
+    pub replicas: Option<usize>,
+    /// Max age of the events stream (and of the failures bucket, which follows it).
+    pub events_max_age: Option<Duration>,
+    /// Max age of the DLQ stream.
+    pub dlq_max_age: Option<Duration>,
+    /// Registry TTL (the registry bucket's max age and expiry marker TTL).
+    pub registry_ttl: Option<Duration>,
+}
+
+/// Applies `changes` in place to the mesh's streams and buckets that exist; returns
+/// one note per change made. Nothing is re-created, nothing stored is lost.
 ///
 /// # Errors
-/// As [`ensure`], except that a differing configuration is not an error.
-pub async fn ensure_exists(bus: &Bus, config: &ResourceConfig) -> Result<()> {
+/// [`ErrorKind::JetStream`] naming the resource when the server refuses a change
+/// (e.g. more replicas than nodes); changes made before it stay made.
+pub async fn update(bus: &Bus, changes: &ResourceUpdate) -> Result<Vec<String>> {
     let n = bus.names();
     let js = bus.jetstream();
-    let streams_present =
-        js.get_stream(&n.events_stream).await.is_ok() && js.get_stream(&n.dlq_stream).await.is_ok();
-    let buckets_present = js.get_key_value(&n.registry_bucket).await.is_ok()
-        && js.get_key_value(&n.memory_bucket).await.is_ok()
-        && js.get_key_value(&n.flows_bucket).await.is_ok()
-        && js.get_key_value(&n.failures_bucket).await.is_ok();
-    if streams_present && buckets_present {
-        return add_replay_subject(bus).await;
+    let mut notes = Vec::new();
+    for info in list(bus).await? {
+        let stream = js
+            .get_stream(&info.stream)
+            .await
+            .map_err(|e| classify(&info.stream, e))?;
+        let existing = stream.cached_info().config.clone();
+        let mut updated = existing.clone();
+        let mut these = Vec::new();
+        if let Some(r) = changes.replicas
+            && existing.num_replicas != r
+        {
+            updated.num_replicas = r;
+            these.push(format!("replicas {} → {r}", existing.num_replicas));
+        }
+        let max_age = if info.stream == n.events_stream
+            || info.stream == format!("KV_{}", n.failures_bucket)
+        {
+            changes.events_max_age
+        } else if info.stream == n.dlq_stream {
+            changes.dlq_max_age
+        } else if info.stream == format!("KV_{}", n.registry_bucket) {
+            changes.registry_ttl
+        } else {
+            None
+        };
+        if let Some(age) = max_age
+            && existing.max_age != age
+        {
+            updated.max_age = age;
+            these.push(format!(
+                "max age {} → {}",
+                human(existing.max_age),
+                human(age)
+            ));
+            if existing.subject_delete_marker_ttl.is_some() {
+                updated.subject_delete_marker_ttl = Some(age);
+            }
+        }
+        if updated != existing {
+            js.update_stream(updated).await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::JetStream,
+                    format!("cannot update {} ({})", info.name(), these.join(", ")),
+                    e,
+                )
+            })?;
+            notes.push(format!("{}: {}", info.name(), these.join(", ")));
+        }
     }
-    ensure(bus, config).await.map(drop)
+    Ok(notes)
+}
+
+/// One stream or bucket of the mesh as [`list`] shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceInfo {
+    /// `stream` or `kv`.
+    pub kind: &'static str,
+    /// The JetStream stream (`KV_<bucket>` for a bucket).
+    pub stream: String,
+    /// The bucket name, for a bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Subjects it stores.
+    pub subjects: Vec<String>,
+    /// `file` or `memory`.
+    pub storage: String,
+    /// Configured replicas.
+    pub replicas: usize,
+    /// Max age in ms (0: unlimited).
+    pub max_age_ms: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Consumers on it.
+    pub consumers: usize,
+    /// The server that leads it (clustered streams only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Its other replicas: server name, whether it is current, and how many
+    /// operations it lags.
+    pub peers: Vec<PeerInfo>,
+}
+
+impl ResourceInfo {
+    /// The bucket name for a bucket, else the stream name.
+    pub fn name(&self) -> &str {
+        self.bucket.as_deref().unwrap_or(&self.stream)
+    }
+}
+
+/// A replica of a clustered stream, as [`ResourceInfo::peers`] lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerInfo {
+    /// Server name.
+    pub name: String,
+    /// Whether it has caught up with the leader.
+    pub current: bool,
+    /// Operations it is behind.
+    pub lag: u64,
+    /// Whether the leader lost contact with it.
+    pub offline: bool,
+}
+
+/// The mesh's streams and buckets (events, DLQ, and every `KV_<prefix>_…` bucket,
+/// application buckets included), sorted by stream name. One stream-list request.
+///
+/// # Errors
+/// [`ErrorKind::JetStream`] when the streams cannot be listed.
+pub async fn list(bus: &Bus) -> Result<Vec<ResourceInfo>> {
+    let n = bus.names();
+    let infos: Vec<stream::Info> = bus
+        .jetstream()
+        .streams()
+        .try_collect()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::JetStream, "cannot list streams", e))?;
+    let mut out: Vec<ResourceInfo> = infos
+        .into_iter()
+        .filter(|i| n.is_mesh_stream(&i.config.name))
+        .map(|i| {
+            let bucket = i.config.name.strip_prefix("KV_").map(str::to_owned);
+            let cluster = i.cluster.as_ref();
+            ResourceInfo {
+                kind: if bucket.is_some() { "kv" } else { "stream" },
+                stream: i.config.name.clone(),
+                bucket,
+                subjects: i.config.subjects.clone(),
+                storage: match i.config.storage {
+                    stream::StorageType::File => "file".into(),
+                    stream::StorageType::Memory => "memory".into(),
+                },
+                replicas: i.config.num_replicas,
+                max_age_ms: i.config.max_age.as_millis() as u64,
+                messages: i.state.messages,
+                bytes: i.state.bytes,
+                consumers: i.state.consumer_count,
+                leader: cluster.and_then(|c| c.leader.clone()),
+                peers: cluster
+                    .map(|c| {
+                        c.replicas
+                            .iter()
+                            .map(|p| PeerInfo {
+                                name: p.name.clone(),
+                                current: p.current,
+                                lag: p.lag.unwrap_or(0),
+                                offline: p.offline,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.stream.cmp(&b.stream));
+    Ok(out)
 }

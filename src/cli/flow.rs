@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use weft_bus::resources::{self, ResourceConfig};
 use weft_flows::worker::{self, WorkerConfig};
 use weft_flows::{Flow, RunStore};
 
@@ -41,6 +40,8 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address; port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub metrics: std::net::SocketAddr,
+    #[command(flatten)]
+    pub resources: super::resources::ResourceArgs,
 }
 
 pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
@@ -107,7 +108,7 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         flows.push(Flow::from_json(&text).with_context(|| format!("in {}", f.display()))?);
     }
     let bus = g.connect().await?;
-    resources::ensure_exists(&bus, &ResourceConfig::default()).await?;
+    super::resources::ensure(&bus, &args.resources).await?;
     let config = WorkerConfig {
         ack_wait: Duration::from_millis(args.ack_wait_ms),
         ..WorkerConfig::default()

@@ -7,6 +7,7 @@ mod flow;
 mod ls;
 mod pubsub;
 mod replay;
+mod resources;
 mod up;
 
 use std::path::PathBuf;
@@ -76,6 +77,10 @@ pub enum Command {
     /// Dead letters: list, show, replay.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The mesh's streams and KV buckets: list them, change replicas or max ages in
+    /// place.
+    #[command(subcommand)]
+    Resources(resources::ResourcesCommand),
     /// Replay stored events from a sequence or a time: print them, or deliver them
     /// again to one durable consumer.
     Replay(replay::ReplayArgs),
@@ -108,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(g, args).await,
         Command::Dlq(cmd) => dlq::run(g, cmd).await,
         Command::Replay(args) => replay::run(g, args).await,
+        Command::Resources(cmd) => resources::run(g, cmd).await,
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use weft_bus::resources::{self, ResourceConfig};
 use weft_bus::server::{LocalServer, LocalServerConfig};
 use weft_gateway::{Gateway, GatewayConfig};
 
@@ -37,6 +36,8 @@ pub struct UpArgs {
     /// Allow a non-loopback gateway address without a token.
     #[arg(long)]
     pub insecure: bool,
+    #[command(flatten)]
+    pub resources: super::resources::ResourceArgs,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -89,7 +90,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     let bus = options.name("weft-up").connect().await?;
 
     // 2. Streams and buckets.
-    let made = resources::ensure(&bus, &ResourceConfig::default()).await?;
+    let made = super::resources::ensure(&bus, &args.resources).await?;
 
     // 3. Gateway.
     let gateway = Gateway::bind(

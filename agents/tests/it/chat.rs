@@ -341,13 +341,60 @@ async fn an_agent_needs_a_model_and_valid_names() {
     };
     assert_eq!(err.kind(), ErrorKind::InvalidSubject, "{err}");
 
-    // A managed service that is not running just gives no tools: the unknown tool
-    // goes back to the model as an error.
-    let _agent = serve_support(&bus, recording()).await;
-    let out = bus
+    // None of its managed services runs: the chat fails, retryably, instead of
+    // answering without its tools.
+    let model = recording();
+    let _agent = serve_support(&bus, model.clone()).await;
+    let err = bus
         .invoke(&support(), json!("how many tickets are open"))
         .await
+        .unwrap_err();
+    let remote = err.remote().expect("an error reply");
+    assert_eq!(remote.code, ErrorCode::AgentUnavailable, "{err}");
+    assert!(remote.retryable, "{err}");
+    assert!(
+        remote.message.contains("no tools") && remote.message.contains("tickets"),
+        "{}",
+        remote.message
+    );
+    assert!(
+        model.seen.lock().unwrap().is_empty(),
+        "the model was asked anyway"
+    );
+    let text = weft_bus::metrics::render();
+    assert!(text.contains(r#"weft_agent_runs_total{agent="support",outcome="no_tools"}"#));
+}
+
+#[tokio::test]
+async fn a_tool_that_times_out_fails_the_chat_retryably() {
+    use weft_bus::service::{Endpoint, Request, Service};
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let _slow = Service::new("tickets", "0.1.0")
+        .endpoint(Endpoint::new("list", |_r: Request| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(json!({"count": 0}))
+        }))
+        .serve(&bus)
+        .await
         .unwrap();
-    assert_eq!(out["tool_calls"][0]["error"]["code"], "NO_HANDLER", "{out}");
-    assert_eq!(out["reply"], "There are  open tickets.");
+    let _agent = Agent::new("support")
+        .manages(["tickets"])
+        .model(recording())
+        .tool_timeout(Duration::from_millis(300))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let err = bus
+        .invoke(&support(), json!("how many tickets are open"))
+        .await
+        .unwrap_err();
+    let remote = err.remote().expect("an error reply");
+    assert_eq!(remote.code, ErrorCode::AgentTimeout, "{err}");
+    assert!(remote.retryable, "{err}");
+    assert!(
+        remote.message.contains("tickets_list"),
+        "{}",
+        remote.message
+    );
 }

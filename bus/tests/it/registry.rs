@@ -79,20 +79,112 @@ async fn dropped_registrations_expire_within_the_ttl() {
 }
 
 #[tokio::test]
-async fn resources_are_idempotent_and_conflicts_are_named() {
+async fn a_watch_sees_entries_register_stop_and_expire() {
     let server = TestServer::start().await;
-    let bus = server.bus().await; // created once with the test config
-    let again = weft_bus::resources::ensure(&bus, &weft_bus::testing::test_resources()).await;
-    assert!(
-        again.is_ok(),
-        "same config should be a no-op: {:?}",
-        again.err()
+    let bus = server.bus().await;
+    let registry = Registry::open(&bus).await.unwrap();
+    let early = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "early",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    let watch = bus.registry_watch().await.unwrap();
+    assert_eq!(
+        watch.list_kind(Kind::Service, Some("early")).len(),
+        1,
+        "the initial listing holds what was registered before the watch"
     );
-    let other = weft_bus::resources::ResourceConfig {
-        events_max_age: Duration::from_secs(3600),
-        ..weft_bus::testing::test_resources()
+    let mut changes = watch.changes();
+    changes.borrow_and_update();
+
+    let svc = Service::new("late", "1.0.0")
+        .endpoint(Endpoint::new("x", |_r: Request| async { Ok(json!({})) }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("a registration is a change")
+        .unwrap();
+    assert_eq!(
+        watch.newest(Kind::Service, "late").unwrap().endpoints[0].name,
+        "x"
+    );
+
+    svc.stop().await.unwrap();
+    let gone = eventually(Duration::from_secs(2), || async {
+        watch.newest(Kind::Service, "late").is_none().then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "a clean stop removes the entry from the watch"
+    );
+
+    // Heartbeats rewrite the same value: the watch keeps the entry past the TTL
+    // (3 s in the harness) without counting a change.
+    let before = *changes.borrow_and_update();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(watch.list_kind(Kind::Service, Some("early")).len(), 1);
+    assert_eq!(*changes.borrow(), before, "heartbeats are not changes");
+
+    // A dropped registration stops heartbeating and expires: the expiry marker
+    // reaches the watch.
+    drop(early);
+    let expired = eventually(Duration::from_secs(15), || async {
+        watch
+            .list_kind(Kind::Service, Some("early"))
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(expired.is_some(), "the watch still shows an expired entry");
+}
+
+#[tokio::test]
+async fn reading_the_registry_creates_no_consumers() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let registry = Registry::open(&bus).await.unwrap();
+    let _kept = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "s",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    let consumers = || async {
+        bus.jetstream()
+            .get_stream("KV_weft_registry")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
     };
-    let err = weft_bus::resources::ensure(&bus, &other).await.unwrap_err();
-    assert_eq!(err.kind(), weft_bus::ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("WEFT_EVENTS"), "{err}");
+    for _ in 0..50 {
+        assert_eq!(registry.list().await.unwrap().len(), 1);
+        registry.list_kind(Kind::Service, Some("s")).await.unwrap();
+    }
+    assert_eq!(
+        consumers().await,
+        0,
+        "one-shot listings left consumers behind"
+    );
+    let watch = bus.registry_watch().await.unwrap();
+    for _ in 0..50 {
+        assert_eq!(bus.registry_watch().await.unwrap().len(), 1);
+    }
+    assert_eq!(watch.len(), 1);
+    assert_eq!(
+        consumers().await,
+        1,
+        "one watch per connection, whatever the reads"
+    );
 }

@@ -124,7 +124,7 @@ pub async fn start(bus: &Bus) -> weft_bus::Result<Tickets> {
         bucket_config(
             &bus.names().bucket("tickets"),
             "Support desk demo: tickets",
-            1,
+            weft_bus::resources::mesh_replicas(bus).await?,
         ),
     )
     .await?;
