@@ -380,7 +380,7 @@ impl Agent {
                     return Err(AgentError::Tool {
                         agent: self.name.clone(),
                         tool: record.name.clone(),
-                        error: error.clone(),
+                        error: Box::new(error.clone()),
                     });
                 }
                 request.messages.push(Message::tool(call.id, content));
@@ -866,7 +866,7 @@ pub enum AgentError {
         /// The tool name.
         tool: String,
         /// The tool call's error.
-        error: ErrorPayload,
+        error: Box<ErrorPayload>,
     },
 }
 

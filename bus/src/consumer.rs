@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `Ok(())` | ack |
 //! | [`DeliveryError::Retry`] | nak with the [`RetryPolicy`]'s delay; when the policy does not retry or [`DurableConfig::max_deliver`] deliveries are spent: dead letter |
+//! | [`DeliveryError::RetryAfter`] | as `Retry`, with the handler's own delay instead of the policy's (e.g. a flow step's retry policy) |
 //! | [`DeliveryError::Permanent`] | dead letter at once |
 //! | a panic | caught ([`RecoverLayer`]) and treated as [`DeliveryError::Retry`] |
 //! | over [`DurableConfig::handler_timeout`] | cancelled and treated as [`DeliveryError::Retry`] |
@@ -300,6 +301,11 @@ pub enum DeliveryError {
     /// Try again later (nak with the retry policy's delay).
     #[error("{0}")]
     Retry(String),
+    /// Try again after this delay, the handler's own schedule rather than the
+    /// consumer's [`RetryPolicy`] (a flow step's retry policy, say). Max deliveries
+    /// still apply.
+    #[error("{1}")]
+    RetryAfter(Duration, String),
     /// Trying again cannot help: dead letter now.
     #[error("{0}")]
     Permanent(String),
@@ -817,29 +823,30 @@ impl Ctx {
             return;
         };
         let failure = &Failure::of(msg, attempt);
-        match error {
-            DeliveryError::Retry(reason) => {
-                match self.config.retry.delay(failure.attempt) {
-                    Some(delay) if failure.attempt < self.config.max_deliver => {
-                        self.note_failure(failure, &reason).await;
-                        self.series.nak.inc();
-                        tracing::info!(consumer = %name, subject = %failure.subject, attempt = failure.attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying later");
-                        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                            tracing::warn!(consumer = %name, error = %e, "nak failed; the message will be redelivered after the ack wait");
-                        }
-                    }
-                    _ => {
-                        // Dead-lettered now: read the first failure, write nothing.
-                        let first = self.first_failure(failure).await;
-                        self.dead_letter(msg, failure, Reason::RetriesSpent, reason, first)
-                            .await
-                    }
-                }
-            }
+        let (delay, reason) = match error {
             DeliveryError::Permanent(reason) => {
                 let first = self.first_failure(failure).await;
                 self.dead_letter(msg, failure, Reason::Permanent, reason, first)
                     .await;
+                return;
+            }
+            DeliveryError::Retry(reason) => (self.config.retry.delay(failure.attempt), reason),
+            DeliveryError::RetryAfter(delay, reason) => (Some(delay), reason),
+        };
+        match delay {
+            Some(delay) if failure.attempt < self.config.max_deliver => {
+                self.note_failure(failure, &reason).await;
+                self.series.nak.inc();
+                tracing::info!(consumer = %name, subject = %failure.subject, attempt = failure.attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying later");
+                if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(consumer = %name, error = %e, "nak failed; the message will be redelivered after the ack wait");
+                }
+            }
+            _ => {
+                // Dead-lettered now: read the first failure, write nothing.
+                let first = self.first_failure(failure).await;
+                self.dead_letter(msg, failure, Reason::RetriesSpent, reason, first)
+                    .await
             }
         }
     }

@@ -302,6 +302,49 @@ pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Re
     Ok(report)
 }
 
+/// Delivers one event envelope again to the durable consumer `consumer`, and to no
+/// other: publishes it to `P.replay.<consumer>.<event_type>` under `Nats-Msg-Id`
+/// `msg_id` (so a retried call inside the de-duplication window is stored once) and
+/// waits for the JetStream ack. Returns the stream sequence of the copy. For callers
+/// that hold an event outside the stream, e.g. a flow run's trigger (`weft flow
+/// retry`).
+///
+/// # Errors
+/// As [`to_consumer`]; also [`ErrorKind::InvalidConfig`] when none of the
+/// consumer's patterns matches the envelope's event type, and
+/// [`ErrorKind::InvalidSubject`] when that event type is invalid.
+pub async fn envelope_to_consumer(
+    bus: &Bus,
+    consumer: &str,
+    envelope: &Envelope,
+    msg_id: &str,
+) -> Result<u64> {
+    let event_type: crate::subject::EventType = envelope.event_type.parse()?;
+    let patterns = replay_patterns(bus, consumer).await?;
+    if !patterns.iter().any(|p| p.matches(&event_type)) {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("consumer {consumer} does not take {event_type} events"),
+        ));
+    }
+    let mut headers = crate::publish::headers_for(envelope);
+    headers.insert(MSG_ID_HEADER, msg_id);
+    let ack = send_to_stream(
+        bus,
+        bus.subjects().replay(consumer, &event_type),
+        headers,
+        envelope.to_bytes()?.into(),
+    )
+    .await?
+    .wait(Some(&bus.names().events_stream))
+    .await;
+    metrics::bus()
+        .replays
+        .with_label_values(&["stream", if ack.is_ok() { "ok" } else { "error" }])
+        .inc();
+    Ok(ack?.sequence)
+}
+
 fn replayed(report: &mut ReplayReport) {
     report.replayed += 1;
     metrics::bus()

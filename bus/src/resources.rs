@@ -162,8 +162,8 @@ struct Wanted {
 }
 
 enum Create {
-    Stream(stream::Config),
-    Bucket(kv::Config),
+    Stream(Box<stream::Config>),
+    Bucket(Box<kv::Config>),
 }
 
 /// Creates the mesh's streams and buckets, or accepts and upgrades those that exist
@@ -201,7 +201,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             duplicate_window: Some(config.duplicate_window),
             markers: None,
             recreatable: false,
-            create: Create::Stream(config),
+            create: Create::Stream(Box::new(config)),
         }
     };
     let wanted = vec![
@@ -289,7 +289,7 @@ fn bucket_wanted(config: kv::Config, recreatable: bool) -> Wanted {
         duplicate_window: None,
         markers: config.limit_markers,
         recreatable,
-        create: Create::Bucket(config),
+        create: Create::Bucket(Box::new(config)),
     }
 }
 
@@ -431,12 +431,12 @@ fn human(d: Duration) -> String {
 async fn create(js: &jetstream::Context, w: &Wanted) -> Result<()> {
     match &w.create {
         Create::Stream(config) => js
-            .create_stream(config.clone())
+            .create_stream((**config).clone())
             .await
             .map(drop)
             .map_err(|e| classify(&w.what, e)),
         Create::Bucket(config) => js
-            .create_key_value(config.clone())
+            .create_key_value((**config).clone())
             .await
             .map(drop)
             .map_err(|e| classify(&w.what, e)),

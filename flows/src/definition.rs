@@ -18,11 +18,20 @@
 //! Step kinds: `invoke` (a service endpoint, `service` or `service.endpoint`), `agent`
 //! (an agent's `chat`), `publish` (a durable event). A step's `input` is a JSON
 //! template (see [`crate::template`]).
+//!
+//! Each step has `timeout_ms` (one attempt, default 30 000), `max_attempts` (default
+//! 10) and `retry`, the delay before the next attempt after a retryable failure
+//! (default exponential from 1 s up to 5 min with bounded jitter, so 10 attempts span
+//! about 13 minutes: a few seconds or minutes of trouble do not fail a run). `retry`
+//! takes the forms of [`RetryPolicy`], e.g.
+//! `{"kind": "exponential", "initial_ms": 500, "max_ms": 60000}` or
+//! `{"kind": "fixed", "delay_ms": 2000}`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use weft_bus::retry::RetryPolicy;
 use weft_bus::subject::{EventPattern, EventType, ServiceName, Target, validate_token};
 
 use crate::error::FlowError;
@@ -67,16 +76,26 @@ pub struct Step {
     /// How long one attempt may take, in ms. Default 30 000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts before the step (and the run) fails. Default 3.
+    /// Attempts before the step (and the run) fails. Default 10.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Delay before the next attempt after a retryable failure. Default
+    /// [`default_step_retry`]: exponential from 1 s up to 5 min, bounded jitter.
+    #[serde(default = "default_step_retry")]
+    pub retry: RetryPolicy,
 }
 
 fn default_timeout_ms() -> u64 {
     30_000
 }
 fn default_attempts() -> u32 {
-    3
+    10
+}
+
+/// The default retry policy of a step: exponential from 1 s up to 5 min, base 2,
+/// bounded jitter (attempts 1–10 wait about 1, 2, 4 … 256, 300 s).
+pub fn default_step_retry() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(300)).expect("1 s ≤ 5 min")
 }
 
 impl Step {
@@ -87,6 +106,7 @@ impl Step {
             input,
             timeout_ms: default_timeout_ms(),
             max_attempts: default_attempts(),
+            retry: default_step_retry(),
         }
     }
 
@@ -111,9 +131,15 @@ impl Step {
         self
     }
 
-    /// Sets the attempts before failing. Default 3.
+    /// Sets the attempts before failing. Default 10.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Sets the delay before the next attempt. Default [`default_step_retry`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 

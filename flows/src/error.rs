@@ -22,4 +22,12 @@ pub enum FlowError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] weft_bus::Error),
+    /// A run asked to resume has not failed.
+    #[error("run {run} is {status}, not failed: only failed runs resume")]
+    NotFailed {
+        /// Run id.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
 }

@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! run:   running ──▶ completed
-//!           └──────▶ failed
+//!           │  ▲
+//!           ▼  │ (resume: `weft flow retry`, or its trigger replayed)
+//!         failed
 //! step:  pending ──▶ running ──▶ completed
 //!                       │  ▲
-//!                       ▼  │ (retry: attempt < max_attempts)
+//!                       ▼  │ (retry: attempt < max_attempts, or the run resumed)
 //!                     failed
 //! ```
 //!
@@ -102,8 +104,15 @@ pub struct Run {
     /// Why the run failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How many times the run was resumed after failing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
     /// The trigger envelope, for templates.
     pub trigger: Envelope,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 const RUN_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5eb1_7a2c_0f1e_4d3b_9a8c_77e5_1d2f_0b3a);
@@ -138,6 +147,7 @@ impl Run {
             created_at: now.clone(),
             updated_at: now,
             error: None,
+            resumed: 0,
             trigger,
         }
     }
@@ -191,6 +201,28 @@ impl Run {
         }
     }
 
+    /// `failed → running`: the run goes on from its failed step, whose attempts start
+    /// again from 0 (completed steps keep their outputs and never run again). Returns
+    /// false, changing nothing, when the run has not failed.
+    pub fn resume(&mut self) -> bool {
+        if self.status != RunStatus::Failed {
+            return false;
+        }
+        let now = now_rfc3339();
+        if let Some(s) = self
+            .steps
+            .iter_mut()
+            .find(|s| s.status == StepStatus::Failed)
+        {
+            s.attempts = 0;
+        }
+        self.status = RunStatus::Running;
+        self.error = None;
+        self.resumed += 1;
+        self.updated_at = now;
+        true
+    }
+
     /// The template context: `trigger`, `steps.<name>.output`, `run.id`, `flow.name`.
     pub fn context(&self) -> Value {
         let steps: serde_json::Map<String, Value> = self
@@ -211,22 +243,36 @@ impl Run {
     }
 
     /// The listing shape `weft flow runs --json` prints:
-    /// `{id, flow, trigger_event_id, status, steps: [{name, status, attempts,
-    /// started_at, finished_at}]}`.
+    /// `{id, flow, trigger_event_id, status, error?, resumed, created_at, updated_at,
+    /// steps: [{name, status, attempts, started_at, finished_at, error?}]}`; `error` is
+    /// there when the run or step failed.
     pub fn summary(&self) -> Value {
-        serde_json::json!({
+        let mut run = serde_json::json!({
             "id": self.id,
             "flow": self.flow,
             "trigger_event_id": self.trigger_event_id,
             "status": self.status,
-            "steps": self.steps.iter().map(|s| serde_json::json!({
-                "name": s.name,
-                "status": s.status,
-                "attempts": s.attempts,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-            })).collect::<Vec<_>>(),
-        })
+            "resumed": self.resumed,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "steps": self.steps.iter().map(|s| {
+                let mut step = serde_json::json!({
+                    "name": s.name,
+                    "status": s.status,
+                    "attempts": s.attempts,
+                    "started_at": s.started_at,
+                    "finished_at": s.finished_at,
+                });
+                if let Some(e) = &s.error {
+                    step["error"] = Value::String(e.clone());
+                }
+                step
+            }).collect::<Vec<_>>(),
+        });
+        if let Some(e) = &self.error {
+            run["error"] = Value::String(e.clone());
+        }
+        run
     }
 }
 
@@ -272,6 +318,35 @@ mod tests {
         assert_eq!(run.status, RunStatus::Failed);
         assert!(run.error.as_deref().unwrap().contains("boom"));
         assert_eq!(run.next_step(), None);
-        assert_eq!(run.summary()["status"], "failed");
+        let summary = run.summary();
+        assert_eq!(summary["status"], "failed");
+        assert!(
+            summary["error"].as_str().unwrap().contains("boom"),
+            "{summary}"
+        );
+        assert_eq!(summary["steps"][0]["error"], "boom");
+    }
+
+    #[test]
+    fn a_failed_run_resumes_at_its_failed_step() {
+        let mut run = Run::new(&flow(), Envelope::new("a.b"));
+        assert!(!run.resume(), "a running run does not resume");
+        run.start_step(0);
+        run.complete_step(0, json!("kept"));
+        run.start_step(1);
+        run.start_step(1);
+        run.fail_step(1, "down".into(), true);
+        assert!(run.resume());
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(run.error, None);
+        assert_eq!(run.resumed, 1);
+        assert_eq!(run.next_step(), Some(1), "completed steps do not run again");
+        assert_eq!(run.steps[0].output, Some(json!("kept")));
+        assert_eq!(
+            run.steps[1].attempts, 0,
+            "the failed step's attempts start over"
+        );
+        assert_eq!(run.summary()["resumed"], 1);
+        assert!(!run.resume(), "resuming twice is one resume");
     }
 }

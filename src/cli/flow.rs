@@ -1,4 +1,4 @@
-//! `weft flow runs` and `weft flow worker`.
+//! `weft flow runs`, `weft flow retry` and `weft flow worker`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +12,17 @@ use super::{Global, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum FlowCommand {
-    /// List runs (of one flow, or all) with their status and per-step state.
+    /// List runs (of one flow, or all) with their status, per-step state and, for
+    /// failed runs, why.
     Runs(RunsArgs),
+    /// Resume failed runs from their failed step (completed steps do not run again).
+    /// The run's trigger goes back to its flow's worker: its dead letter is replayed
+    /// (and removed from the DLQ) when there is one. Examples:
+    ///
+    ///   weft flow retry 0b6c…-run-id
+    ///   weft flow retry --all --flow triage --status failed --since 1h
+    #[command(verbatim_doc_comment)]
+    Retry(RetryArgs),
     /// Run flows from JSON definition files until Ctrl-C or SIGTERM. Workers of the
     /// same flow share its trigger consumer, so runs spread over them.
     Worker(WorkerArgs),
@@ -26,6 +35,25 @@ pub struct RunsArgs {
     /// Show at most the newest N runs.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["run", "all"])))]
+pub struct RetryArgs {
+    /// The run to resume (its id, from `weft flow runs`).
+    pub run: Option<String>,
+    /// Every run that matches --flow, --status and --since.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only runs of this flow.
+    #[arg(long, requires = "all")]
+    pub flow: Option<String>,
+    /// With --all: runs in this status (only failed runs resume).
+    #[arg(long, requires = "all", default_value = "failed", value_parser = ["failed"])]
+    pub status: String,
+    /// With --all: only runs that changed within this long, e.g. `30m`, `2h`.
+    #[arg(long, requires = "all", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +75,7 @@ pub struct WorkerArgs {
 pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
     match cmd {
         FlowCommand::Runs(args) => runs(g, args).await,
+        FlowCommand::Retry(args) => retry(g, args).await,
         FlowCommand::Worker(args) => run_worker(g, args).await,
     }
 }
@@ -95,8 +124,78 @@ async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
         );
         if let Some(e) = &r.error {
             println!("    error: {e}");
+            println!("    (resume it with `weft flow retry {}`)", r.id);
         }
     }
+    Ok(())
+}
+
+async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
+    let bus = g.connect().await?;
+    let all = RunStore::open(&bus)
+        .await?
+        .list(args.flow.as_deref())
+        .await?;
+    let chosen: Vec<weft_flows::Run> = match &args.run {
+        Some(id) => vec![
+            all.into_iter()
+                .find(|r| &r.id == id)
+                .with_context(|| format!("no run {id} (see `weft flow runs`)"))?,
+        ],
+        None => {
+            let cutoff = args.since.map(|d| time::OffsetDateTime::now_utc() - d);
+            all.into_iter()
+                .filter(|r| r.status.as_str() == args.status)
+                .filter(|r| {
+                    cutoff.is_none_or(|c| {
+                        time::OffsetDateTime::parse(
+                            &r.updated_at,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .is_ok_and(|t| t >= c)
+                    })
+                })
+                .collect()
+        }
+    };
+    let results = worker::resume(&bus, &chosen).await?;
+    let mut failures = 0;
+    let mut out = Vec::new();
+    for (run, result) in chosen.iter().zip(results) {
+        match result {
+            Ok(how) => {
+                if !g.json {
+                    let via = match &how {
+                        worker::Resumed::DeadLetter { id } => format!("dead letter {id} replayed"),
+                        worker::Resumed::Trigger { .. } => "trigger republished".into(),
+                    };
+                    println!("resuming run {} of {} ({via})", run.id, run.flow);
+                }
+                out.push(serde_json::json!({"run": run.id, "flow": run.flow, "resumed": how}));
+            }
+            Err(e) => {
+                failures += 1;
+                if !g.json {
+                    eprintln!("error: run {}: {e}", run.id);
+                }
+                out.push(
+                    serde_json::json!({"run": run.id, "flow": run.flow, "error": e.to_string()}),
+                );
+            }
+        }
+    }
+    if g.json {
+        print_json(&out)?;
+    } else if chosen.is_empty() {
+        println!("no runs match");
+    } else {
+        println!("(`weft flow runs` shows them continue)");
+    }
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} of {} runs could not be resumed",
+        chosen.len()
+    );
     Ok(())
 }
 

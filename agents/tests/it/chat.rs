@@ -398,3 +398,45 @@ async fn a_tool_that_times_out_fails_the_chat_retryably() {
         remote.message
     );
 }
+
+/// Each chat reads the agent's tools from the registry. Through the connection's one
+/// registry watch that costs no server request, so many chats leave the registry's
+/// stream with one consumer (the watch), not one per chat (which once piled up until
+/// the server refused more, error 10026).
+#[tokio::test]
+async fn many_chats_keep_the_registry_consumers_bounded() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (_tickets, calls) = tickets_service(&bus).await;
+    let _agent = serve_support(&bus, recording()).await;
+    let consumers = || async {
+        bus.jetstream()
+            .get_stream("KV_weft_registry")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
+    };
+    let chats: Vec<_> = (0..200)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.invoke(&support(), json!("how many tickets are open"))
+                    .await
+            })
+        })
+        .collect();
+    for chat in chats {
+        let out = chat.await.unwrap().expect("chat");
+        assert_eq!(out["tool_calls"][0]["name"], "tickets_list");
+    }
+    assert_eq!(calls.list(), 200);
+    assert!(
+        consumers().await <= 1,
+        "{} consumers on the registry after 200 chats",
+        consumers().await
+    );
+}

@@ -134,6 +134,22 @@ impl CircuitBreakerLayer {
     }
 }
 
+impl CircuitBreakerLayer {
+    /// How long until `target`'s open circuit lets a trial call through: `None` when
+    /// it is closed, `Some(ZERO)` when a trial may go now (or one is in flight). A
+    /// caller refused with [`ErrorKind::Rejected`] waits this long instead of counting
+    /// the refusal as a failed attempt (flow steps do).
+    pub fn reopens_in(&self, target: &str) -> Option<Duration> {
+        let circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        let c = circuits.get(target)?;
+        match c.state {
+            BreakerState::Closed => None,
+            BreakerState::Open => Some(self.config.open_for.saturating_sub(c.opened_at.elapsed())),
+            BreakerState::HalfOpen => Some(Duration::ZERO),
+        }
+    }
+}
+
 impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
     fn layer(&self, inner: S) -> CircuitBreaker<S> {

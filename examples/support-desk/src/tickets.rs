@@ -2,12 +2,16 @@
 //! KV bucket `<prefix>_tickets`.
 //!
 //! - `classify`: `{title, body?}` → `{category, priority}` (keyword rules);
-//! - `get`: `{id}` → the ticket, or `NOT_FOUND`;
+//! - `get`: `{id, wait_ms?}` → the ticket, or `NOT_FOUND`; with `wait_ms` (at most
+//!   10 000) it waits that long for a ticket whose `ticket.created` event is still on
+//!   its way to the store (the triage flow's draft step asks right after the event);
 //! - `list`: `{status?}` → `{tickets: [...], count}`.
 //!
 //! Tickets are stored by the durable subscriber `tickets_store` on `ticket.>`: a
 //! `ticket.created` event becomes an open ticket whose id is the event id; a
 //! `ticket.triaged` event adds the classification and the drafted reply.
+
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
@@ -16,6 +20,9 @@ use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableC
 use weft_bus::resources::{bucket_config, create_bucket};
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::{Bus, ErrorCode, ErrorPayload};
+
+/// The longest wait `get` accepts: 10 000 ms.
+pub const MAX_GET_WAIT_MS: u64 = 10_000;
 
 /// A stored ticket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,16 +179,31 @@ pub async fn start(bus: &Bus) -> weft_bus::Result<Tickets> {
                     if weft_bus::subject::validate_token("ticket id", &id).is_err() {
                         return Err(not_found(&id));
                     }
-                    match kv.get(&id).await.map_err(store_failure)? {
-                        Some(bytes) => serde_json::from_slice(&bytes).map_err(store_failure),
-                        None => Err(not_found(&id)),
+                    let wait = req.payload()["wait_ms"].as_u64().unwrap_or(0).min(MAX_GET_WAIT_MS);
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+                    let mut pause = Duration::from_millis(20);
+                    loop {
+                        if let Some(bytes) = kv.get(&id).await.map_err(store_failure)? {
+                            return serde_json::from_slice(&bytes).map_err(store_failure);
+                        }
+                        if tokio::time::Instant::now() + pause > deadline {
+                            return Err(not_found(&id));
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(250));
                     }
                 }
             })
             .description("Get one ticket by id")
             .input_schema(json!({
                 "type": "object",
-                "properties": {"id": {"type": "string", "description": "ticket id"}},
+                "properties": {
+                    "id": {"type": "string", "description": "ticket id"},
+                    "wait_ms": {
+                        "type": "integer", "minimum": 0, "maximum": MAX_GET_WAIT_MS,
+                        "description": "wait up to this many ms for a ticket created just now"
+                    }
+                },
                 "required": ["id"]
             })),
         )

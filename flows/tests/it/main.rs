@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use weft_bus::ErrorPayload;
+use weft_bus::retry::RetryPolicy;
 use weft_bus::service::{Endpoint, Request, Service};
 use weft_bus::testing::{TestServer, eventually};
 use weft_flows::worker::{self, WorkerConfig};
@@ -16,10 +17,14 @@ use weft_flows::{Flow, Run, RunStatus, RunStore, Step, StepStatus};
 fn fast() -> WorkerConfig {
     WorkerConfig {
         ack_wait: Duration::from_secs(2),
-        retry_delay: Duration::from_millis(100),
+        store_retry: RetryPolicy::fixed(Duration::from_millis(100)),
         concurrency: 4,
         ..WorkerConfig::default()
     }
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy::fixed(Duration::from_millis(100))
 }
 
 async fn wait_for_run(store: &RunStore, flow: &str, status: RunStatus) -> Run {
@@ -157,11 +162,8 @@ async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() {
         .serve(&bus)
         .await
         .unwrap();
-    let ok = Flow::new("recovers", "a.b".parse().unwrap()).step(Step::invoke(
-        "s",
-        "flaky.once".parse().unwrap(),
-        json!({}),
-    ));
+    let ok = Flow::new("recovers", "a.b".parse().unwrap())
+        .step(Step::invoke("s", "flaky.once".parse().unwrap(), json!({})).retry(quick_retry()));
     let bad = Flow::new("breaks", "c.d".parse().unwrap())
         .step(Step::invoke("s", "flaky.never".parse().unwrap(), json!({})))
         .step(Step::publish(
@@ -192,6 +194,178 @@ async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() {
         run.error
     );
     assert_eq!(run.steps[1].status, StepStatus::Pending);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_run_is_dead_lettered_and_resumes_from_its_failed_step() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (firsts, seconds) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, f, s2) = (healthy.clone(), firsts.clone(), seconds.clone());
+    let _svc = Service::new("dep", "1.0.0")
+        .endpoint(Endpoint::new("first", move |_r: Request| {
+            let f = f.clone();
+            async move {
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(json!("one"))
+            }
+        }))
+        .endpoint(Endpoint::new("second", move |_r: Request| {
+            let (h, s2) = (h.clone(), s2.clone());
+            async move {
+                s2.fetch_add(1, Ordering::SeqCst);
+                if h.load(Ordering::SeqCst) {
+                    Ok(json!("two"))
+                } else {
+                    Err(
+                        ErrorPayload::new(weft_bus::ErrorCode::AgentUnavailable, "down")
+                            .retryable(),
+                    )
+                }
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::new("resumable", "job.queued".parse().unwrap())
+        .step(Step::invoke(
+            "first",
+            "dep.first".parse().unwrap(),
+            json!({}),
+        ))
+        .step(
+            Step::invoke("second", "dep.second".parse().unwrap(), json!({}))
+                .max_attempts(2)
+                .retry(quick_retry()),
+        );
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let trigger = bus
+        .publish(&"job.queued".parse().unwrap(), json!({"job": 1}))
+        .await
+        .unwrap();
+    let store = RunStore::open(&bus).await.unwrap();
+    let run = wait_for_run(&store, "resumable", RunStatus::Failed).await;
+    assert_eq!(run.steps[1].attempts, 2);
+    assert!(run.summary()["error"].as_str().unwrap().contains("down"));
+
+    // Its trigger is a dead letter carrying the run's error.
+    let letter = eventually(Duration::from_secs(5), || async {
+        weft_bus::dlq::list(&bus, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await
+    .expect("the failed run's trigger was not dead-lettered");
+    let dead = letter.letter.as_ref().unwrap();
+    assert_eq!(dead.consumer, "flow_resumable");
+    assert_eq!(dead.reason, weft_bus::dlq::Reason::Permanent);
+    assert!(
+        dead.last_error.contains(&run.id) && dead.last_error.contains("down"),
+        "{}",
+        dead.last_error
+    );
+    assert_eq!(letter.envelope.as_ref().unwrap().event_id, trigger.event_id);
+
+    // The dependency is back; resuming runs the failed step again, not the first.
+    healthy.store(true, Ordering::SeqCst);
+    let results = worker::resume(&bus, std::slice::from_ref(&run))
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0].as_ref().unwrap(),
+        &worker::Resumed::DeadLetter { id: letter.id }
+    );
+    let done = wait_for_run(&store, "resumable", RunStatus::Completed).await;
+    assert_eq!(done.resumed, 1);
+    assert_eq!(done.steps[1].attempts, 1, "attempts start over on resume");
+    assert_eq!(
+        firsts.load(Ordering::SeqCst),
+        1,
+        "a completed step ran again"
+    );
+    assert_eq!(seconds.load(Ordering::SeqCst), 3);
+    assert!(
+        weft_bus::dlq::list(&bus, None).await.unwrap().is_empty(),
+        "the replayed dead letter is removed"
+    );
+    // Only failed runs resume.
+    let again = worker::resume(&bus, std::slice::from_ref(&done))
+        .await
+        .unwrap();
+    assert!(matches!(
+        again[0],
+        Err(weft_flows::FlowError::NotFailed { .. })
+    ));
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn steps_wait_for_an_open_circuit_instead_of_spending_attempts() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("fragile", "1.0.0")
+        .endpoint(Endpoint::new("call", move |_r: Request| {
+            let c = c.clone();
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(
+                        ErrorPayload::new(weft_bus::ErrorCode::AgentUnavailable, "overloaded")
+                            .retryable(),
+                    )
+                } else {
+                    Ok(json!("ok"))
+                }
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    // One attempt only: a refused call that counted as an attempt would fail its run.
+    let flow = Flow::new("careful", "work.item".parse().unwrap())
+        .step(Step::invoke("call", "fragile.call".parse().unwrap(), json!({})).max_attempts(1));
+    let config = WorkerConfig {
+        breaker: weft_bus::middleware::BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_millis(1500),
+        },
+        ..fast()
+    };
+    let handle = worker::start(&bus, vec![flow], config).await.unwrap();
+    let t: weft_bus::EventType = "work.item".parse().unwrap();
+    bus.publish(&t, json!(0)).await.unwrap();
+    let store = RunStore::open(&bus).await.unwrap();
+    // The first call failed: its run failed and the circuit is open now.
+    wait_for_run(&store, "careful", RunStatus::Failed).await;
+    for i in 1..=3 {
+        bus.publish(&t, json!(i)).await.unwrap();
+    }
+    let completed = eventually(Duration::from_secs(15), || async {
+        let runs = store.list(Some("careful")).await.unwrap();
+        let done: Vec<Run> = runs
+            .into_iter()
+            .filter(|r| r.status == RunStatus::Completed)
+            .collect();
+        (done.len() == 3).then_some(done)
+    })
+    .await
+    .expect("runs refused by the open circuit did not complete after it closed");
+    for run in completed {
+        assert_eq!(
+            run.steps[0].attempts, 1,
+            "a refused call counted as an attempt"
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "refused calls never reach the service"
+    );
     handle.stop().await;
 }
 
