@@ -37,6 +37,7 @@ async fn bench_reports_every_figure_and_cleans_up() {
             "durable_consume",
             "flow_runs",
             "flow_steps",
+            "agent_chat",
         ]
     );
     for f in figures {
@@ -51,7 +52,7 @@ async fn bench_reports_every_figure_and_cleans_up() {
         };
         assert_eq!(f["better"], expected, "{f}");
         assert!(f["counts"]["weft"]["ops"].as_u64().unwrap() > 0, "{f}");
-        if name.starts_with("flow_") {
+        if name.starts_with("flow_") || name == "agent_chat" {
             assert!(f["raw"].is_null() && f["ratio"].is_null(), "{f}");
             continue;
         }
@@ -67,6 +68,15 @@ async fn bench_reports_every_figure_and_cleans_up() {
         figures[6]["ceiling"].as_f64().unwrap() > 0.0,
         "{}",
         figures[6]
+    );
+    // However many chats ran, the registry has one consumer: the agent's watch.
+    assert!(
+        figures[8]["note"]
+            .as_str()
+            .unwrap()
+            .contains("1 consumer(s) on the registry"),
+        "{}",
+        figures[8]
     );
 
     // The bench ran under its own prefix and removed its streams and buckets.

@@ -17,6 +17,7 @@
 //! and buckets, so it never touches a mesh's events; on an existing server they are
 //! deleted at the end.
 
+mod agent;
 mod durable_consume;
 mod durable_publish;
 mod flow;
@@ -84,15 +85,19 @@ pub enum Scenario {
     DurableConsume,
     /// A 3-step flow of no-op invokes with checkpoints, runs/s and steps/s.
     Flow,
+    /// Agent chats on the scripted model with one tool call each, 16 in flight,
+    /// chats/s.
+    AgentChat,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
     Scenario::Pubsub,
     Scenario::DurablePublish,
     Scenario::InvokeLatency,
     Scenario::InvokeThroughput,
     Scenario::DurableConsume,
     Scenario::Flow,
+    Scenario::AgentChat,
 ];
 
 /// Which way a figure improves.
@@ -457,6 +462,7 @@ async fn run_scenarios(
                 Scenario::InvokeThroughput => invoke::throughput(b).await.map(|f| vec![f]),
                 Scenario::DurableConsume => durable_consume::run(b).await.map(|f| vec![f]),
                 Scenario::Flow => flow::run(b).await,
+                Scenario::AgentChat => agent::run(b).await.map(|f| vec![f]),
             };
             let got = got.with_context(|| format!("bench scenario {name}"))?;
             if rounds > 1 {
