@@ -5,6 +5,7 @@ mod bench;
 mod dashboards;
 mod demo;
 mod dlq;
+mod faults;
 mod processes;
 mod stream;
 mod traces;

@@ -14,13 +14,13 @@ use weft_flows::{RunStatus, RunStore, StepStatus};
 
 use crate::Proc;
 
-fn write_flow(dir: &std::path::Path, name: &str, flow: serde_json::Value) -> String {
+pub(crate) fn write_flow(dir: &std::path::Path, name: &str, flow: serde_json::Value) -> String {
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, flow.to_string()).unwrap();
     path.to_string_lossy().into_owned()
 }
 
-async fn wait_registered(registry: &Registry, name: &str) {
+pub(crate) async fn wait_registered(registry: &Registry, name: &str) {
     let found = eventually(Duration::from_secs(20), || async {
         (!registry
             .list_kind(Kind::Flow, Some(name))
