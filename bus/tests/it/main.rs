@@ -6,4 +6,5 @@ mod invoke;
 mod middleware;
 mod registry;
 mod replay;
+mod security;
 mod stream;
