@@ -223,3 +223,24 @@ impl From<EnvelopeError> for Error {
 
 /// `Result` with the bus [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ErrorCode;
+
+    #[test]
+    fn lost_connections_are_retryable_transport_failures_and_denials_are_auth_failures() {
+        let lost = Error::new(ErrorKind::Disconnected, "lost");
+        assert!(lost.is_retryable());
+        let payload = ErrorPayload::from(&lost);
+        assert_eq!(payload.code, ErrorCode::TransportFailure);
+        assert!(payload.retryable);
+
+        let denied = Error::new(ErrorKind::Permission, "denied");
+        assert!(!denied.is_retryable());
+        let payload = ErrorPayload::from(&denied);
+        assert_eq!(payload.code, ErrorCode::AuthFailure);
+        assert!(!payload.retryable);
+    }
+}

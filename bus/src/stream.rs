@@ -266,7 +266,7 @@ fn streams() -> &'static IntCounterVec {
     M.get_or_init(|| {
         crate::metrics::counter(
             "weft_streams_total",
-            "Streaming invokes by callers, by target and outcome (final, error, cancelled, timeout, idle_timeout, protocol, no_responders, transport)",
+            "Streaming invokes by callers, by target and outcome (final, error, cancelled, timeout, idle_timeout, protocol, no_responders, disconnected, denied, transport)",
             &["target", "outcome"],
         )
     })
