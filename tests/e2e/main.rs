@@ -6,6 +6,7 @@ mod dashboards;
 mod demo;
 mod dlq;
 mod processes;
+mod security;
 mod stream;
 mod traces;
 
