@@ -166,14 +166,30 @@ impl ConnectOptions {
 
     /// Connects.
     ///
+    /// The connection's events are watched (an async-nats event callback): when the
+    /// connection is lost, requests waiting for a reply fail at once with
+    /// [`ErrorKind::Disconnected`], and when the server refuses a publish to a subject
+    /// (a permissions violation), requests sent to it fail with
+    /// [`ErrorKind::Permission`]. The client reconnects on its own; requests made while
+    /// it is disconnected are buffered and sent when it is back.
+    ///
     /// # Errors
-    /// [`ErrorKind::Connect`] naming the server tried, when the server cannot be
-    /// reached, refuses the credentials or a credentials file cannot be read.
+    /// [`ErrorKind::Connect`] naming the server tried (and the credentials used, never
+    /// a secret), when the server cannot be reached, TLS verification fails, the server
+    /// refuses the credentials, or a credentials, certificate or key file cannot be
+    /// read (the message names the file).
     pub async fn connect(self) -> Result<Bus> {
+        let url = redact(&self.url);
+        let waiters = Arc::new(crate::reply::Waiters::default());
+        let events = (waiters.clone(), url.clone());
         let mut o = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
-            .retain_servers_order();
+            .retain_servers_order()
+            .event_callback(move |event| {
+                events.0.on_event(&event, &events.1);
+                std::future::ready(())
+            });
         if let Some(path) = &self.creds_file {
             o = o.credentials_file(path).await.map_err(|e| {
                 Error::with_source(
@@ -190,13 +206,27 @@ impl ConnectOptions {
             o = o.user_and_password(u.clone(), p.clone());
         }
         if let Some(seed) = &self.nkey_seed {
+            // Checked here: async-nats would only fail at the server's challenge, with
+            // a message that does not say the seed is malformed.
+            nkeys::KeyPair::from_seed(seed).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Connect,
+                    "the nkey seed is not a valid user seed (expected `SU…`)",
+                    e,
+                )
+            })?;
             o = o.nkey(seed.clone());
         }
         if let Some(ca) = &self.tls_ca {
+            readable(ca, "TLS CA file")?;
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let Some((cert, key)) = &self.tls_client {
-            o = o.add_client_certificate(cert.clone(), key.clone());
+            readable(cert, "TLS client certificate")?;
+            readable(key, "TLS client key")?;
+            o = o
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
         }
         if let Some(name) = &self.name {
             o = o.name(name.clone());
@@ -205,7 +235,7 @@ impl ConnectOptions {
         let client = o.connect(servers.as_slice()).await.map_err(|e| {
             Error::with_source(
                 ErrorKind::Connect,
-                format!("cannot connect to NATS at {}", redact(&self.url)),
+                format!("cannot connect to NATS at {url}{}", self.describe_auth()),
                 e,
             )
         })?;
@@ -218,12 +248,56 @@ impl ConnectOptions {
                 jetstream,
                 subjects: Subjects::new(self.prefix.clone()),
                 names: Names::new(&self.prefix),
-                url: redact(&self.url),
+                url,
+                waiters,
                 replies: tokio::sync::OnceCell::new(),
                 registry: tokio::sync::OnceCell::new(),
             }),
         })
     }
+
+    /// The credentials these options use, for error messages: ` (credentials file
+    /// F, TLS CA C)`; never a password, token or seed. Empty without any.
+    fn describe_auth(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.creds_file {
+            parts.push(format!("credentials file {}", p.display()));
+        }
+        if let Some((user, _)) = &self.user_password {
+            parts.push(format!("user {user}"));
+        }
+        if self.token.is_some() {
+            parts.push("a token".to_owned());
+        }
+        if let Some(seed) = &self.nkey_seed
+            && let Ok(kp) = nkeys::KeyPair::from_seed(seed)
+        {
+            parts.push(format!("nkey {}", kp.public_key()));
+        }
+        if let Some(ca) = &self.tls_ca {
+            parts.push(format!("TLS CA {}", ca.display()));
+        }
+        if let Some((cert, _)) = &self.tls_client {
+            parts.push(format!("TLS client certificate {}", cert.display()));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// Checks that `path` can be opened, so a missing file is named in the error (the
+/// client's own error does not name it).
+fn readable(path: &std::path::Path, what: &str) -> Result<()> {
+    std::fs::File::open(path).map(drop).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Connect,
+            format!("cannot read {what} {}", path.display()),
+            e,
+        )
+    })
 }
 
 /// The URL with any password or token replaced by `***`, for messages.
@@ -243,6 +317,8 @@ struct Inner {
     subjects: Subjects,
     names: Names,
     url: String,
+    /// Requests waiting for an answer; the event callback ends them early.
+    waiters: Arc<crate::reply::Waiters>,
     replies: tokio::sync::OnceCell<crate::reply::ReplyInbox>,
     registry: tokio::sync::OnceCell<crate::registry::RegistryWatch>,
 }
@@ -301,7 +377,9 @@ impl Bus {
     pub(crate) async fn replies(&self) -> Result<&crate::reply::ReplyInbox> {
         self.inner
             .replies
-            .get_or_try_init(|| crate::reply::ReplyInbox::start(&self.inner.client))
+            .get_or_try_init(|| {
+                crate::reply::ReplyInbox::start(&self.inner.client, self.inner.waiters.clone())
+            })
             .await
     }
 
@@ -317,6 +395,11 @@ impl Bus {
             .registry
             .get_or_try_init(|| crate::registry::RegistryWatch::start(self))
             .await
+    }
+
+    /// The requests of this connection waiting for an answer (see [`crate::reply`]).
+    pub(crate) fn waiters(&self) -> &Arc<crate::reply::Waiters> {
+        &self.inner.waiters
     }
 
     /// The server URL(s) this bus connected to, credentials redacted.

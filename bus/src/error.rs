@@ -23,6 +23,14 @@ pub enum ErrorKind {
     NoResponders,
     /// An invoke (or another request) got no answer in time.
     Timeout,
+    /// The connection to NATS was lost while a request waited for its reply: the
+    /// request may or may not have been handled. Retryable (the client reconnects on
+    /// its own).
+    Disconnected,
+    /// The NATS server refused an operation because the connection's user may not do
+    /// it (a permissions violation, e.g. publishing to a subject its permissions do not
+    /// allow). Not retryable: the user's permissions must change first.
+    Permission,
     /// The remote handler answered with `agent.response.error`; see [`Error::remote`].
     Remote,
     /// A JetStream stream or consumer operation failed.
@@ -105,14 +113,17 @@ impl Error {
     }
 
     /// Whether trying again later may succeed: a remote error marked retryable, a
-    /// timeout, no responders, a transport failure, or a call a circuit breaker or
-    /// limit rejected. Invalid input, bad envelopes and conflicts are not.
+    /// timeout, no responders, a transport failure, a connection lost while waiting
+    /// ([`ErrorKind::Disconnected`]), or a call a circuit breaker or limit rejected.
+    /// Invalid input, bad envelopes, conflicts and permission denials
+    /// ([`ErrorKind::Permission`]) are not.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
             ErrorKind::Remote => self.remote.as_ref().is_some_and(|r| r.retryable),
             ErrorKind::Timeout
             | ErrorKind::NoResponders
             | ErrorKind::Publish
+            | ErrorKind::Disconnected
             | ErrorKind::Rejected => true,
             _ => false,
         }
@@ -160,9 +171,11 @@ impl std::error::Error for Error {
 /// a call it made (an agent's tool call, a gateway): a remote error is passed on as
 /// it came; otherwise timeouts are `AGENT_TIMEOUT`, no responders and rejected calls
 /// `AGENT_UNAVAILABLE`, bad names and settings `INVALID_REQUEST`, bad envelopes and
-/// broken frame streams `CODEC_FAILURE`, missing things `NOT_FOUND`, conflicts and
-/// anything else `INTERNAL`, and NATS, JetStream and KV failures `TRANSPORT_FAILURE`;
-/// `retryable` is [`Error::is_retryable`].
+/// broken frame streams `CODEC_FAILURE`, missing things `NOT_FOUND`, permission
+/// denials by the NATS server `AUTH_FAILURE`, conflicts and anything else `INTERNAL`,
+/// and NATS, JetStream and KV failures (a lost connection included)
+/// `TRANSPORT_FAILURE`; `retryable` is [`Error::is_retryable`] (see
+/// `docs/protocol.md`, "Invoke").
 impl From<&Error> for ErrorPayload {
     fn from(e: &Error) -> Self {
         use crate::envelope::ErrorCode;
@@ -176,8 +189,10 @@ impl From<&Error> for ErrorPayload {
             // Bytes that are not an envelope, or frames that break the stream protocol.
             ErrorKind::Envelope | ErrorKind::Stream => ErrorCode::CodecFailure,
             ErrorKind::NotFound => ErrorCode::Other("NOT_FOUND".into()),
+            ErrorKind::Permission => ErrorCode::AuthFailure,
             ErrorKind::Conflict | ErrorKind::Other => ErrorCode::Other("INTERNAL".into()),
             ErrorKind::Connect
+            | ErrorKind::Disconnected
             | ErrorKind::Publish
             | ErrorKind::Subscribe
             | ErrorKind::JetStream
@@ -208,3 +223,24 @@ impl From<EnvelopeError> for Error {
 
 /// `Result` with the bus [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ErrorCode;
+
+    #[test]
+    fn lost_connections_are_retryable_transport_failures_and_denials_are_auth_failures() {
+        let lost = Error::new(ErrorKind::Disconnected, "lost");
+        assert!(lost.is_retryable());
+        let payload = ErrorPayload::from(&lost);
+        assert_eq!(payload.code, ErrorCode::TransportFailure);
+        assert!(payload.retryable);
+
+        let denied = Error::new(ErrorKind::Permission, "denied");
+        assert!(!denied.is_retryable());
+        let payload = ErrorPayload::from(&denied);
+        assert_eq!(payload.code, ErrorCode::AuthFailure);
+        assert!(!payload.retryable);
+    }
+}

@@ -51,6 +51,10 @@ impl Bus {
     /// # Errors
     /// - [`ErrorKind::NoResponders`]: nothing serves `P.invoke.<target>`;
     /// - [`ErrorKind::Timeout`]: no reply within `timeout`;
+    /// - [`ErrorKind::Disconnected`] (retryable): the connection to NATS was lost while
+    ///   waiting; the request may or may not have been handled;
+    /// - [`ErrorKind::Permission`] (not retryable): the NATS server refused the publish
+    ///   to `P.invoke.<target>` because the user's permissions deny it;
     /// - [`ErrorKind::Remote`]: the handler answered `agent.response.error`
     ///   ([`Error::remote`] has its code and message);
     /// - [`ErrorKind::Envelope`]: the request is invalid or the reply is not an
@@ -81,6 +85,8 @@ impl Bus {
                 ErrorKind::Remote => "error",
                 ErrorKind::Timeout => "timeout",
                 ErrorKind::NoResponders => "no_responders",
+                ErrorKind::Disconnected => "disconnected",
+                ErrorKind::Permission => "denied",
                 _ => "transport",
             },
         };
@@ -98,14 +104,14 @@ impl Bus {
         request: &mut Envelope,
         timeout: Duration,
     ) -> Result<Envelope> {
-        let subject = self.subjects().invoke(target);
+        let subject = async_nats::Subject::from(self.subjects().invoke(target));
         if request.frame_type.is_none() {
             request.frame_type = Some(FrameType::Request);
         }
         let replies = self.replies().await?;
         let client = self.client();
         let answer = replies
-            .request(timeout, |inbox| {
+            .request(subject.clone(), timeout, |inbox| {
                 request.reply_to = Some(inbox.clone());
                 let prepared = request.validate().map_err(Error::from).and_then(|()| {
                     let headers = crate::trace::outgoing_headers(request);
@@ -141,6 +147,8 @@ impl Bus {
                 ErrorKind::Timeout,
                 format!("{target} did not answer within {} ms", timeout.as_millis()),
             ),
+            NoReply::Lost => disconnected(self.server_url(), target),
+            NoReply::Denied => denied(&subject),
         })?;
         if msg.payload.is_empty() {
             // A plain NATS micro service error: headers only.
@@ -230,6 +238,8 @@ impl Bus {
                 e,
             )
         })?;
+        // Filed before the publish, so a refusal of it is not missed.
+        let waiting = self.waiters().file(subject.clone().into(), false);
         self.client()
             .publish_with_reply_and_headers(subject.clone(), inbox, headers, bytes.into())
             .await
@@ -246,9 +256,29 @@ impl Bus {
             subject,
             &request,
             subscriber,
+            waiting,
             options,
         ))
     }
+}
+
+/// The [`ErrorKind::Disconnected`] error of a request to `target` that waited when the
+/// connection to `server` was lost.
+pub(crate) fn disconnected(server: &str, target: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Disconnected,
+        format!(
+            "connection to NATS at {server} was lost while waiting for the reply of {target}; the request may or may not have been handled"
+        ),
+    )
+}
+
+/// The [`ErrorKind::Permission`] error of a publish to `subject` the server refused.
+pub(crate) fn denied(subject: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Permission,
+        format!("not allowed to publish to {subject}: the NATS user's permissions deny it"),
+    )
 }
 
 /// One outbound invoke, as the [`Invoker`] service takes it.

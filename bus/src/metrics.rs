@@ -75,7 +75,9 @@ pub struct BusMetrics {
     /// `fire_and_forget`; outcome `ok`, `duplicate` or `error`.
     pub events_published: IntCounterVec,
     /// `weft_invokes_total{target, outcome}`: outcome `ok`, `error` (the handler
-    /// answered with an error), `timeout`, `no_responders`, `transport`.
+    /// answered with an error), `timeout`, `no_responders`, `disconnected` (the
+    /// connection was lost while waiting), `denied` (the server refused the publish:
+    /// permissions), `transport`.
     pub invokes: IntCounterVec,
     /// `weft_invoke_duration_seconds{target}`: invoke round trip.
     pub invoke_duration: HistogramVec,

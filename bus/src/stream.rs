@@ -84,6 +84,7 @@ use crate::envelope::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use crate::publish::headers_for;
+use crate::reply::{Outcome, Waiting};
 use crate::service::HandlerResult;
 
 /// Request metadata key asking for a streamed reply: `"weft.stream": true`. Set by
@@ -265,7 +266,7 @@ fn streams() -> &'static IntCounterVec {
     M.get_or_init(|| {
         crate::metrics::counter(
             "weft_streams_total",
-            "Streaming invokes by callers, by target and outcome (final, error, cancelled, timeout, idle_timeout, protocol, no_responders, transport)",
+            "Streaming invokes by callers, by target and outcome (final, error, cancelled, timeout, idle_timeout, protocol, no_responders, disconnected, denied, transport)",
             &["target", "outcome"],
         )
     })
@@ -1000,7 +1001,12 @@ impl Reorder {
 /// - [`ErrorKind::Envelope`]: a frame is not an envelope;
 /// - [`ErrorKind::Remote`]: a plain NATS micro service answered with an error in
 ///   headers only;
-/// - [`ErrorKind::Publish`]: the connection was lost.
+/// - [`ErrorKind::Disconnected`]: the connection to NATS was lost while waiting for
+///   frames (the handler may or may not have finished; the service is told to cancel
+///   should the connection come back within [`CANCEL_GRACE`]);
+/// - [`ErrorKind::Permission`]: the NATS server refused the publish of the request
+///   (the user's permissions deny `P.invoke.<target>`);
+/// - [`ErrorKind::Publish`]: the reply subscription ended (the connection closed).
 ///
 /// Dropping it before the terminal frame (or any `Err` item) cancels the stream: the
 /// service is told on `P.cancel.<request event_id>` and its handler sees
@@ -1011,6 +1017,11 @@ pub struct FrameStream {
     subject: String,
     client: async_nats::Client,
     subscriber: Option<Subscriber>,
+    /// The request filed with the connection's waiters, so a lost connection or a
+    /// refused publish ends the stream at once.
+    waiting: Option<Waiting>,
+    /// The server URL (credentials redacted), for messages.
+    server: String,
     reorder: Reorder,
     idle_timeout: Duration,
     timeout: Duration,
@@ -1040,13 +1051,14 @@ impl std::fmt::Debug for FrameStream {
 
 impl FrameStream {
     /// A stream reading `subscriber` (the request's reply inbox) for the request
-    /// `request` sent to `subject`.
+    /// `request` sent to `subject`, filed as `waiting`.
     pub(crate) fn new(
         bus: &Bus,
         target: String,
         subject: String,
         request: &Envelope,
         subscriber: Subscriber,
+        waiting: Waiting,
         options: StreamOptions,
     ) -> FrameStream {
         let mut cancel = Envelope::new(CANCEL_EVENT_TYPE);
@@ -1061,6 +1073,8 @@ impl FrameStream {
             subject,
             client: bus.client().clone(),
             subscriber: Some(subscriber),
+            waiting: Some(waiting),
+            server: bus.server_url().to_owned(),
             reorder: Reorder::new(options.max_buffered, options.max_gap),
             idle_timeout: options.idle_timeout,
             timeout: options.timeout,
@@ -1177,16 +1191,21 @@ impl FrameStream {
     }
 
     /// Ends the stream with `error`: records it and, when a handler may still be
-    /// working (timeouts, protocol errors), cancels it. After no responders, a lost
-    /// connection or an error reply there is nothing to cancel.
+    /// working (timeouts, protocol errors, a lost connection that may come back),
+    /// cancels it. After no responders, a refused publish, a closed subscription or
+    /// an error reply there is nothing to cancel.
     fn fail(&mut self, outcome: &str, error: Error) -> Poll<Option<Result<Frame>>> {
         self.done = true;
         self.record(outcome);
-        if matches!(outcome, "timeout" | "idle_timeout" | "protocol") {
+        if matches!(
+            outcome,
+            "timeout" | "idle_timeout" | "protocol" | "disconnected"
+        ) {
             self.cancel_in_background(&error.to_string());
         }
         self.settled = true;
         self.subscriber = None;
+        self.waiting = None;
         Poll::Ready(Some(Err(error)))
     }
 
@@ -1293,6 +1312,7 @@ impl Stream for FrameStream {
                         this.done = true;
                         this.settled = true;
                         this.subscriber = None;
+                        this.waiting = None;
                         this.record(frame_label(frame.frame_type()));
                     }
                     return Poll::Ready(Some(Ok(frame)));
@@ -1329,6 +1349,24 @@ impl Stream for FrameStream {
                     return this.fail("transport", e);
                 }
                 Poll::Pending => break,
+            }
+        }
+        // Frames that arrived are taken first; then the connection's events.
+        if let Some(waiting) = this.waiting.as_mut()
+            && let Poll::Ready(outcome) = waiting.poll_outcome(cx)
+        {
+            this.waiting = None;
+            match outcome {
+                Some(Outcome::Lost) => {
+                    let e = crate::invoke::disconnected(&this.server, &this.target);
+                    return this.fail("disconnected", e);
+                }
+                Some(Outcome::Denied) => {
+                    let e = crate::invoke::denied(&this.subject);
+                    return this.fail("denied", e);
+                }
+                // Replies come on the stream's own inbox, never through the table.
+                Some(Outcome::Reply(_)) | None => {}
             }
         }
         if this.deadline.as_mut().poll(cx).is_ready() {

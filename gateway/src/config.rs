@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -25,6 +26,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// address it requires [`auth_token`](GatewayConfig::auth_token) unless
 /// [`allow_insecure`](GatewayConfig::allow_insecure) says that unauthenticated access is
 /// intended; [`GatewayConfig::validate`] enforces this before anything is bound.
+///
+/// With [`tls`](GatewayConfig::tls) set the gateway serves HTTPS (rustls) instead of
+/// HTTP.
 ///
 /// `Debug` prints the token as `***`.
 ///
@@ -59,6 +63,32 @@ pub struct GatewayConfig {
     pub auth_token: Option<String>,
     /// Allows binding a non-loopback address without an auth token. Default false.
     pub allow_insecure: bool,
+    /// Serve HTTPS with this certificate and key instead of HTTP. Default none (HTTP).
+    /// TLS does not authenticate clients: a non-loopback address still needs
+    /// [`auth_token`](GatewayConfig::auth_token) (or `allow_insecure`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// The gateway's TLS certificate and key: paths of PEM files, read when the gateway
+/// is bound ([`Gateway::bind`](crate::Gateway::bind)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain: PEM `CERTIFICATE` blocks, the gateway's own certificate
+    /// first, then any intermediates.
+    pub cert_chain: PathBuf,
+    /// The private key of the first certificate: PEM, PKCS#8 (`PRIVATE KEY`), PKCS#1
+    /// (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
+    pub private_key: PathBuf,
+}
+
+impl TlsConfig {
+    /// The certificate chain `cert_chain` and its key `private_key` (PEM files).
+    pub fn new(cert_chain: impl Into<PathBuf>, private_key: impl Into<PathBuf>) -> Self {
+        TlsConfig {
+            cert_chain: cert_chain.into(),
+            private_key: private_key.into(),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +99,7 @@ impl Default for GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             auth_token: None,
             allow_insecure: false,
+            tls: None,
         }
     }
 }
@@ -81,6 +112,7 @@ impl fmt::Debug for GatewayConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
             .field("allow_insecure", &self.allow_insecure)
+            .field("tls", &self.tls)
             .finish()
     }
 }

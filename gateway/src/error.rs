@@ -14,13 +14,14 @@
 //! |---|---|---|
 //! | 400 | `INVALID_REQUEST` | bad JSON, bad event type or target, bad header or query |
 //! | 401 | `AUTH_FAILURE` | missing or wrong bearer token |
+//! | 403 | `AUTH_FAILURE` | the NATS server refused the gateway's publish: its NATS user's permissions deny the subject |
 //! | 404 | `NOT_FOUND` | no such route |
 //! | 405 | `METHOD_NOT_ALLOWED` | the route exists, the method does not |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over `max_body_bytes`, or the envelope over 1 MiB |
 //! | 404 | `NOT_FOUND` | the bus found no such thing |
 //! | 500 | `INTERNAL` | a bus error of no other kind (e.g. a resource configured in conflict) |
 //! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope, or its stream broke the frame protocol |
-//! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down), another NATS, JetStream or KV failure |
+//! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down), the connection to NATS was lost while waiting for a reply (retryable), another NATS, JetStream or KV failure |
 //! | 503 | `AGENT_UNAVAILABLE` | nothing serves the invoke target (no responders), or the call was rejected (circuit open, limit reached) |
 //! | 503 | `NOT_READY` | `/readyz`: NATS or a resource is missing |
 //! | 504 | `AGENT_TIMEOUT` | no invoke reply in time |
@@ -271,6 +272,8 @@ mod tests {
             (ErrorKind::NoResponders, 503, "AGENT_UNAVAILABLE"),
             (ErrorKind::Timeout, 504, "AGENT_TIMEOUT"),
             (ErrorKind::Publish, 503, "TRANSPORT_FAILURE"),
+            (ErrorKind::Disconnected, 503, "TRANSPORT_FAILURE"),
+            (ErrorKind::Permission, 403, "AUTH_FAILURE"),
             (ErrorKind::InvalidSubject, 400, "INVALID_REQUEST"),
             (ErrorKind::Envelope, 502, "CODEC_FAILURE"),
             (ErrorKind::Stream, 502, "CODEC_FAILURE"),

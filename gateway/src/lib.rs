@@ -28,7 +28,8 @@
 //! [`GatewayConfig::auth_token`] set, every route but `/healthz` requires
 //! `Authorization: Bearer <token>` (401 `AUTH_FAILURE` otherwise). Binding a
 //! non-loopback address without a token is refused unless
-//! [`GatewayConfig::allow_insecure`] is set.
+//! [`GatewayConfig::allow_insecure`] is set. With [`GatewayConfig::tls`] set the gateway
+//! serves HTTPS (rustls, [`tls`]) on the same routes.
 //!
 //! ## Registry
 //!
@@ -64,6 +65,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod routes;
+pub mod tls;
 pub mod trace;
 
 use std::future::Future;
@@ -75,7 +77,7 @@ use tokio::net::TcpListener;
 use weft_bus::Bus;
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, TlsConfig};
 pub use error::{ApiError, Error, ErrorBody};
 pub use routes::router;
 
@@ -115,18 +117,23 @@ impl AppState {
 pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The TLS configuration, when serving HTTPS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
 }
 
 impl Gateway {
-    /// Checks `config` ([`GatewayConfig::validate`]) and binds its address. Port 0
-    /// picks a free port.
+    /// Checks `config` ([`GatewayConfig::validate`]), reads its TLS certificate and
+    /// key if it has them, and binds its address. Port 0 picks a free port.
     ///
     /// # Errors
-    /// [`Error::Insecure`] or [`Error::Config`] from the check; [`Error::Bind`] when
-    /// the address cannot be bound (in use, not local, no permission).
+    /// [`Error::Insecure`] or [`Error::Config`] from the check; [`Error::Config`]
+    /// naming the file when the TLS certificate chain or key cannot be read or used
+    /// ([`tls::server_config`]); [`Error::Bind`] when the address cannot be bound (in
+    /// use, not local, no permission).
     pub async fn bind(bus: Bus, config: GatewayConfig) -> Result<Gateway, Error> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let addr = config.addr;
         let listener = TcpListener::bind(addr)
             .await
@@ -137,6 +144,7 @@ impl Gateway {
         Ok(Gateway {
             listener,
             local_addr,
+            tls,
             state: AppState::new(bus, config),
         })
     }
@@ -146,14 +154,19 @@ impl Gateway {
         self.local_addr
     }
 
+    /// The base URL: `https://<local_addr>` with TLS, else `http://<local_addr>`.
+    pub fn url(&self) -> String {
+        base_url(self.local_addr, self.tls.is_some())
+    }
+
     /// The router this gateway serves (see [`router`]).
     pub fn router(&self) -> axum::Router {
         router(self.state.clone())
     }
 
-    /// Serves HTTP until `shutdown` completes, then stops taking connections, lets
-    /// in-flight requests finish (an invoke may take up to `invoke_timeout`), and
-    /// returns.
+    /// Serves HTTP (HTTPS with [`GatewayConfig::tls`]) until `shutdown` completes,
+    /// then stops taking connections, lets in-flight requests finish (an invoke may
+    /// take up to `invoke_timeout`), and returns.
     ///
     /// While serving, the gateway keeps its registry entry
     /// (`gateway.gateway.<instance>`, metadata `addr`, `url`, `auth`) alive and deletes
@@ -170,13 +183,25 @@ impl Gateway {
         let Gateway {
             listener,
             local_addr,
+            tls,
             state,
         } = self;
-        let registered = register(&state, local_addr).await;
-        tracing::info!(addr = %local_addr, auth = state.config().auth_token.is_some(), "gateway listening");
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let url = base_url(local_addr, tls.is_some());
+        let registered = register(&state, local_addr, &url).await;
+        tracing::info!(addr = %local_addr, %url, auth = state.config().auth_token.is_some(), "gateway listening");
+        let app = router(state);
+        let served = match tls {
+            Some(config) => {
+                axum::serve(tls::TlsListener::new(listener, config), app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
         if let Some(r) = registered
             && let Err(e) = r.deregister().await
         {
@@ -187,17 +212,20 @@ impl Gateway {
     }
 }
 
+/// `https://addr` or `http://addr`.
+fn base_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
 /// Registers this instance, or logs why it cannot.
-async fn register(state: &AppState, addr: SocketAddr) -> Option<Registered> {
+async fn register(state: &AppState, addr: SocketAddr, url: &str) -> Option<Registered> {
     let mut registration =
         Registration::new(Kind::Gateway, REGISTRY_NAME, env!("CARGO_PKG_VERSION"));
     registration.description = "HTTP gateway: events, invoke, metrics".into();
     registration
         .metadata
         .insert("addr".into(), json!(addr.to_string()));
-    registration
-        .metadata
-        .insert("url".into(), json!(format!("http://{addr}")));
+    registration.metadata.insert("url".into(), json!(url));
     registration
         .metadata
         .insert("auth".into(), json!(state.config().auth_token.is_some()));

@@ -167,15 +167,35 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
         .chain()
         .find_map(|c| c.downcast_ref::<weft_bus::Error>())?;
     match bus.kind() {
-        weft_bus::ErrorKind::Connect => Some(
-            "start a local mesh with `weft up` (or `scripts/demo`), or point --server / NATS_URL at a running NATS server",
-        ),
+        weft_bus::ErrorKind::Connect => Some(connect_hint(&bus.to_string())),
         weft_bus::ErrorKind::Kv | weft_bus::ErrorKind::JetStream => {
             Some("the mesh's streams and buckets are created by `weft up`")
         }
         weft_bus::ErrorKind::NoResponders => Some("`weft ls` shows what is running"),
         weft_bus::ErrorKind::Server => Some(weft_bus::server::INSTALL_HINT),
+        weft_bus::ErrorKind::Permission => Some(
+            "the NATS user these credentials log in as may not use that subject; ask whoever runs the NATS server to allow it in the user's permissions, or use other credentials (--creds / NATS_CREDS, NATS_USER, NATS_NKEY)",
+        ),
+        weft_bus::ErrorKind::Disconnected => Some(
+            "the connection to NATS dropped; the client reconnects on its own, so try again once the server is back (check it with `weft ls`)",
+        ),
         _ => None,
+    }
+}
+
+/// The hint for a connect error, by what its message says went wrong.
+fn connect_hint(message: &str) -> &'static str {
+    if message.contains("cannot read") {
+        "the file named above must exist, be readable and hold what it should: a .creds file a user JWT and its seed, certificates and keys PEM"
+    } else if message.contains("authorization violation") || message.contains("nkey seed") {
+        "the server refused the credentials: check --creds / NATS_CREDS, NATS_USER + NATS_PASSWORD, NATS_NKEY or NATS_TOKEN"
+    } else if ["certificate", "Certificate", "UnknownCA", "TLS", "tls"]
+        .iter()
+        .any(|w| message.contains(w))
+    {
+        "TLS failed: NATS_CA must name the CA that signed the server's certificate, and a server that verifies clients needs NATS_CERT + NATS_KEY"
+    } else {
+        "start a local mesh with `weft up` (or `scripts/demo`), or point --server / NATS_URL at a running NATS server"
     }
 }
 
@@ -183,4 +203,43 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint_for(kind: weft_bus::ErrorKind, message: &str) -> &'static str {
+        hint(&anyhow::Error::new(weft_bus::Error::new(kind, message))).expect("a hint")
+    }
+
+    #[test]
+    fn connect_errors_get_a_hint_for_what_went_wrong() {
+        use weft_bus::ErrorKind::Connect;
+        let auth = hint_for(
+            Connect,
+            "cannot connect to NATS at nats://h:4222 (user weft): authorization violation",
+        );
+        assert!(auth.contains("credentials"), "{auth}");
+        let tls = hint_for(
+            Connect,
+            "cannot connect to NATS at tls://h:4222: IO error: invalid peer certificate: UnknownIssuer",
+        );
+        assert!(tls.contains("NATS_CA"), "{tls}");
+        let file = hint_for(Connect, "cannot read TLS CA file /x/ca.pem: No such file");
+        assert!(file.contains("file named above"), "{file}");
+        let down = hint_for(Connect, "cannot connect to NATS at nats://h:4222: refused");
+        assert!(down.contains("weft up"), "{down}");
+    }
+
+    #[test]
+    fn permission_and_disconnect_errors_get_hints() {
+        let denied = hint_for(
+            weft_bus::ErrorKind::Permission,
+            "not allowed to publish to x",
+        );
+        assert!(denied.contains("permissions"), "{denied}");
+        let lost = hint_for(weft_bus::ErrorKind::Disconnected, "connection lost");
+        assert!(lost.contains("reconnects"), "{lost}");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use weft_bus::server::{LocalServer, LocalServerConfig};
-use weft_gateway::{Gateway, GatewayConfig};
+use weft_gateway::{Gateway, GatewayConfig, TlsConfig};
 
 use super::Global;
 
@@ -36,6 +36,13 @@ pub struct UpArgs {
     /// Allow a non-loopback gateway address without a token.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve the gateway over HTTPS with this certificate chain (PEM, the gateway's
+    /// certificate first); needs --tls-key.
+    #[arg(long, env = "WEFT_GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "WEFT_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub resources: super::resources::ResourceArgs,
 }
@@ -99,12 +106,17 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
             addr: args.http,
             auth_token: args.token.clone(),
             allow_insecure: args.insecure,
+            tls: args
+                .tls_cert
+                .clone()
+                .zip(args.tls_key.clone())
+                .map(|(cert, key)| TlsConfig::new(cert, key)),
             ..GatewayConfig::default()
         },
     )
     .await
     .with_context(|| format!("cannot start the gateway on {}", args.http))?;
-    let http = gateway.local_addr();
+    let http = gateway.url();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway_join = tokio::spawn(gateway.serve(async move {
         let _ = stop_rx.await;
@@ -130,7 +142,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  streams      {}", made.streams.join(", "));
     println!("  kv buckets   {}", made.buckets.join(", "));
-    println!("  gateway      http://{http}  (/v1/events, /v1/invoke, /metrics, /healthz)");
+    println!("  gateway      {http}  (/v1/events, /v1/invoke, /metrics, /healthz)");
     if let Some(d) = &demo {
         println!("  demo         {}", d.describe());
     }
@@ -141,11 +153,11 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     };
     println!("try, from another terminal:");
     println!(
-        "  curl -X POST http://{http}/v1/events/ticket.created -H 'content-type: application/json' -d '{{\"title\":\"Cannot log in\",\"body\":\"The reset link fails\"}}'"
+        "  curl -X POST {http}/v1/events/ticket.created -H 'content-type: application/json' -d '{{\"title\":\"Cannot log in\",\"body\":\"The reset link fails\"}}'"
     );
     println!("  {env_hint}weft flow runs triage");
     println!("  {env_hint}weft call support '{{\"message\":\"How many tickets are open?\"}}'");
-    println!("(also: weft sub 'ticket.>', weft ls, curl http://{http}/metrics; Ctrl-C stops)");
+    println!("(also: weft sub 'ticket.>', weft ls, curl {http}/metrics; Ctrl-C stops)");
 
     // 6. Wait, then stop in order: demo, gateway, connection, server.
     shutdown_signal().await;

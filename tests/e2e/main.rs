@@ -7,6 +7,7 @@ mod demo;
 mod dlq;
 mod faults;
 mod processes;
+mod security;
 mod stream;
 mod traces;
 

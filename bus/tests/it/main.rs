@@ -7,4 +7,5 @@ mod middleware;
 mod registry;
 mod replay;
 mod resources;
+mod security;
 mod stream;

@@ -6,3 +6,4 @@ mod events;
 mod invoke;
 mod ops;
 mod stream;
+mod tls;
