@@ -104,7 +104,7 @@ impl PendingAck {
         let PendingAck { bus, subject, ack } = self;
         match ack.await {
             Ok(ack) => Ok(ack),
-            Err(e) => Err(no_ack(&bus, &subject, stream, e, None).await),
+            Err(e) => Err(no_ack(&bus, &subject, stream, e, None, PROBE_TIMEOUT).await),
         }
     }
 
@@ -127,7 +127,8 @@ const RETRY_INITIAL: Duration = Duration::from_millis(25);
 const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// The longest a diagnosis ([`diagnose`]) waits for one JetStream API answer: a stream
-/// without a leader may not answer at all.
+/// without a leader may not answer at all. A durable publish waits at most a quarter of
+/// its budget.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes to `subject` and waits for the ack, trying again after transient failures
@@ -191,8 +192,7 @@ pub(crate) async fn send_and_wait(
                     // Also what a stream without a leader looks like: ask once.
                     stream_exists = stream_exists
                         || !matches!(
-                            stream_state(bus, stream, deadline.min(Instant::now() + attempt_wait))
-                                .await,
+                            stream_state(bus, stream, attempt_wait.min(left(deadline))).await,
                             StreamState::Missing
                         );
                     stream_exists
@@ -212,13 +212,19 @@ pub(crate) async fn send_and_wait(
                 Failure::Send(e) => cannot_publish(&subject, e),
                 Failure::Ack(e) => {
                     let tried = (attempt, started.elapsed());
-                    no_ack(bus, &subject, Some(stream), e, Some(tried)).await
+                    let probe = attempt_wait.min(PROBE_TIMEOUT);
+                    no_ack(bus, &subject, Some(stream), e, Some(tried), probe).await
                 }
             });
         }
         tracing::debug!(%subject, attempt, ?delay, error = %failure, "durable publish failed; trying again");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The time left until `deadline` (zero once it passed).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// The back-off between attempts of a durable publish.
@@ -250,15 +256,17 @@ fn jetstream_code(e: &PublishError) -> Option<ErrorCode> {
 }
 
 /// The [`ErrorKind::Publish`] error of a publish whose ack did not come, with a hint
-/// from [`diagnose`]; `tried` is the number of attempts and the time they took.
+/// from [`diagnose`] (each of its requests waiting `probe` at most); `tried` is the
+/// number of attempts and the time they took.
 async fn no_ack(
     bus: &Bus,
     subject: &str,
     stream: Option<&str>,
     e: PublishError,
     tried: Option<(u32, Duration)>,
+    probe: Duration,
 ) -> Error {
-    let hint = diagnose(bus, subject, stream, &e).await;
+    let hint = diagnose(bus, subject, stream, &e, probe).await;
     let tried = match tried {
         Some((1, _)) | None => String::new(),
         Some((n, spent)) => format!(" after {n} attempts in {} ms", spent.as_millis()),
@@ -282,12 +290,8 @@ enum StreamState {
     Unknown(String),
 }
 
-/// Asks for `stream`'s info, waiting [`PROBE_TIMEOUT`] at most and never past
-/// `deadline`.
-async fn stream_state(bus: &Bus, stream: &str, deadline: Instant) -> StreamState {
-    let wait = deadline
-        .saturating_duration_since(Instant::now())
-        .min(PROBE_TIMEOUT);
+/// Asks for `stream`'s info, waiting `wait` at most.
+async fn stream_state(bus: &Bus, stream: &str, wait: Duration) -> StreamState {
     match tokio::time::timeout(wait, bus.jetstream().get_stream(stream)).await {
         Ok(Ok(s)) => match s.cached_info().cluster.as_ref().map(|c| c.leader.clone()) {
             Some(None) => StreamState::Leaderless,
@@ -326,17 +330,25 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Why a publish to `subject` got no ack, found by asking JetStream after the failure
-/// `e`: when `stream` is `None`, first which stream takes the subject, then that
-/// stream's info. The hint says the stream does not exist (`weft up` creates it) or no
-/// stream takes the subject; that the stream has no leader right now (a node is down or
-/// an election is running), also when its info does not answer; or, when it has a
-/// leader, that the ack timed out or what JetStream answered.
-async fn diagnose(bus: &Bus, subject: &str, stream: Option<&str>, e: &PublishError) -> String {
+/// `e` (each request waiting `probe` at most): when `stream` is `None`, first which
+/// stream takes the subject, then that stream's info. The hint says the stream does
+/// not exist (`weft up` creates it) or no stream takes the subject; that the stream has
+/// no leader right now (a node is down or an election is running), also as the likely
+/// cause when its info does not answer (a stream without a leader may stay silent);
+/// or, when it has a leader by now, that the ack did not come in time, that it had
+/// none when the publish was tried, or that JetStream refused the message.
+async fn diagnose(
+    bus: &Bus,
+    subject: &str,
+    stream: Option<&str>,
+    e: &PublishError,
+    probe: Duration,
+) -> String {
     let stream = match stream {
         Some(s) => s.to_owned(),
         None => {
             let names = bus.jetstream().stream_by_subject(subject);
-            match tokio::time::timeout(PROBE_TIMEOUT, names).await {
+            match tokio::time::timeout(probe, names).await {
                 Ok(Ok(name)) => name,
                 Ok(Err(_)) if e.kind() == PublishErrorKind::StreamNotFound => {
                     return "no stream takes the subject".into();
@@ -345,7 +357,7 @@ async fn diagnose(bus: &Bus, subject: &str, stream: Option<&str>, e: &PublishErr
             }
         }
     };
-    match stream_state(bus, &stream, Instant::now() + PROBE_TIMEOUT).await {
+    match stream_state(bus, &stream, probe).await {
         StreamState::Missing => format!("stream {stream} does not exist; `weft up` creates it"),
         StreamState::Leaderless => format!(
             "stream {stream} has no leader right now (a node is down or an election is running)"
@@ -353,10 +365,15 @@ async fn diagnose(bus: &Bus, subject: &str, stream: Option<&str>, e: &PublishErr
         StreamState::Unknown(why) => format!(
             "stream {stream} has no leader right now (a node is down or an election is running), or JetStream cannot be reached: {why}"
         ),
-        StreamState::Led(leader) if e.kind() == PublishErrorKind::TimedOut => {
-            format!("stream {stream} (leader {leader}) did not ack in time")
-        }
-        StreamState::Led(leader) => format!("stream {stream} (leader {leader}) refused it"),
+        StreamState::Led(leader) => match e.kind() {
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                format!("stream {stream} (leader {leader}) did not ack in time")
+            }
+            PublishErrorKind::StreamNotFound => {
+                format!("stream {stream} had no leader; it has one now ({leader}), try again")
+            }
+            _ => format!("stream {stream} (leader {leader}) refused it"),
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! Test harness (feature `testing`): a real `nats-server` with JetStream on a random
-//! port and a temporary store, killed and removed on drop.
+//! port and a temporary store, killed and removed on drop ([`TestServer`]), and a
+//! cluster of them whose nodes a test can kill, stop and restart ([`TestCluster`]).
 //!
 //! A missing `nats-server` fails the test with a message saying how to install it;
 //! tests never skip silently.
@@ -144,9 +145,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// let cluster = weft_bus::testing::TestCluster::start(3).await;
 /// let bus = cluster.bus().await; // mesh resources with 3 replicas
 /// let stream = bus.names().events_stream.clone();
-/// let leader = cluster.node_of_leader(&bus, &stream).await;
-/// cluster.kill(leader);
-/// cluster.wait_for_leader(&bus, &stream, Duration::from_secs(30)).await;
+/// let leader = cluster.wait_for_leader(&bus, &stream, Duration::from_secs(30)).await;
+/// cluster.kill(leader); // the survivors elect another leader within 4–9 s
+/// cluster.restart(leader).await; // same ports, same store
+/// cluster.wait_for_leader(&bus, &stream, Duration::from_secs(30)).await; // caught up
 /// # }
 /// ```
 pub struct TestCluster {
@@ -372,7 +374,9 @@ impl TestCluster {
     }
 
     /// Waits until `stream` has a leader and every one of its replicas is current and
-    /// online, and returns the leader's node. Stream info is asked every 100 ms; a
+    /// online, and returns the leader's node. A replica on a node that is down is not
+    /// current, so with a node down this waits for its restart; use
+    /// [`TestCluster::node_of_leader`] to ask who leads meanwhile. Stream info is asked every 100 ms; a
     /// request that does not answer within 2 s (as when there is no leader) is asked
     /// again.
     ///
