@@ -1,7 +1,7 @@
 //! Durable publish on a 3-node cluster ([`TestCluster`]) through leader elections: a
-//! stream leader killed under publish load loses no acknowledged event and stores none
-//! twice, and a publish that cannot be stored says whether its stream has no leader or
-//! does not exist.
+//! stream leader killed (or stopped) under publish load loses no acknowledged event and
+//! stores none twice, and a publish that cannot be stored says whether its stream has
+//! no leader or does not exist.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,12 +49,26 @@ async fn stored_ids(bus: &Bus, stream: &str, expected: u64) -> HashMap<String, u
 
 #[tokio::test]
 async fn killing_the_events_leader_under_load_loses_and_doubles_no_acked_publish() {
-    kill_the_events_leader_under_load(Client::OnAFollower).await;
+    take_the_events_leader_down_under_load(Outage::Kill, Client::OnAFollower).await;
 }
 
 #[tokio::test]
 async fn killing_the_publishers_node_and_events_leader_loses_and_doubles_no_acked_publish() {
-    kill_the_events_leader_under_load(Client::OnTheLeader).await;
+    take_the_events_leader_down_under_load(Outage::Kill, Client::OnTheLeader).await;
+}
+
+#[tokio::test]
+async fn stopping_the_events_leader_under_load_loses_and_doubles_no_acked_publish() {
+    take_the_events_leader_down_under_load(Outage::Stop, Client::OnAFollower).await;
+}
+
+/// How the leader goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// SIGKILL: the others elect a leader after their election timeout.
+    Kill,
+    /// SIGTERM: the leader hands its leaderships over as it shuts down.
+    Stop,
 }
 
 /// Which node the publishing client is connected to when the leader is killed.
@@ -67,10 +81,10 @@ enum Client {
 }
 
 /// Publishes [`TOTAL`] events with [`IN_FLIGHT`] at a time through a client with the
-/// default settings (publish budget = request timeout, 10 s); SIGKILLs the events
-/// stream's leader after a third was acked and restarts it after two thirds; then
-/// checks that no publish failed and the stream holds each event exactly once.
-async fn kill_the_events_leader_under_load(client: Client) {
+/// default settings (publish budget = request timeout, 10 s); kills or stops the
+/// events stream's leader after a third was acked and restarts it after two thirds;
+/// then checks that no publish failed and the stream holds each event exactly once.
+async fn take_the_events_leader_down_under_load(outage: Outage, client: Client) {
     let cluster = TestCluster::start(3).await;
     let setup = cluster.bus().await;
     let stream = setup.names().events_stream.clone();
@@ -116,9 +130,16 @@ async fn kill_the_events_leader_under_load(client: Client) {
     };
     reached(TOTAL / 3).await;
     let killed_at = Instant::now();
-    cluster.kill(leader);
+    match outage {
+        Outage::Kill => cluster.kill(leader),
+        Outage::Stop => cluster.stop(leader).await,
+    }
     reached(2 * TOTAL / 3).await;
     let new_leader = cluster.node_of_leader(&setup, &stream).await;
+    assert_ne!(
+        new_leader, leader,
+        "another node leads while node{leader} is down"
+    );
     cluster.restart(leader).await;
     let results = publisher.await.unwrap();
 
@@ -127,7 +148,7 @@ async fn kill_the_events_leader_under_load(client: Client) {
         .filter_map(|(id, r, started, _)| {
             r.as_ref().err().map(|e| {
                 let after = started.saturating_duration_since(killed_at);
-                format!("{id} (sent {after:?} after the kill): {e}")
+                format!("{id} (sent {after:?} after the {outage:?}): {e}")
             })
         })
         .collect();
@@ -174,9 +195,10 @@ async fn kill_the_events_leader_under_load(client: Client) {
         .max()
         .expect("publishes");
     eprintln!(
-        "{client:?}: killed node{leader}, node{new_leader} took over; longest gap between \
-         acks {gap:?}, ending {:?} after the kill; slowest publish {slowest:?}; {duplicates} \
-         publishes answered `duplicate` (a retry of a publish already stored)",
+        "{outage:?}, {client:?}: node{leader} went down, node{new_leader} took over; longest \
+         gap between acks {gap:?}, ending {:?} after the outage; slowest publish \
+         {slowest:?}; {duplicates} publishes answered `duplicate` (a retry of a publish \
+         already stored)",
         gap_end - killed_at
     );
     assert!(gap < Duration::from_secs(15), "the election took {gap:?}");
