@@ -8,6 +8,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::resources::Names;
 use crate::subject::{Prefix, Subjects};
 
+/// Default budget of a durable publish: 20 s, room for two leader elections.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Default NATS URL when neither a flag nor `NATS_URL` gives one.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -39,6 +42,7 @@ pub struct ConnectOptions {
     tls_client: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    publish_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -63,6 +67,7 @@ impl ConnectOptions {
             tls_client: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
         }
     }
 
@@ -164,6 +169,15 @@ impl ConnectOptions {
         self
     }
 
+    /// How long a durable publish ([`Bus::publish`]) keeps trying through transient
+    /// failures, such as a stream electing a new leader after a node died (nats-server
+    /// takes 4–9 s for that), before it fails. Default [`DEFAULT_PUBLISH_TIMEOUT`]
+    /// (20 s).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
     /// Connects.
     ///
     /// The connection's events are watched (an async-nats event callback): when the
@@ -249,6 +263,7 @@ impl ConnectOptions {
                 subjects: Subjects::new(self.prefix.clone()),
                 names: Names::new(&self.prefix),
                 url,
+                publish_timeout: self.publish_timeout,
                 waiters,
                 replies: tokio::sync::OnceCell::new(),
                 registry: tokio::sync::OnceCell::new(),
@@ -317,6 +332,7 @@ struct Inner {
     subjects: Subjects,
     names: Names,
     url: String,
+    publish_timeout: Duration,
     /// Requests waiting for an answer; the event callback ends them early.
     waiters: Arc<crate::reply::Waiters>,
     replies: tokio::sync::OnceCell<crate::reply::ReplyInbox>,
@@ -395,6 +411,11 @@ impl Bus {
             .registry
             .get_or_try_init(|| crate::registry::RegistryWatch::start(self))
             .await
+    }
+
+    /// The budget of a durable publish ([`ConnectOptions::publish_timeout`]).
+    pub fn publish_timeout(&self) -> Duration {
+        self.inner.publish_timeout
     }
 
     /// The requests of this connection waiting for an answer (see [`crate::reply`]).

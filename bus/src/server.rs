@@ -105,8 +105,8 @@ pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf> {
     ))
 }
 
-/// A running local `nats-server`. Dropping it kills the process; [`LocalServer::stop`]
-/// stops it gracefully.
+/// A running local `nats-server`. Dropping it (or [`LocalServer::kill`]) kills the
+/// process with SIGKILL; [`LocalServer::stop`] stops it gracefully.
 #[derive(Debug)]
 pub struct LocalServer {
     child: Option<Child>,
@@ -266,6 +266,16 @@ impl LocalServer {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Kills the server at once with SIGKILL and reaps it: no clean shutdown, as when a
+    /// machine dies; JetStream recovers its store at the next start. Dropping a
+    /// [`LocalServer`] does the same; this names the intent.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

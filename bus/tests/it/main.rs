@@ -1,5 +1,6 @@
 //! Integration tests of weft-bus against a real nats-server.
 
+mod cluster;
 mod durable;
 mod envelope_golden;
 mod invoke;
