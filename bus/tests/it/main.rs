@@ -2,6 +2,7 @@
 
 mod durable;
 mod envelope_golden;
+mod envelope_props;
 mod invoke;
 mod middleware;
 mod registry;
