@@ -8,3 +8,4 @@ mod middleware;
 mod registry;
 mod replay;
 mod stream;
+mod subject_props;
