@@ -53,7 +53,12 @@ impl StepKind {
 }
 
 /// One step of a flow.
+///
+/// In JSON, a step names exactly one of `invoke`, `agent` or `publish`; any other
+/// field than those below is refused (a misspelt `inputs` is an error, not a step
+/// without input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StepDefinition")]
 pub struct Step {
     /// Step name (one token, unique in the flow); outputs are addressed as
     /// `${steps.<name>.output}`.
@@ -70,6 +75,64 @@ pub struct Step {
     /// Attempts before the step (and the run) fails. Default 3.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+}
+
+/// A step as written in JSON, checked into a [`Step`]: the derived decoding of the
+/// flattened [`StepKind`] would take the first of two kinds and ignore unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDefinition {
+    name: String,
+    #[serde(default)]
+    invoke: Option<Target>,
+    #[serde(default)]
+    agent: Option<ServiceName>,
+    #[serde(default)]
+    publish: Option<EventType>,
+    #[serde(default)]
+    input: Value,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_attempts")]
+    max_attempts: u32,
+}
+
+impl TryFrom<StepDefinition> for Step {
+    type Error = String;
+
+    fn try_from(d: StepDefinition) -> Result<Self, String> {
+        let kind = match (d.invoke, d.agent, d.publish) {
+            (Some(t), None, None) => StepKind::Invoke(t),
+            (None, Some(a), None) => StepKind::Agent(a),
+            (None, None, Some(e)) => StepKind::Publish(e),
+            (i, a, p) => {
+                let given: Vec<&str> = [
+                    ("invoke", i.is_some()),
+                    ("agent", a.is_some()),
+                    ("publish", p.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(k, set)| set.then_some(k))
+                .collect();
+                let what = if given.is_empty() {
+                    "names none of them".to_owned()
+                } else {
+                    format!("names {}", given.join(" and "))
+                };
+                return Err(format!(
+                    "step {:?} {what}: a step does exactly one of `invoke`, `agent` or `publish`",
+                    d.name
+                ));
+            }
+        };
+        Ok(Step {
+            name: d.name,
+            kind,
+            input: d.input,
+            timeout_ms: d.timeout_ms,
+            max_attempts: d.max_attempts,
+        })
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -124,7 +187,10 @@ impl Step {
 }
 
 /// A flow: triggered by events matching `trigger`, running `steps` in order.
+///
+/// In JSON, fields other than those below are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Flow {
     /// Flow name (one token).
     pub name: String,
@@ -171,8 +237,10 @@ impl Flow {
     /// Parses and validates a JSON definition.
     ///
     /// # Errors
-    /// [`FlowError::Definition`] naming what is wrong (bad JSON, bad token, duplicate
-    /// step name, no steps, a template that refers to an unknown or later step).
+    /// [`FlowError::Definition`] naming what is wrong (bad JSON, an unknown field, bad
+    /// token, a step doing none or two of `invoke`/`agent`/`publish`, duplicate step
+    /// name, no steps, 0 `max_attempts` or `timeout_ms`, a template that refers to an
+    /// unknown or later step).
     pub fn from_json(text: &str) -> Result<Flow, FlowError> {
         let flow: Flow = serde_json::from_str(text)
             .map_err(|e| FlowError::Definition(format!("invalid flow definition: {e}")))?;
@@ -195,6 +263,19 @@ impl Flow {
             validate_token("step name", &step.name).map_err(|e| def(e.to_string()))?;
             if seen.contains(&step.name.as_str()) {
                 return Err(def(format!("two steps are named {}", step.name)));
+            }
+            // A step with no attempt or no time could never succeed.
+            if step.max_attempts == 0 {
+                return Err(def(format!(
+                    "step {}: max_attempts must be at least 1",
+                    step.name
+                )));
+            }
+            if step.timeout_ms == 0 {
+                return Err(def(format!(
+                    "step {}: timeout_ms must be at least 1",
+                    step.name
+                )));
             }
             for reference in crate::template::step_references(&step.input) {
                 if !seen.contains(&reference.as_str()) {
