@@ -157,7 +157,8 @@ fn event_type_string() -> impl Strategy<Value = String> {
 /// An RFC 3339 time of every form the schema allows: `T` or `t`, a fraction of 1 to 9
 /// digits or none, `Z`, `z` or an offset.
 fn time_string() -> impl Strategy<Value = String> {
-    let date = (0u32..=9999, 1u32..=12).prop_flat_map(|(y, m)| (Just(y), Just(m), 1..=days_in_month(y, m)));
+    let date = (0u32..=9999, 1u32..=12)
+        .prop_flat_map(|(y, m)| (Just(y), Just(m), 1..=days_in_month(y, m)));
     let zone = prop_oneof![
         Just("Z".to_owned()),
         Just("z".to_owned()),
@@ -184,63 +185,77 @@ fn valid_envelope() -> impl Strategy<Value = (Map<String, Value>, Vec<String>)> 
     let strings = vec(prop::option::of(non_empty_string()), OPTIONAL_STRINGS.len());
     let frame = prop::option::of(select(FRAME_TYPES.to_vec()));
     let numbers = (prop::option::of(1u64..), any::<bool>());
-    let payload = prop::option::of(json_value().prop_filter("a null payload is absent", |v| !v.is_null()));
+    let payload =
+        prop::option::of(json_value().prop_filter("a null payload is absent", |v| !v.is_null()));
     let metadata = vec((any::<String>(), json_value()), 0..4);
     let extra = vec(
         (
-            prop_oneof!["x_[a-z_]{1,8}", any::<String>()].prop_filter("unknown", |k| !known_field(k)),
+            prop_oneof!["x_[a-z_]{1,8}", any::<String>()]
+                .prop_filter("unknown", |k| !known_field(k)),
             json_value(),
         ),
         0..4,
     );
     let error = ("[A-Z_]{1,12}", any::<String>(), any::<bool>());
-    (required, strings, frame, numbers, payload, metadata, extra, error).prop_map(
-        |((id, event_type, time), strings, frame, (seq, is_final), payload, metadata, extra, error)| {
-            let mut m = Map::new();
-            m.insert("spec_version".into(), json!("acp/1.0"));
-            m.insert("schema_version".into(), json!(1));
-            m.insert("event_id".into(), json!(id));
-            m.insert("event_type".into(), json!(event_type));
-            m.insert("occurred_at".into(), json!(time));
-            if let Some(frame) = frame {
-                m.insert("frame_type".into(), json!(frame));
-            }
-            for (name, value) in OPTIONAL_STRINGS.iter().zip(strings) {
-                if let Some(value) = value {
-                    m.insert((*name).into(), json!(value));
-                }
-            }
-            if let Some(seq) = seq {
-                m.insert("seq".into(), json!(seq));
-            }
-            if is_final {
-                m.insert("is_final".into(), json!(true));
-            }
-            if let Some(payload) = payload {
-                m.insert("payload".into(), payload);
-            }
-            if frame == Some("response.error") {
-                // The schema's one conditional rule: an error frame carries an
-                // ErrorPayload.
-                m.insert(
-                    "payload".into(),
-                    json!({"code": error.0, "message": error.1, "retryable": error.2}),
-                );
-            }
-            let metadata: Map<String, Value> = metadata.into_iter().collect();
-            if !metadata.is_empty() {
-                m.insert("metadata".into(), Value::Object(metadata));
-            }
-            let mut names = Vec::new();
-            for (k, v) in extra {
-                if !m.contains_key(&k) {
-                    names.push(k.clone());
-                }
-                m.insert(k, v);
-            }
-            (m, names)
-        },
+    (
+        required, strings, frame, numbers, payload, metadata, extra, error,
     )
+        .prop_map(
+            |(
+                (id, event_type, time),
+                strings,
+                frame,
+                (seq, is_final),
+                payload,
+                metadata,
+                extra,
+                error,
+            )| {
+                let mut m = Map::new();
+                m.insert("spec_version".into(), json!("acp/1.0"));
+                m.insert("schema_version".into(), json!(1));
+                m.insert("event_id".into(), json!(id));
+                m.insert("event_type".into(), json!(event_type));
+                m.insert("occurred_at".into(), json!(time));
+                if let Some(frame) = frame {
+                    m.insert("frame_type".into(), json!(frame));
+                }
+                for (name, value) in OPTIONAL_STRINGS.iter().zip(strings) {
+                    if let Some(value) = value {
+                        m.insert((*name).into(), json!(value));
+                    }
+                }
+                if let Some(seq) = seq {
+                    m.insert("seq".into(), json!(seq));
+                }
+                if is_final {
+                    m.insert("is_final".into(), json!(true));
+                }
+                if let Some(payload) = payload {
+                    m.insert("payload".into(), payload);
+                }
+                if frame == Some("response.error") {
+                    // The schema's one conditional rule: an error frame carries an
+                    // ErrorPayload.
+                    m.insert(
+                        "payload".into(),
+                        json!({"code": error.0, "message": error.1, "retryable": error.2}),
+                    );
+                }
+                let metadata: Map<String, Value> = metadata.into_iter().collect();
+                if !metadata.is_empty() {
+                    m.insert("metadata".into(), Value::Object(metadata));
+                }
+                let mut names = Vec::new();
+                for (k, v) in extra {
+                    if !m.contains_key(&k) {
+                        names.push(k.clone());
+                    }
+                    m.insert(k, v);
+                }
+                (m, names)
+            },
+        )
 }
 
 fn bytes_of(map: &Map<String, Value>) -> Vec<u8> {
@@ -259,7 +274,12 @@ fn check_decoding(bytes: &[u8]) -> Result<Option<Envelope>, TestCaseError> {
             }
             if let Ok(once) = once {
                 let again = Envelope::from_slice(&once);
-                prop_assert_eq!(again.as_ref(), Ok(&env), "{}", String::from_utf8_lossy(&once));
+                prop_assert_eq!(
+                    again.as_ref(),
+                    Ok(&env),
+                    "{}",
+                    String::from_utf8_lossy(&once)
+                );
                 prop_assert_eq!(again.unwrap().to_bytes(), Ok(once));
             }
             Ok(Some(env))
@@ -390,7 +410,10 @@ proptest! {
 }
 
 static SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/envelope.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schema/envelope.schema.json"
+    );
     let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     jsonschema::draft202012::new(&schema).unwrap()
 });
@@ -429,14 +452,22 @@ fn wrong_type(keep: &'static str, null_ok: bool) -> impl Strategy<Value = Value>
 fn wrong_field_type() -> impl Strategy<Value = (&'static str, Value)> {
     prop_oneof![
         (select(REQUIRED[2..].to_vec()), wrong_type("string", false)),
-        (select(OPTIONAL_STRINGS.to_vec()), wrong_type("string", true)),
+        (
+            select(OPTIONAL_STRINGS.to_vec()),
+            wrong_type("string", true)
+        ),
         (Just("spec_version"), wrong_type("string", false)),
         (Just("schema_version"), wrong_type("integer", false)),
         (Just("seq"), wrong_type("integer", false)),
         (Just("is_final"), wrong_type("boolean", false)),
         (Just("metadata"), wrong_type("object", false)),
         (Just("frame_type"), wrong_type("string", true)),
-        (Just("frame_type"), any::<String>().prop_filter("not a frame type", |s| !FRAME_TYPES.contains(&s.as_str())).prop_map(Value::String)),
+        (
+            Just("frame_type"),
+            any::<String>()
+                .prop_filter("not a frame type", |s| !FRAME_TYPES.contains(&s.as_str()))
+                .prop_map(Value::String)
+        ),
     ]
 }
 
@@ -462,8 +493,13 @@ fn event_id_candidate() -> impl Strategy<Value = String> {
 /// Strings from an alphabet dense in the characters subject grammar cares about.
 fn subject_like() -> impl Strategy<Value = String> {
     prop_oneof![
-        vec(select(vec!['a', 'Z', '0', '_', '-', '.', '.', ' ', '*', '>', 'é', '\t', '/', '\0']), 0..12)
-            .prop_map(String::from_iter),
+        vec(
+            select(vec![
+                'a', 'Z', '0', '_', '-', '.', '.', ' ', '*', '>', 'é', '\t', '/', '\0'
+            ]),
+            0..12
+        )
+        .prop_map(String::from_iter),
         any::<String>(),
         event_type_string(),
     ]
@@ -472,7 +508,9 @@ fn subject_like() -> impl Strategy<Value = String> {
 /// Times near and far from RFC 3339: one character changed, inserted or removed, a
 /// space for the `T`, and arbitrary strings.
 fn time_candidate() -> impl Strategy<Value = String> {
-    let chars = select(vec!['0', '1', '2', '3', '5', '9', '-', ':', '.', 'T', 'Z', '+', ' ', 'x']);
+    let chars = select(vec![
+        '0', '1', '2', '3', '5', '9', '-', ':', '.', 'T', 'Z', '+', ' ', 'x',
+    ]);
     prop_oneof![
         (time_string(), any::<prop::sample::Index>(), chars.clone()).prop_map(|(t, i, c)| {
             let mut v: Vec<char> = t.chars().collect();
@@ -502,10 +540,15 @@ fn with(mut map: Map<String, Value>, field: &str, value: Value) -> Vec<u8> {
     bytes_of(&map)
 }
 
-fn assert_invalid_field(result: Result<Envelope, EnvelopeError>, want: &str) -> Result<(), TestCaseError> {
+fn assert_invalid_field(
+    result: Result<Envelope, EnvelopeError>,
+    want: &str,
+) -> Result<(), TestCaseError> {
     match result {
         Err(EnvelopeError::InvalidField { field, .. }) if field == want => Ok(()),
-        other => Err(TestCaseError::fail(format!("expected an invalid {want}, got {other:?}"))),
+        other => Err(TestCaseError::fail(format!(
+            "expected an invalid {want}, got {other:?}"
+        ))),
     }
 }
 
