@@ -111,40 +111,88 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_type: Option<FrameType>,
     /// W3C trace id (32 hex digits).
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub trace_id: Option<String>,
     /// W3C span id (16 hex digits).
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub span_id: Option<String>,
     /// W3C `traceparent`, mirrored from the NATS header.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub traceparent: Option<String>,
     /// Conversation session (agent memory is kept per agent and session).
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub session_id: Option<String>,
     /// Conversation id.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub conversation_id: Option<String>,
     /// On replies: the `event_id` of the request.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub correlation_id: Option<String>,
     /// On requests: the subject to reply to.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub reply_to: Option<String>,
     /// Sender.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub from: Option<String>,
     /// Addressee.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub to: Option<String>,
     /// Channel (e.g. `http`, `cli`, `slack`).
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub channel: Option<String>,
     /// Tenant; carried, does not change subjects.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub tenant_id: Option<String>,
     /// End user.
-    #[serde(default, skip_serializing_if = "is_absent", deserialize_with = "non_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub user_id: Option<String>,
     /// Frame number within a streamed reply; omitted when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -499,7 +547,9 @@ impl Envelope {
         // The time crate also takes a space between date and time (RFC 3339 §5.6 lets
         // applications agree on that); the schema, and so every peer, wants `T`.
         if !matches!(self.occurred_at.as_bytes().get(10), Some(b'T' | b't')) {
-            return Err(bad_time("the date and the time are separated by `T`".into()));
+            return Err(bad_time(
+                "the date and the time are separated by `T`".into(),
+            ));
         }
         OffsetDateTime::parse(&self.occurred_at, &Rfc3339).map_err(|e| bad_time(e.to_string()))?;
         Ok(())

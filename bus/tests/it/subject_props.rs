@@ -23,8 +23,7 @@ fn grammar(re: &str) -> Regex {
 static ONE_TOKEN: LazyLock<Regex> = LazyLock::new(|| grammar("TOKEN"));
 static DOTTED: LazyLock<Regex> = LazyLock::new(|| grammar(r"TOKEN(\.TOKEN)*"));
 static TARGET: LazyLock<Regex> = LazyLock::new(|| grammar(r"TOKEN(\.TOKEN)?"));
-static PATTERN: LazyLock<Regex> =
-    LazyLock::new(|| grammar(r"(TOKEN|\*)(\.(TOKEN|\*))*(\.>)?|>"));
+static PATTERN: LazyLock<Regex> = LazyLock::new(|| grammar(r"(TOKEN|\*)(\.(TOKEN|\*))*(\.>)?|>"));
 
 /// Strings dense in what the grammars care about: token characters, dots, wildcards,
 /// spaces, non-ASCII letters and control characters; plus arbitrary Unicode.
@@ -36,8 +35,16 @@ fn candidate() -> impl Strategy<Value = String> {
     prop_oneof![
         vec(interesting, 0..10).prop_map(String::from_iter),
         // Mostly valid: tokens and wildcards joined by dots.
-        vec(prop_oneof!["[A-Za-z0-9_-]{1,4}", Just("*".into()), Just(">".into()), Just(String::new())], 1..5)
-            .prop_map(|t| t.join(".")),
+        vec(
+            prop_oneof![
+                "[A-Za-z0-9_-]{1,4}",
+                Just("*".into()),
+                Just(">".into()),
+                Just(String::new())
+            ],
+            1..5
+        )
+        .prop_map(|t| t.join(".")),
         any::<String>(),
     ]
 }
@@ -78,7 +85,10 @@ fn check_rejection(
         }
     });
     let rule = rules.iter().any(|r| err.reason.contains(r));
-    prop_assert!(named || rule, "{err} names none of {bad:?} nor a rule {rules:?}");
+    prop_assert!(
+        named || rule,
+        "{err} names none of {bad:?} nor a rule {rules:?}"
+    );
     prop_assert!(err.to_string().contains(what), "{err}");
     Ok(())
 }
