@@ -16,8 +16,10 @@
 //! ```
 //!
 //! Step kinds: `invoke` (a service endpoint, `service` or `service.endpoint`), `agent`
-//! (an agent's `chat`), `publish` (a durable event). A step's `input` is a JSON
-//! template (see [`crate::template`]).
+//! (an agent's `chat`), `publish` (a durable event); a step names exactly one. A step's
+//! `input` is a JSON template (see [`crate::template`]); `timeout_ms` (default 30 000)
+//! and `max_attempts` (default 3) are at least 1. Unknown fields, in the flow or in a
+//! step, are refused rather than ignored.
 
 use std::time::Duration;
 
