@@ -82,6 +82,11 @@ impl FrameType {
 fn is_absent(s: &Option<String>) -> bool {
     s.as_deref().is_none_or(str::is_empty)
 }
+/// An optional string field: `""` (and `null`) decode as absent, as they are encoded,
+/// so that decoding what was encoded gives the same envelope.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -106,40 +111,88 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_type: Option<FrameType>,
     /// W3C trace id (32 hex digits).
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub trace_id: Option<String>,
     /// W3C span id (16 hex digits).
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub span_id: Option<String>,
     /// W3C `traceparent`, mirrored from the NATS header.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub traceparent: Option<String>,
     /// Conversation session (agent memory is kept per agent and session).
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub session_id: Option<String>,
     /// Conversation id.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub conversation_id: Option<String>,
     /// On replies: the `event_id` of the request.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub correlation_id: Option<String>,
     /// On requests: the subject to reply to.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub reply_to: Option<String>,
     /// Sender.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub from: Option<String>,
     /// Addressee.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub to: Option<String>,
     /// Channel (e.g. `http`, `cli`, `slack`).
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub channel: Option<String>,
     /// Tenant; carried, does not change subjects.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub tenant_id: Option<String>,
     /// End user.
-    #[serde(default, skip_serializing_if = "is_absent")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_absent",
+        deserialize_with = "non_empty"
+    )]
     pub user_id: Option<String>,
     /// Frame number within a streamed reply; omitted when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -442,6 +495,9 @@ impl Envelope {
                 ));
             }
         }
+        if let Some(e) = field_type_error(obj) {
+            return Err(e);
+        }
         let env: Envelope =
             serde_json::from_value(value).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         env.validate()?;
@@ -461,10 +517,20 @@ impl Envelope {
                 self.schema_version.into(),
             ));
         }
-        uuid::Uuid::parse_str(&self.event_id).map_err(|e| EnvelopeError::InvalidField {
-            field: "event_id",
-            reason: format!("{:?} is not a UUID ({e})", self.event_id),
-        })?;
+        // The hyphenated form only (8-4-4-4-12 hex digits, as the schema says): the
+        // uuid crate also reads the simple, braced and URN forms, which peers reading
+        // by the schema refuse. Of those forms, only the hyphenated one is 36 long.
+        let id = uuid::Uuid::parse_str(&self.event_id).map_err(|e| e.to_string());
+        if let Err(reason) = id.and_then(|_| {
+            (self.event_id.len() == 36)
+                .then_some(())
+                .ok_or_else(|| "not in the hyphenated form 8-4-4-4-12".to_owned())
+        }) {
+            return Err(EnvelopeError::InvalidField {
+                field: "event_id",
+                reason: format!("{:?} is not a UUID ({reason})", self.event_id),
+            });
+        }
         crate::subject::validate_event_type(&self.event_type).map_err(|e| {
             EnvelopeError::InvalidField {
                 field: "event_type",
@@ -474,12 +540,18 @@ impl Envelope {
         if is_weft_time(&self.occurred_at) {
             return Ok(());
         }
-        OffsetDateTime::parse(&self.occurred_at, &Rfc3339).map_err(|e| {
-            EnvelopeError::InvalidField {
-                field: "occurred_at",
-                reason: format!("{:?} is not an RFC 3339 time ({e})", self.occurred_at),
-            }
-        })?;
+        let bad_time = |why: String| EnvelopeError::InvalidField {
+            field: "occurred_at",
+            reason: format!("{:?} is not an RFC 3339 time ({why})", self.occurred_at),
+        };
+        // The time crate also takes a space between date and time (RFC 3339 §5.6 lets
+        // applications agree on that); the schema, and so every peer, wants `T`.
+        if !matches!(self.occurred_at.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(bad_time(
+                "the date and the time are separated by `T`".into(),
+            ));
+        }
+        OffsetDateTime::parse(&self.occurred_at, &Rfc3339).map_err(|e| bad_time(e.to_string()))?;
         Ok(())
     }
 
@@ -487,6 +559,41 @@ impl Envelope {
     pub fn payload_or_null(&self) -> &Value {
         self.payload.as_ref().unwrap_or(&Value::Null)
     }
+}
+
+/// The first known field of `obj` whose JSON type is wrong, as an error naming it
+/// (serde's own message says only which type it expected).
+fn field_type_error(obj: &Map<String, Value>) -> Option<EnvelopeError> {
+    fn is<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), serde_json::Error> {
+        T::deserialize(v).map(drop)
+    }
+    type Check = fn(&Value) -> Result<(), serde_json::Error>;
+    let checks: [(&str, Check); 20] = [
+        ("event_id", is::<String>),
+        ("event_type", is::<String>),
+        ("occurred_at", is::<String>),
+        ("frame_type", is::<Option<FrameType>>),
+        ("trace_id", is::<Option<String>>),
+        ("span_id", is::<Option<String>>),
+        ("traceparent", is::<Option<String>>),
+        ("session_id", is::<Option<String>>),
+        ("conversation_id", is::<Option<String>>),
+        ("correlation_id", is::<Option<String>>),
+        ("reply_to", is::<Option<String>>),
+        ("from", is::<Option<String>>),
+        ("to", is::<Option<String>>),
+        ("channel", is::<Option<String>>),
+        ("tenant_id", is::<Option<String>>),
+        ("user_id", is::<Option<String>>),
+        ("seq", is::<u64>),
+        ("is_final", is::<bool>),
+        ("payload", is::<Option<Value>>),
+        ("metadata", is::<Map<String, Value>>),
+    ];
+    checks.iter().find_map(|(name, check)| {
+        let e = check(obj.get(*name)?).err()?;
+        Some(EnvelopeError::Malformed(format!("field `{name}`: {e}")))
+    })
 }
 
 /// Whether a metadata key is reserved (`acp.` or `weft.` prefix).

@@ -16,14 +16,15 @@
 //! ```
 //!
 //! Step kinds: `invoke` (a service endpoint, `service` or `service.endpoint`), `agent`
-//! (an agent's `chat`), `publish` (a durable event). A step's `input` is a JSON
-//! template (see [`crate::template`]).
+//! (an agent's `chat`), `publish` (a durable event); a step names exactly one. A step's
+//! `input` is a JSON template (see [`crate::template`]). Unknown fields, in the flow or
+//! in a step, are refused rather than ignored.
 //!
 //! Each step has `timeout_ms` (one attempt, default 30 000), `max_attempts` (default
-//! 10) and `retry`, the delay before the next attempt after a retryable failure
-//! (default exponential from 1 s up to 5 min with bounded jitter, so 10 attempts span
-//! about 13 minutes: a few seconds or minutes of trouble do not fail a run). `retry`
-//! takes the forms of [`RetryPolicy`], e.g.
+//! 10), both at least 1, and `retry`, the delay before the next attempt after a
+//! retryable failure (default exponential from 1 s up to 5 min with bounded jitter, so
+//! 10 attempts span about 13 minutes: a few seconds or minutes of trouble do not fail a
+//! run). `retry` takes the forms of [`RetryPolicy`], e.g.
 //! `{"kind": "exponential", "initial_ms": 500, "max_ms": 60000}` or
 //! `{"kind": "fixed", "delay_ms": 2000}`.
 
@@ -62,7 +63,12 @@ impl StepKind {
 }
 
 /// One step of a flow.
+///
+/// In JSON, a step names exactly one of `invoke`, `agent` or `publish`; any other
+/// field than those below is refused (a misspelt `inputs` is an error, not a step
+/// without input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StepDefinition")]
 pub struct Step {
     /// Step name (one token, unique in the flow); outputs are addressed as
     /// `${steps.<name>.output}`.
@@ -83,6 +89,67 @@ pub struct Step {
     /// [`default_step_retry`]: exponential from 1 s up to 5 min, bounded jitter.
     #[serde(default = "default_step_retry")]
     pub retry: RetryPolicy,
+}
+
+/// A step as written in JSON, checked into a [`Step`]: the derived decoding of the
+/// flattened [`StepKind`] would take the first of two kinds and ignore unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDefinition {
+    name: String,
+    #[serde(default)]
+    invoke: Option<Target>,
+    #[serde(default)]
+    agent: Option<ServiceName>,
+    #[serde(default)]
+    publish: Option<EventType>,
+    #[serde(default)]
+    input: Value,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_step_retry")]
+    retry: RetryPolicy,
+}
+
+impl TryFrom<StepDefinition> for Step {
+    type Error = String;
+
+    fn try_from(d: StepDefinition) -> Result<Self, String> {
+        let kind = match (d.invoke, d.agent, d.publish) {
+            (Some(t), None, None) => StepKind::Invoke(t),
+            (None, Some(a), None) => StepKind::Agent(a),
+            (None, None, Some(e)) => StepKind::Publish(e),
+            (i, a, p) => {
+                let given: Vec<&str> = [
+                    ("invoke", i.is_some()),
+                    ("agent", a.is_some()),
+                    ("publish", p.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(k, set)| set.then_some(k))
+                .collect();
+                let what = if given.is_empty() {
+                    "names none of them".to_owned()
+                } else {
+                    format!("names {}", given.join(" and "))
+                };
+                return Err(format!(
+                    "step {:?} {what}: a step does exactly one of `invoke`, `agent` or `publish`",
+                    d.name
+                ));
+            }
+        };
+        Ok(Step {
+            name: d.name,
+            kind,
+            input: d.input,
+            timeout_ms: d.timeout_ms,
+            max_attempts: d.max_attempts,
+            retry: d.retry,
+        })
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -150,7 +217,10 @@ impl Step {
 }
 
 /// A flow: triggered by events matching `trigger`, running `steps` in order.
+///
+/// In JSON, fields other than those below are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Flow {
     /// Flow name (one token).
     pub name: String,
@@ -197,8 +267,10 @@ impl Flow {
     /// Parses and validates a JSON definition.
     ///
     /// # Errors
-    /// [`FlowError::Definition`] naming what is wrong (bad JSON, bad token, duplicate
-    /// step name, no steps, a template that refers to an unknown or later step).
+    /// [`FlowError::Definition`] naming what is wrong (bad JSON, an unknown field, bad
+    /// token, a step doing none or two of `invoke`/`agent`/`publish`, duplicate step
+    /// name, no steps, 0 `max_attempts` or `timeout_ms`, a template that refers to an
+    /// unknown or later step).
     pub fn from_json(text: &str) -> Result<Flow, FlowError> {
         let flow: Flow = serde_json::from_str(text)
             .map_err(|e| FlowError::Definition(format!("invalid flow definition: {e}")))?;
@@ -221,6 +293,19 @@ impl Flow {
             validate_token("step name", &step.name).map_err(|e| def(e.to_string()))?;
             if seen.contains(&step.name.as_str()) {
                 return Err(def(format!("two steps are named {}", step.name)));
+            }
+            // A step with no attempt or no time could never succeed.
+            if step.max_attempts == 0 {
+                return Err(def(format!(
+                    "step {}: max_attempts must be at least 1",
+                    step.name
+                )));
+            }
+            if step.timeout_ms == 0 {
+                return Err(def(format!(
+                    "step {}: timeout_ms must be at least 1",
+                    step.name
+                )));
             }
             for reference in crate::template::step_references(&step.input) {
                 if !seen.contains(&reference.as_str()) {

@@ -3,6 +3,7 @@
 mod cluster;
 mod durable;
 mod envelope_golden;
+mod envelope_props;
 mod invoke;
 mod middleware;
 mod registry;
@@ -10,3 +11,4 @@ mod replay;
 mod resources;
 mod security;
 mod stream;
+mod subject_props;

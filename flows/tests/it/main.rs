@@ -1,6 +1,8 @@
 //! Flow engine tests against a real nats-server (in-process worker; the crash-and-resume
 //! test with a separate worker process lives in the workspace's tests/).
 
+mod definition_props;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
