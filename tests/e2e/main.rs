@@ -2,6 +2,7 @@
 //! real nats-server.
 
 mod bench;
+mod cluster;
 mod dashboards;
 mod demo;
 mod dlq;

@@ -49,6 +49,13 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("e2e")));
     // Thread-local, and this runtime runs every task on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing-core 0.1 caches `Interest::never` in a callsite that another test's
+    // thread (with no subscriber) registers first while exactly one dispatch exists
+    // (tokio-rs/tracing#3611): spans of that callsite then never reach this one. A
+    // second live dispatch sends registration down the general path, which asks every
+    // dispatch; the rebuild fixes callsites registered before.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+    tracing::callsite::rebuild_interest_cache();
 
     let server = TestServer::start().await;
     let bus = server.bus().await;

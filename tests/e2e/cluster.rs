@@ -1,0 +1,218 @@
+//! Node faults on a real 3-node cluster (`weft_bus::testing::TestCluster`, every
+//! stream and bucket with 3 replicas) while flows and agents work: a node SIGKILLed
+//! under flow load loses, strands and fails no run; the registry's node restarted
+//! leaves agents with their tools. (Publishing through a leader's death is tested in
+//! weft-bus's cluster tests.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use weft_agents::{Agent, ScriptedModel};
+use weft_bus::registry::Kind;
+use weft_bus::service::{Endpoint, Request, Service};
+use weft_bus::testing::{TestCluster, eventually};
+use weft_bus::{Bus, ConnectOptions};
+use weft_flows::worker::{self, WorkerConfig};
+use weft_flows::{Flow, RunStatus, RunStore, Step};
+
+async fn connect(urls: String, name: &str) -> Bus {
+    ConnectOptions::new(urls)
+        .name(name)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// 450 triggers at about 30/s; the node leading the flows bucket (every run's
+/// checkpoints) is SIGKILLed a third of the way in and restarted two thirds in. Every
+/// run completes: none lost, none stuck, none failed because of the fault. Steps that
+/// met the election were retried (their attempts say so), not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_flow_load_loses_strands_and_fails_no_run() {
+    const RUNS: usize = 450;
+    let cluster = TestCluster::start(3).await;
+    let admin = cluster.bus().await;
+    let service_bus = connect(cluster.urls(), "fx").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("fx", "1.0.0")
+        .endpoint(Endpoint::new("work", move |r: Request| {
+            c.fetch_add(1, Ordering::Relaxed);
+            let n = r.payload()["n"].clone();
+            async move { Ok(json!({ "n": n })) }
+        }))
+        .serve(&service_bus)
+        .await
+        .unwrap();
+    let flow = Flow::new("sturdy", "job.submitted".parse().unwrap())
+        .step(Step::invoke(
+            "one",
+            "fx.work".parse().unwrap(),
+            json!("${trigger.payload}"),
+        ))
+        .step(Step::invoke(
+            "two",
+            "fx.work".parse().unwrap(),
+            json!("${steps.one.output}"),
+        ))
+        .step(Step::publish(
+            "done",
+            "job.finished".parse().unwrap(),
+            json!("${steps.two.output}"),
+        ));
+    let worker_bus = connect(cluster.urls(), "worker").await;
+    let config = WorkerConfig {
+        ack_wait: Duration::from_secs(3),
+        ..WorkerConfig::default()
+    };
+    let handle = worker::start(&worker_bus, vec![flow], config)
+        .await
+        .unwrap();
+
+    let victim = cluster.node_of_leader(&admin, "KV_weft_flows").await;
+    let publisher_bus = connect(cluster.urls(), "publisher").await;
+    let t: weft_bus::EventType = "job.submitted".parse().unwrap();
+    let mut publish_errors = Vec::new();
+    for n in 0..RUNS {
+        if n == RUNS / 3 {
+            cluster.kill(victim);
+        }
+        if n == 2 * RUNS / 3 {
+            cluster.restart(victim).await;
+        }
+        if let Err(e) = publisher_bus.publish(&t, json!({ "n": n })).await {
+            publish_errors.push(e.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    assert!(
+        publish_errors.is_empty(),
+        "publishes failed: {publish_errors:?}"
+    );
+
+    let store = RunStore::open(&admin).await.unwrap();
+    let runs = eventually(Duration::from_secs(120), || async {
+        let runs = store.list(Some("sturdy")).await.ok()?;
+        (runs.len() == RUNS && runs.iter().all(|r| r.status == RunStatus::Completed))
+            .then_some(runs)
+    })
+    .await
+    .unwrap_or_else(|| {
+        let runs = futures::executor::block_on(store.list(Some("sturdy"))).unwrap_or_default();
+        let mut by_status: HashMap<&str, usize> = HashMap::new();
+        for r in &runs {
+            *by_status.entry(r.status.as_str()).or_default() += 1;
+        }
+        let failed: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.error.clone())
+            .take(3)
+            .collect();
+        panic!(
+            "node{victim} killed: {} runs of {RUNS}, by status {by_status:?}, errors {failed:?}",
+            runs.len()
+        )
+    });
+    let retried = runs
+        .iter()
+        .filter(|r| r.steps.iter().any(|s| s.attempts > 1))
+        .count();
+    eprintln!(
+        "node{victim} (flows bucket leader) killed: {RUNS} runs completed, {retried} with a step retried, {} calls",
+        calls.load(Ordering::Relaxed)
+    );
+    assert!(
+        weft_bus::dlq::list(&admin, None).await.unwrap().is_empty(),
+        "a run was dead-lettered"
+    );
+    handle.stop().await;
+}
+
+/// Chats go on while the node leading the registry bucket is SIGKILLed and restarted:
+/// the agent's registry view never loses its managed service, and every chat answers
+/// with its tool (none answers without it, none fails). The agent, the service and the
+/// caller are connected to another node, so the fault is the registry's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_registry_node_leaves_agents_their_tools() {
+    let cluster = TestCluster::start(3).await;
+    let admin = cluster.bus().await;
+    let registry_node = cluster.node_of_leader(&admin, "KV_weft_registry").await;
+    let other = (0..3).find(|i| *i != registry_node).unwrap();
+    let bus = connect(cluster.url(other), "mesh").await;
+    let _tickets = Service::new("tickets", "1.0.0")
+        .endpoint(Endpoint::new("list", |_r: Request| async {
+            Ok(json!({"count": 2}))
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let script = r#"{"rules": [{"match": ".*", "turns": [
+        {"tool_calls": [{"name": "tickets_list", "arguments": {}}]},
+        {"content": "{{result.0./count}} open"}
+    ]}]}"#;
+    let _agent = Agent::new("support")
+        .manages(["tickets"])
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let watch = bus.registry_watch().await.unwrap().clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost_tools = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, lost, watch) = (stop.clone(), lost_tools.clone(), watch.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if watch.newest(Kind::Service, "tickets").is_none() {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let chat = || async {
+        bus.invoke(&"support".parse().unwrap(), json!("how many open?"))
+            .await
+    };
+    let (mut ok, mut failures) = (0, Vec::new());
+    for i in 0..120 {
+        if i == 20 {
+            cluster.kill(registry_node);
+        }
+        if i == 70 {
+            cluster.restart(registry_node).await;
+        }
+        match chat().await {
+            Ok(out) => {
+                assert_eq!(out["tool_calls"][0]["name"], "tickets_list", "{out}");
+                assert_eq!(out["reply"], "2 open", "{out}");
+                ok += 1;
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    eprintln!(
+        "registry node{registry_node} killed and restarted: {ok} chats answered with their tool"
+    );
+    assert!(failures.is_empty(), "chats failed: {failures:?}");
+    assert_eq!(
+        lost_tools.load(Ordering::Relaxed),
+        0,
+        "the agent's registry view lost its managed service"
+    );
+    // The restarted registry still holds the entries (file storage, 3 replicas).
+    let listed = weft_bus::registry::Registry::open(&admin)
+        .await
+        .unwrap()
+        .list_kind(Kind::Service, Some("tickets"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
