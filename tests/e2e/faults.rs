@@ -117,7 +117,7 @@ async fn flow_worker_sigkilled_20_times_under_load_loses_and_strands_nothing() {
         )
     });
 
-    let calls = calls.lock().unwrap();
+    let calls = calls.lock().unwrap().clone();
     let mut repeated = 0;
     for run in &runs {
         for (i, endpoint) in ["first", "slow"].into_iter().enumerate() {
