@@ -1,9 +1,12 @@
 //! The registry (DESIGN §5): KV bucket `<prefix>_registry`, key
 //! `<kind>.<name>.<instance>`, value a JSON [`Registration`].
 //!
-//! Each instance refreshes its entry on a heartbeat (every third of the bucket's max
-//! age); an entry expires when its instance dies (the bucket's max age is the TTL) and
-//! is deleted when it stops cleanly.
+//! Each instance refreshes its entry on a heartbeat (every quarter of the bucket's max
+//! age, [`HEARTBEATS_PER_TTL`]; a failed heartbeat is tried again after
+//! [`HEARTBEAT_RETRY`]); an entry expires when its instance dies (the bucket's max age
+//! is the TTL) and is deleted when it stops cleanly. The TTL must outlast a heartbeat
+//! interval plus a leader election of the bucket on a cluster (up to 9 s): the default
+//! 15 s does.
 //!
 //! # Reading it
 //!
@@ -26,6 +29,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics;
+
+/// Heartbeats per registry TTL: an instance rewrites its entry every quarter of the
+/// TTL, so with the default 15 s an entry survives one failed heartbeat plus a leader
+/// election of the bucket (up to 9 s after a node is killed).
+pub const HEARTBEATS_PER_TTL: u32 = 4;
+
+/// How soon a failed heartbeat is tried again: 500 ms.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
 
 /// What a registry entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -265,22 +276,26 @@ impl Registry {
         let every = if ttl.is_zero() {
             Duration::from_secs(5)
         } else {
-            ttl / 3
+            ttl / HEARTBEATS_PER_TTL
         };
         let cancel = CancellationToken::new();
         let (store, k, c) = (self.store.clone(), key.clone(), cancel.clone());
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            let mut wait = every;
             loop {
                 tokio::select! {
                     _ = c.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = store.put(&k, value.clone()).await {
-                            tracing::warn!(key = %k, error = %e, "registry heartbeat failed");
-                        }
-                    }
+                    _ = tokio::time::sleep(wait) => {}
                 }
+                wait = match store.put(&k, value.clone()).await {
+                    Ok(_) => every,
+                    Err(e) => {
+                        // E.g. the bucket electing a leader: try again soon, so the
+                        // entry is rewritten as soon as it can be, well within its TTL.
+                        tracing::warn!(key = %k, error = %e, "registry heartbeat failed; trying again");
+                        HEARTBEAT_RETRY.min(every)
+                    }
+                };
             }
         });
         metrics::bus()
@@ -358,6 +373,12 @@ struct WatchState {
     /// even if no expiry marker came (a bucket made by an older Weft, or a marker lost
     /// while the watch restarted): twice the registry TTL.
     stale_after: Duration,
+    /// The bucket stream's sequence of the last change applied: a broken watch starts
+    /// again after it.
+    last_revision: std::sync::atomic::AtomicU64,
+    /// When the bucket's stream was created: another time means it was deleted and
+    /// made again, and sequences started over.
+    created: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl WatchState {
@@ -428,9 +449,10 @@ impl WatchState {
 /// written it for twice the TTL is dropped as well, marker or not.
 ///
 /// When the watch breaks (its node restarts, the bucket is re-created), it starts
-/// again with back-off (100 ms doubling to 5 s) from a fresh listing, and the view
-/// keeps its last known entries meanwhile, so a registry hiccup does not look like an
-/// empty mesh.
+/// again with back-off (100 ms doubling to 5 s) right after the last change it
+/// applied (from a fresh listing when the bucket was re-created), and the view keeps
+/// its last known entries meanwhile, so a registry hiccup does not look like an empty
+/// mesh.
 ///
 /// Cheap to clone; the watch stops when the last clone is dropped.
 ///
@@ -486,13 +508,15 @@ impl RegistryWatch {
             entries: RwLock::new(BTreeMap::new()),
             generation,
             stale_after: ttl * 2,
+            last_revision: Default::default(),
+            created: Default::default(),
         });
-        let from = load(&store, &state).await?;
+        let from = resume_from(&store, &state).await?;
         let watch = watch_from(&store, from).await?;
         let cancel = CancellationToken::new();
         tokio::spawn(follow(
             bus.jetstream().clone(),
-            bus.names().registry_bucket.clone(),
+            store,
             watch,
             state.clone(),
             cancel.clone(),
@@ -568,7 +592,48 @@ async fn load(store: &kv::Store, state: &WatchState) -> Result<u64> {
     if state.reset(snapshot.entries) {
         state.changed();
     }
+    state
+        .last_revision
+        .store(snapshot.last_sequence, std::sync::atomic::Ordering::Relaxed);
     Ok(snapshot.last_sequence + 1)
+}
+
+/// Where a watch starts: the first time, and when the bucket was re-created, after a
+/// fresh listing; when it broke, right after the last change it applied, so it
+/// replays what it missed (puts, deletes, expiry markers) in order without listing
+/// the bucket again (a listing's direct gets may be answered by a replica still
+/// catching up after a restart).
+async fn resume_from(store: &kv::Store, state: &WatchState) -> Result<u64> {
+    let created = stream_created(store).await?;
+    let known = state
+        .created
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(created);
+    if known != Some(created) {
+        return load(store, state).await;
+    }
+    Ok(state
+        .last_revision
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + 1)
+}
+
+/// When `store`'s stream was created, asked of the server (`Store::status` answers
+/// from the handle's cache).
+async fn stream_created(store: &kv::Store) -> Result<time::OffsetDateTime> {
+    store
+        .stream
+        .get_info()
+        .await
+        .map(|i| i.created)
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Kv,
+                format!("cannot read KV bucket {}", store.name),
+                e,
+            )
+        })
 }
 
 async fn watch_from(store: &kv::Store, revision: u64) -> Result<kv::Watch> {
@@ -585,11 +650,12 @@ async fn watch_from(store: &kv::Store, revision: u64) -> Result<kv::Watch> {
 /// fresh listing) with back-off when it ends or fails.
 async fn follow(
     js: jetstream::Context,
-    bucket: String,
+    mut store: kv::Store,
     mut watch: kv::Watch,
     state: Arc<WatchState>,
     cancel: CancellationToken,
 ) {
+    let bucket = store.name.clone();
     let mut backoff = Duration::from_millis(100);
     let mut sweep = tokio::time::interval(state.stale_after / 4);
     loop {
@@ -600,12 +666,24 @@ async fn follow(
                     if state.prune() {
                         state.changed();
                     }
+                    // A bucket deleted and made again starts its sequences over, and
+                    // the watch's consumer would wait past them: start afresh. (A
+                    // failed check, e.g. during an election, proves nothing.)
+                    let known = *state.created.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Ok(created) = stream_created(&store).await
+                        && Some(created) != known
+                    {
+                        break "the bucket was re-created".to_owned();
+                    }
                 }
                 entry = watch.next() => match entry {
                     None => break "the watch ended".to_owned(),
                     Some(Err(e)) => break e.to_string(),
                     Some(Ok(entry)) => {
                         backoff = Duration::from_millis(100);
+                        state
+                            .last_revision
+                            .store(entry.revision, std::sync::atomic::Ordering::Relaxed);
                         let changed = match entry.operation {
                             kv::Operation::Put => match serde_json::from_slice(&entry.value) {
                                 Ok(r) => state.put(entry.key, r),
@@ -634,11 +712,14 @@ async fn follow(
                 let store = js.get_key_value(&bucket).await.map_err(|e| {
                     Error::with_source(ErrorKind::Kv, format!("cannot open KV bucket {bucket}"), e)
                 })?;
-                let from = load(&store, &state).await?;
-                watch_from(&store, from).await
+                let from = resume_from(&store, &state).await?;
+                Ok::<_, Error>((watch_from(&store, from).await?, store))
             };
             match restarted.await {
-                Ok(w) => break w,
+                Ok((w, s)) => {
+                    store = s;
+                    break w;
+                }
                 Err(e) => tracing::warn!(%bucket, error = %e, "registry watch cannot start yet"),
             }
         };

@@ -104,7 +104,8 @@ pub struct ResourceConfig {
     /// Default `None`: new resources get 1, existing ones keep theirs.
     pub replicas: Option<usize>,
     /// Time to live of a registry entry: an instance that stops heartbeating is gone
-    /// after this long. Instances heartbeat every third of it. Default 15 s.
+    /// after this long. Instances heartbeat every quarter of it, so it must outlast a
+    /// heartbeat plus a leader election on a cluster (up to 9 s). Default 15 s.
     pub registry_ttl: Duration,
 }
 

@@ -293,6 +293,9 @@ impl TestCluster {
         let replicas = self.len().min(3);
         let config = ResourceConfig {
             replicas: Some(replicas),
+            // The default TTL, not the harness's 3 s: an entry must outlive a leader
+            // election (up to 9 s after a SIGKILL) during which heartbeats fail.
+            registry_ttl: ResourceConfig::default().registry_ttl,
             ..test_resources()
         };
         let deadline = tokio::time::Instant::now() + CLUSTER_READY_TIMEOUT;

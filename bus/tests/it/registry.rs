@@ -188,3 +188,50 @@ async fn reading_the_registry_creates_no_consumers() {
         "one watch per connection, whatever the reads"
     );
 }
+
+#[tokio::test]
+async fn a_watch_recovers_when_the_registry_bucket_is_recreated() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let registry = Registry::open(&bus).await.unwrap();
+    let _a = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "a",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    let watch = bus.registry_watch().await.unwrap().clone();
+    assert!(watch.newest(Kind::Service, "a").is_some());
+
+    // The bucket goes away under the watch and comes back empty.
+    bus.jetstream()
+        .delete_stream("KV_weft_registry")
+        .await
+        .unwrap();
+    weft_bus::resources::ensure(&bus, &weft_bus::testing::test_resources())
+        .await
+        .unwrap();
+    // A registration made now, in the new bucket, reaches the watch, and `a` is there
+    // again once its heartbeat rewrote it.
+    let registry = Registry::open(&bus).await.unwrap();
+    let _b = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "b",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    let both = eventually(Duration::from_secs(10), || async {
+        (watch.newest(Kind::Service, "a").is_some() && watch.newest(Kind::Service, "b").is_some())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        both.is_some(),
+        "the watch did not follow the new bucket: {:?}",
+        watch.list()
+    );
+}
