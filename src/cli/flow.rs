@@ -220,13 +220,14 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let handle = worker::start(&bus, flows, config).await?;
+    let stop = super::up::shutdown_signal();
     eprintln!(
         "flow worker running {} on {}; metrics on http://{}/metrics (Ctrl-C to stop)",
         names.join(", "),
         bus.server_url(),
         metrics_addr.map_or("?".into(), |a| a.to_string())
     );
-    super::up::shutdown_signal().await;
+    stop.await;
     eprintln!("stopping: finishing running steps");
     handle.stop().await;
     let _ = stop_metrics.send(());

@@ -47,29 +47,39 @@ pub struct UpArgs {
     pub resources: super::resources::ResourceArgs,
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The next signal of `s`; never, when its handler could not be installed.
+#[cfg(unix)]
+async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// A future that resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled, so call it before
+/// telling the user the process runs: a Ctrl-C right after the banner then stops it
+/// cleanly instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                _ = recv(interrupt.as_mut()) => {},
+                _ = recv(terminate.as_mut()) => {},
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term => {},
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -129,7 +139,8 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         None
     };
 
-    // 5. Tell the user what runs and what to try.
+    // 5. Tell the user what runs and what to try (Ctrl-C works from here on).
+    let stop = shutdown_signal();
     println!("weft is up (prefix {})", bus.prefix());
     match &local {
         Some(s) => println!(
@@ -160,7 +171,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     println!("(also: weft sub 'ticket.>', weft ls, curl {http}/metrics; Ctrl-C stops)");
 
     // 6. Wait, then stop in order: demo, gateway, connection, server.
-    shutdown_signal().await;
+    stop.await;
     eprintln!("stopping: demo, gateway, then nats-server");
     if let Some(d) = demo
         && let Err(e) = d.stop().await

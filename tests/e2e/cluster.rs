@@ -216,3 +216,92 @@ async fn restarting_the_registry_node_leaves_agents_their_tools() {
         .unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+/// Starts `weft up` against `urls` with `extra` flags, waits for its banner and stops
+/// it with Ctrl-C; returns the banner and the log.
+fn up_once(urls: &str, dir: &std::path::Path, extra: &[&str]) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    let http = format!("127.0.0.1:{}", crate::free_port());
+    let mut args = vec!["up", "--server", urls, "--http", &http];
+    args.extend(extra);
+    let mut up = crate::Proc::weft("weft-up", &args, dir);
+    let stdout = up.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read to the end (a closed pipe would fail the rest of the banner).
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("(also:") {
+            break;
+        }
+    }
+    let status = up.interrupt(Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.join("weft-up.log")).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "weft up did not start and stop cleanly ({status:?}); banner:\n{banner}\nlog:\n{log}"
+    );
+    (banner, log)
+}
+
+/// The user's path on a cluster: `weft up` made the mesh with 1 replica, the operator
+/// scales it with `weft resources update --replicas 3`, and `weft up` starts again on
+/// it (it once refused: "exists with a different configuration"); `weft resources
+/// ls` shows 3 replicas, a leader and current peers for every stream and bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_scaled_to_three_replicas_starts_again_and_lists_its_replicas() {
+    let cluster = TestCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    up_once(&urls, dir.path(), &[]);
+    let updated =
+        crate::weft_output(&["resources", "update", "--replicas", "3", "--server", &urls]);
+    assert!(
+        updated.contains("weft_registry: replicas 1 → 3"),
+        "{updated}"
+    );
+    assert!(updated.contains("WEFT_EVENTS: replicas 1 → 3"), "{updated}");
+
+    let (banner, log) = up_once(&urls, dir.path(), &[]);
+    assert!(banner.contains("WEFT_EVENTS"), "{banner}");
+    assert!(!log.contains("different configuration"), "{log}");
+
+    let listed = eventually(Duration::from_secs(20), || async {
+        let out = crate::weft_output(&["resources", "ls", "--json", "--server", &urls]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let all_current = list.as_array().unwrap().iter().all(|r| {
+            r["replicas"] == 3
+                && r["leader"].is_string()
+                && r["peers"].as_array().unwrap().len() == 2
+                && r["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["current"] == true)
+        });
+        all_current.then_some(list)
+    })
+    .await
+    .expect("every resource with 3 current replicas");
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bucket"].as_str().or(r["stream"].as_str()).unwrap())
+        .collect();
+    for want in [
+        "WEFT_EVENTS",
+        "WEFT_DLQ",
+        "weft_registry",
+        "weft_flows",
+        "weft_memory",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+}
