@@ -220,27 +220,11 @@ async fn restarting_the_registry_node_leaves_agents_their_tools() {
 /// Starts `weft up` against `urls` with `extra` flags, waits for its banner and stops
 /// it with Ctrl-C; returns the banner and the log.
 fn up_once(urls: &str, dir: &std::path::Path, extra: &[&str]) -> (String, String) {
-    use std::io::{BufRead, BufReader};
     let http = format!("127.0.0.1:{}", crate::free_port());
     let mut args = vec!["up", "--server", urls, "--http", &http];
     args.extend(extra);
     let mut up = crate::Proc::weft("weft-up", &args, dir);
-    let stdout = up.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Read to the end (a closed pipe would fail the rest of the banner).
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut banner = String::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.starts_with("(also:") {
-            break;
-        }
-    }
+    let banner = up.banner();
     let status = up.interrupt(Duration::from_secs(20));
     let log = std::fs::read_to_string(dir.join("weft-up.log")).unwrap_or_default();
     assert!(

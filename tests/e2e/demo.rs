@@ -2,7 +2,6 @@
 //! `ticket.triaged` seen on the bus, the run listed as completed, the agent answering,
 //! metrics moved, and a clean shutdown on Ctrl-C.
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,26 +16,7 @@ async fn weft_up_demo_triages_a_ticket_end_to_end() {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
     // Wait for the banner, which comes once everything runs.
-    let stdout = up.proc.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut banner = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                banner.push_str(&line);
-                banner.push('\n');
-                if line.starts_with("try,") {
-                    break;
-                }
-            }
-            Err(_) => panic!("weft up did not print its banner; stderr:\n{}", up.log()),
-        }
-    }
+    let banner = up.proc.banner();
     assert!(banner.contains("WEFT_EVENTS"), "{banner}");
     assert!(banner.contains("weft_registry"), "{banner}");
     assert!(banner.contains(&http), "{banner}");

@@ -21,22 +21,74 @@ pub struct Proc {
     pub child: Child,
     /// Its name in logs.
     pub name: &'static str,
+    /// The file its stderr goes to.
+    pub log: std::path::PathBuf,
 }
 
 impl Proc {
     /// Runs the `weft` binary with `args`, stdout piped, stderr to a file in `log_dir`.
     pub fn weft(name: &'static str, args: &[&str], log_dir: &std::path::Path) -> Proc {
-        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        Proc::weft_env(name, args, log_dir, &[])
+    }
+
+    /// As [`Proc::weft`], with more environment variables.
+    pub fn weft_env(
+        name: &'static str,
+        args: &[&str],
+        log_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(args)
             .env_remove("NATS_URL")
             .env("RUST_LOG", "info,async_nats=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("spawn weft");
-        Proc { child, name }
+        Proc {
+            child,
+            name,
+            log: log_path,
+        }
+    }
+
+    /// Reads the banner `weft up` prints once everything runs (up to its last line,
+    /// `(also: …`), waiting at most 60 s; the rest of stdout is read and dropped, so the
+    /// process never writes to a closed pipe.
+    ///
+    /// # Panics
+    /// When no banner comes (with the process's stderr).
+    pub fn banner(&mut self) -> String {
+        use std::io::{BufRead, BufReader};
+        let stdout = self.child.stdout.take().expect("stdout piped, read once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut banner = String::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    banner.push_str(&line);
+                    banner.push('\n');
+                    if line.starts_with("(also:") {
+                        return banner;
+                    }
+                }
+                Err(_) => panic!(
+                    "{} printed no banner; stdout so far:\n{banner}\nstderr:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
     }
 
     /// SIGKILL now.
@@ -82,6 +134,11 @@ pub struct Up {
 impl Up {
     /// Starts `weft up` with `extra` arguments (e.g. `--demo`) on free ports.
     pub fn start(extra: &[&str]) -> Up {
+        Up::start_env(extra, &[])
+    }
+
+    /// As [`Up::start`], with more environment variables (e.g. `OTEL_*`).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let nats_port = free_port();
         let http = format!("127.0.0.1:{}", free_port());
@@ -90,7 +147,7 @@ impl Up {
         let mut args = vec!["up", "--nats-port", &port, "--http", &http];
         args.extend(["--data", data.to_str().unwrap()]);
         args.extend(extra);
-        let proc = Proc::weft("weft-up", &args, dir.path());
+        let proc = Proc::weft_env("weft-up", &args, dir.path(), env);
         Up {
             proc,
             dir,
@@ -101,7 +158,7 @@ impl Up {
 
     /// Its log (stderr) so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("weft-up.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 }
 

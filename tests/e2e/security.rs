@@ -3,7 +3,6 @@
 //! (wrong password, unknown CA, a publish the user's permissions deny, which fails at
 //! once), and `weft up --tls-cert --tls-key` serves the gateway over HTTPS.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -201,26 +200,7 @@ async fn weft_up_serves_the_gateway_over_https_with_tls_cert_and_key() {
     ]);
     let http = up.http.clone();
 
-    let stdout = up.proc.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut banner = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                banner.push_str(&line);
-                banner.push('\n');
-                if line.starts_with("try,") {
-                    break;
-                }
-            }
-            Err(_) => panic!("weft up did not print its banner; stderr:\n{}", up.log()),
-        }
-    }
+    let banner = up.proc.banner();
     assert!(banner.contains(&format!("https://{http}")), "{banner}");
     assert!(!banner.contains(&format!("http://{http}")), "{banner}");
 

@@ -186,26 +186,16 @@ async fn weft_up_exports_spans_over_otlp_when_asked() {
     let otlp = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let dir = tempfile::tempdir().unwrap();
-    let (nats_port, http_port) = (crate::free_port(), crate::free_port());
-    let http = format!("127.0.0.1:{http_port}");
-    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["up", "--nats-port", &nats_port.to_string(), "--http", &http])
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .env_remove("NATS_URL")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        .env("OTEL_SERVICE_NAME", "weft-e2e")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut up = crate::Proc {
-        child,
-        name: "weft-up-otlp",
-    };
+    let endpoint = format!("http://{otlp}");
+    let mut up = crate::Up::start_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_SERVICE_NAME", "weft-e2e"),
+        ],
+    );
+    let http = up.http.clone();
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let client = http_client();
@@ -227,7 +217,7 @@ async fn weft_up_exports_spans_over_otlp_when_asked() {
     assert!(accepted, "the gateway never came up");
     // A clean stop flushes the batch exporter (the wait blocks: keep it off the
     // runtime's workers, which serve the collector).
-    let status = tokio::task::block_in_place(|| up.interrupt(Duration::from_secs(30)))
+    let status = tokio::task::block_in_place(|| up.proc.interrupt(Duration::from_secs(30)))
         .expect("weft up stops");
     assert!(status.success());
     let bodies = received.lock().unwrap().join("\n");

@@ -16,7 +16,7 @@ use weft_agents::{Agent, ScriptedModel};
 use weft_bus::Target;
 
 use super::invoke::serve_noop;
-use super::{Bench, Better, Counts, Figure, closed_loop};
+use super::{Bench, Figure, closed_loop};
 
 /// Chats in flight.
 pub const IN_FLIGHT: usize = 16;
@@ -76,22 +76,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
         .consumer_count;
     agent.stop().await?;
     service.stop().await?;
-    Ok(Figure {
-        name: "agent_chat",
-        unit: "chats/s",
-        weft: chats.rate(),
-        raw: None,
-        ratio: None,
-        ratio_range: None,
-        better: Better::Higher,
-        ceiling: None,
-        message_bytes: None,
-        counts: Counts {
-            weft: chats,
-            raw: None,
-        },
-        note: format!(
-            "scripted model, {IN_FLIGHT} in flight, one tool call per chat; {consumers} consumer(s) on the registry afterwards"
-        ),
-    })
+    Ok(Figure::weft_only("agent_chat", "chats/s", chats).note(format!(
+        "scripted model, {IN_FLIGHT} in flight, one tool call per chat; {consumers} consumer(s) on the registry afterwards"
+    )))
 }

@@ -22,7 +22,7 @@ use weft_flows::{Flow, Step};
 
 use super::durable_publish::{IN_FLIGHT, weft_publisher};
 use super::invoke::{serve_noop, target};
-use super::{Bench, Better, Counts, Figure, Run, closed_loop};
+use super::{Bench, Figure, Run, closed_loop};
 
 /// Longest time spent publishing triggers.
 const MAX_LOAD: Duration = Duration::from_secs(5);
@@ -109,22 +109,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         ops: steps_done,
         ..runs.clone()
     };
-    let figure = |name, unit, run: Run| Figure {
-        name,
-        unit,
-        weft: run.rate(),
-        raw: None,
-        ratio: None,
-        ratio_range: None,
-        better: Better::Higher,
-        ceiling: None,
-        message_bytes: None,
-        counts: Counts {
-            weft: run,
-            raw: None,
-        },
-        note: String::new(),
-    };
+    let figure = Figure::weft_only;
     Ok(vec![
         Figure {
             ceiling: Some(ceiling),

@@ -229,6 +229,26 @@ impl Figure {
         }
     }
 
+    /// A rate figure of Weft alone (higher is better): scenarios with no raw twin.
+    fn weft_only(name: &'static str, unit: &'static str, run: Run) -> Figure {
+        Figure {
+            name,
+            unit,
+            weft: run.rate(),
+            raw: None,
+            ratio: None,
+            ratio_range: None,
+            better: Better::Higher,
+            ceiling: None,
+            message_bytes: None,
+            counts: Counts {
+                weft: run,
+                raw: None,
+            },
+            note: String::new(),
+        }
+    }
+
     /// A rate figure (higher is better) from the two sides' runs.
     fn rate(name: &'static str, unit: &'static str, weft: Run, raw: Run) -> Figure {
         Figure::compare(
