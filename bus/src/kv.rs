@@ -2,10 +2,13 @@
 //! applications.
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
+
+/// Direct gets [`read_all`] has in flight at once.
+const GETS_IN_FLIGHT: usize = 64;
 
 /// A consistent listing of a bucket: its live values and the stream sequence they were
 /// read at or after (watch from `last_sequence + 1` to follow every later change).
@@ -25,8 +28,9 @@ pub struct Snapshot<T> {
 /// Creates no consumer: the keys come from one stream-info request with a subject
 /// filter, and each value from a direct get. (`kv::Store::keys` creates a consumer per
 /// call that the server keeps for a while; a process listing often would pile them
-/// up until the server refuses more.) Fine for buckets of thousands of keys, not
-/// millions.
+/// up until the server refuses more.) The gets are pipelined, 64 in flight. Fine for
+/// buckets of thousands of keys, not millions; a process that reads a bucket often
+/// should keep a watch on it instead, as [`crate::registry::RegistryWatch`] does.
 ///
 /// # Errors
 /// [`ErrorKind::Kv`] naming the bucket when listing or reading fails.
@@ -73,9 +77,17 @@ pub async fn snapshot<T: DeserializeOwned>(
         }
     }
     keys.sort();
-    let mut entries = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Some(bytes) = store.get(&key).await.map_err(|e| err(&e))? else {
+    // The gets go out GETS_IN_FLIGHT at a time on the one connection, answers taken in
+    // key order: the listing costs about keys / GETS_IN_FLIGHT round trips, not keys.
+    let mut values = futures::stream::iter(keys)
+        .map(|key| async move {
+            let value = store.get(&key).await;
+            (key, value)
+        })
+        .buffered(GETS_IN_FLIGHT);
+    let mut entries = Vec::new();
+    while let Some((key, value)) = values.next().await {
+        let Some(bytes) = value.map_err(|e| err(&e))? else {
             continue;
         };
         match serde_json::from_slice::<T>(&bytes) {
