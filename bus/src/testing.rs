@@ -96,6 +96,21 @@ impl TestServer {
     }
 }
 
+/// The number of consumers on `stream` now (e.g. `KV_weft_registry`, to check that
+/// readers of a bucket do not pile consumers up).
+///
+/// # Panics
+/// When the stream's info cannot be read.
+pub async fn consumers_on(bus: &Bus, stream: &str) -> usize {
+    bus.jetstream()
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("no stream {stream}: {e}"))
+        .cached_info()
+        .state
+        .consumer_count
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where

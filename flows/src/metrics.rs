@@ -9,7 +9,7 @@ use weft_bus::metrics::{counter, histogram};
 #[derive(Debug, Clone)]
 pub struct FlowMetrics {
     /// `weft_flow_runs_total{flow, status}`: runs that reached `started`, `completed`
-    /// or `failed`.
+    /// or `failed`, or were `resumed` after failing.
     pub runs: IntCounterVec,
     /// `weft_flow_steps_total{flow, step, outcome}`: step attempts; outcome `ok`,
     /// `retry` or `failed`.

@@ -409,17 +409,7 @@ async fn many_chats_keep_the_registry_consumers_bounded() {
     let bus = server.bus().await;
     let (_tickets, calls) = tickets_service(&bus).await;
     let _agent = serve_support(&bus, recording()).await;
-    let consumers = || async {
-        bus.jetstream()
-            .get_stream("KV_weft_registry")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .consumer_count
-    };
+    let consumers = || weft_bus::testing::consumers_on(&bus, "KV_weft_registry");
     let chats: Vec<_> = (0..200)
         .map(|_| {
             let bus = bus.clone();

@@ -157,17 +157,7 @@ async fn reading_the_registry_creates_no_consumers() {
         ))
         .await
         .unwrap();
-    let consumers = || async {
-        bus.jetstream()
-            .get_stream("KV_weft_registry")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .consumer_count
-    };
+    let consumers = || weft_bus::testing::consumers_on(&bus, "KV_weft_registry");
     for _ in 0..50 {
         assert_eq!(registry.list().await.unwrap().len(), 1);
         registry.list_kind(Kind::Service, Some("s")).await.unwrap();
