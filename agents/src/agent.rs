@@ -284,7 +284,10 @@ impl Agent {
             .as_ref()
             .map(|(_, _, h)| h.clone())
             .unwrap_or_default();
-        let run = self.run(&tools, history, &request.message).await?;
+        let conversation = request.session_id.as_ref().map(|s| s.to_string());
+        let run = self
+            .run_in(&tools, history, &request.message, conversation.as_deref())
+            .await?;
         if let Some((memory, session, mut history)) = memory {
             history.extend(run.messages.iter().cloned());
             if let Err(e) = memory.save(&self.name, session, history).await {
@@ -314,11 +317,36 @@ impl Agent {
         history: Vec<Message>,
         message: &str,
     ) -> Result<Run, AgentError> {
+        self.run_in(tools, history, message, None).await
+    }
+
+    /// [`Agent::run`] in an `invoke_agent {agent}` span (OpenTelemetry GenAI
+    /// conventions) whose `gen_ai.conversation.id` is `conversation` (the session).
+    async fn run_in(
+        &self,
+        tools: &dyn Tools,
+        history: Vec<Message>,
+        message: &str,
+        conversation: Option<&str>,
+    ) -> Result<Run, AgentError> {
         let run_id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("agent.run", agent = %self.name, run_id = %run_id);
-        self.run_loop(tools, history, message, run_id)
-            .instrument(span)
-            .await
+        let span = tracing::info_span!(
+            "invoke_agent",
+            otel.name = %format_args!("invoke_agent {}", self.name),
+            otel.kind = "internal",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %self.name,
+            gen_ai.conversation.id = conversation,
+            weft.agent.run_id = %run_id,
+        );
+        let result = self
+            .run_loop(tools, history, message, run_id)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            weft_bus::trace::record_error(&span, e);
+        }
+        result
     }
 
     async fn run_loop(
@@ -426,7 +454,22 @@ impl Agent {
                 ))),
             )
         } else {
-            let result = tools.call(&call.name, &call.arguments).await;
+            let span = tracing::info_span!(
+                "execute_tool",
+                otel.name = %format_args!("execute_tool {}", call.name),
+                otel.kind = "internal",
+                gen_ai.operation.name = "execute_tool",
+                gen_ai.tool.name = %call.name,
+                gen_ai.tool.call.id = %call.id,
+                gen_ai.tool.type = "function",
+            );
+            let result = tools
+                .call(&call.name, &call.arguments)
+                .instrument(span.clone())
+                .await;
+            if let Err(e) = &result {
+                weft_bus::trace::record_error(&span, e);
+            }
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => match e.code {
@@ -592,7 +635,38 @@ fn record_run<T, E: std::borrow::Borrow<AgentError>>(agent: &str, result: &Resul
 /// One model call, timed and counted.
 async fn complete(model: &dyn Model, request: &ModelRequest) -> Result<ModelTurn, AgentError> {
     let started = Instant::now();
-    let result = model.complete(request).await;
+    // OpenTelemetry GenAI conventions: `chat {model}`, kind CLIENT.
+    let span = tracing::info_span!(
+        "chat",
+        otel.name = %format_args!("chat {}", model.model_id().unwrap_or(model.name())),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = model.name(),
+        gen_ai.request.model = model.model_id(),
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+    );
+    let result = model.complete(request).instrument(span.clone()).await;
+    match &result {
+        Ok(turn) => {
+            if let Some(m) = &turn.response_model {
+                span.record("gen_ai.response.model", m.as_str());
+            }
+            if let Some(u) = turn.usage {
+                span.record("gen_ai.usage.input_tokens", u.input_tokens as i64);
+                span.record("gen_ai.usage.output_tokens", u.output_tokens as i64);
+            }
+            if let Some(r) = &turn.finish_reason {
+                weft_bus::trace::set_strings(
+                    &span,
+                    "gen_ai.response.finish_reasons",
+                    vec![r.clone()],
+                );
+            }
+        }
+        Err(e) => weft_bus::trace::record_error(&span, e),
+    }
     let m = metrics::agents();
     let outcome = match &result {
         Ok(_) => "ok",
@@ -921,6 +995,14 @@ impl AgentError {
                 ErrorPayload::new(code, self.to_string()).retryable()
             }
         }
+    }
+}
+
+/// A failed run's span says why: `error.type` is the run's outcome
+/// ([`AgentError::outcome`]).
+impl weft_bus::trace::ErrorType for AgentError {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        self.outcome().into()
     }
 }
 

@@ -42,5 +42,6 @@ pub use model::openai::OpenAiModel;
 pub use model::scripted::ScriptedModel;
 pub use model::{
     Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, ToolCall, ToolSpec,
+    Usage,
 };
 pub use tool::{ServiceTools, Tools};

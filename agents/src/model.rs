@@ -148,6 +148,34 @@ pub struct ModelTurn {
     pub content: Option<String>,
     /// Tools to call, in order; empty when the model is done.
     pub tool_calls: Vec<ToolCall>,
+    /// Tokens the call used, when the provider says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Why the model stopped (the provider's word, e.g. `stop`, `tool_calls`,
+    /// `length`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// The model that answered, when the provider says (it may differ from the one
+    /// asked for, e.g. a dated version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_model: Option<String>,
+}
+
+/// A failed model call's span says why: `error.type` is the error's kind
+/// (`timeout`, `rate_limited`…).
+impl weft_bus::trace::ErrorType for ModelError {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        self.kind().as_str().into()
+    }
+}
+
+/// Tokens one model call used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompt (every message and tool sent).
+    pub input_tokens: u64,
+    /// Tokens of the answer.
+    pub output_tokens: u64,
 }
 
 /// What went wrong with a model, to match on. `#[non_exhaustive]`: new kinds may
@@ -275,7 +303,7 @@ impl ModelError {
 ///         "parrot"
 ///     }
 ///     async fn complete(&self, _request: &ModelRequest) -> Result<ModelTurn, ModelError> {
-///         Ok(ModelTurn { content: Some("squawk".into()), tool_calls: vec![] })
+///         Ok(ModelTurn { content: Some("squawk".into()), ..Default::default() })
 ///     }
 /// }
 /// ```

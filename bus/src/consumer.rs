@@ -251,7 +251,11 @@ impl DurableConfig {
 
     /// The middleware stack, outermost first: recover, trace, the added layers, the
     /// timeout, the handler.
-    fn stack(&self, handler: Arc<dyn DeliveryHandler>) -> BoxDeliveryHandler {
+    fn stack(
+        &self,
+        handler: Arc<dyn DeliveryHandler>,
+        prefix: &crate::Prefix,
+    ) -> BoxDeliveryHandler {
         let mut svc = BoxCloneSyncService::new(HandlerService(handler));
         if let Some(budget) = self.handler_timeout {
             svc = BoxCloneSyncService::new(TimeoutLayer::new(budget).layer(svc));
@@ -260,15 +264,31 @@ impl DurableConfig {
             svc = layer(svc);
         }
         let consumer = self.name.clone();
+        // Low-cardinality destinations: events by type, and a replayed copy's subject,
+        // which has this consumer in it.
+        let events: Arc<str> = format!("{prefix}.events.{{event_type}}").into();
+        let replays: Arc<str> = format!("{prefix}.replay.{}.{{event_type}}", self.name).into();
+        let replay_subjects = format!("{prefix}.replay.");
         let trace = TraceLayer::new(move |d: &Delivery| {
+            let template = if d.subject.starts_with(&replay_subjects) {
+                &*replays
+            } else {
+                &*events
+            };
             let span = tracing::info_span!(
-                "deliver",
-                consumer = %consumer,
-                subject = %d.subject,
-                event_id = %d.envelope.event_id,
-                attempt = d.attempt,
-                stream_sequence = d.stream_sequence,
-                replayed = d.replayed,
+                "process",
+                otel.name = %format_args!("process {template}"),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation.name = "process",
+                messaging.operation.type = "process",
+                messaging.destination.name = %d.subject,
+                messaging.destination.template = template,
+                messaging.consumer.group.name = %consumer,
+                messaging.message.id = %d.envelope.event_id,
+                weft.delivery.attempt = d.attempt,
+                weft.stream.sequence = d.stream_sequence as i64,
+                weft.replayed = d.replayed,
             );
             crate::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
             span
@@ -423,7 +443,7 @@ pub async fn start(
     let config_name = config.name.clone();
     let ctx = Arc::new(Ctx {
         bus: bus.clone(),
-        handler: config.stack(Arc::new(handler)),
+        handler: config.stack(Arc::new(handler), bus.prefix()),
         config,
         failures,
         replay_prefix: bus.subjects().all_replay().trim_end_matches('>').to_owned(),

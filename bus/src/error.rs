@@ -54,6 +54,34 @@ pub enum ErrorKind {
     Other,
 }
 
+impl ErrorKind {
+    /// The kind in snake case (`no_responders`, `timeout`…), e.g. for a span's
+    /// `error.type` or a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::InvalidSubject => "invalid_subject",
+            ErrorKind::Envelope => "envelope",
+            ErrorKind::Publish => "publish",
+            ErrorKind::Subscribe => "subscribe",
+            ErrorKind::NoResponders => "no_responders",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Disconnected => "disconnected",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Remote => "remote",
+            ErrorKind::JetStream => "jetstream",
+            ErrorKind::Kv => "kv",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Server => "server",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Stream => "stream",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 /// An error from the bus, with its [`ErrorKind`], a message and an optional source.
 pub struct Error {
     kind: ErrorKind,

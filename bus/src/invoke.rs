@@ -68,17 +68,14 @@ impl Bus {
     ) -> Result<Envelope> {
         let target_label = target.to_string();
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "invoke",
-            otel.kind = "client",
-            messaging.system = "nats",
-            messaging.destination.name = %self.subjects().invoke(target),
-            target = %target_label,
-        );
+        let span = send_span(self, target, &request, false);
         let result = self
             .request_inner(target, &mut request, timeout)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        if let Err(e) = &result {
+            crate::trace::record_error(&span, e);
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => match e.kind() {
@@ -229,7 +226,9 @@ impl Bus {
             .metadata
             .insert(STREAM_METADATA_KEY.to_owned(), Value::Bool(true));
         request.validate()?;
-        let headers = crate::trace::outgoing_headers(&mut request);
+        // The span lives as long as the stream, which ends it at its terminal frame.
+        let span = send_span(self, target, &request, true);
+        let headers = span.in_scope(|| crate::trace::outgoing_headers(&mut request));
         let bytes = request.to_bytes()?;
         let subscriber = self.client().subscribe(inbox.clone()).await.map_err(|e| {
             Error::with_source(
@@ -255,8 +254,11 @@ impl Bus {
             target.to_string(),
             subject,
             &request,
-            subscriber,
-            waiting,
+            crate::stream::Sent {
+                subscriber,
+                waiting,
+                span,
+            },
             options,
         ))
     }
@@ -278,6 +280,22 @@ pub(crate) fn denied(subject: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::Permission,
         format!("not allowed to publish to {subject}: the NATS user's permissions deny it"),
+    )
+}
+
+/// The client span of a request to `target` (see [`crate::trace`]):
+/// `send P.invoke.<target>`, kind CLIENT.
+fn send_span(bus: &Bus, target: &Target, request: &Envelope, stream: bool) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {}.invoke.{target}", bus.prefix()),
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.operation.name = "send",
+        messaging.operation.type = "send",
+        messaging.destination.name = %format_args!("{}.invoke.{target}", bus.prefix()),
+        messaging.message.id = %request.event_id,
+        weft.stream = stream,
     )
 }
 

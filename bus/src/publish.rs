@@ -433,6 +433,27 @@ fn count_published(mode: &'static str, outcome: &'static str) {
     }
 }
 
+/// A subject as a span names it: an events subject by its template (event types are
+/// many), any other as it is. Formatted only when the span is recorded.
+struct Destination<'a> {
+    prefix: &'a str,
+    subject: &'a str,
+}
+
+impl std::fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let events = self
+            .subject
+            .strip_prefix(self.prefix)
+            .is_some_and(|rest| rest.starts_with(".events."));
+        if events {
+            write!(f, "{}.events.{{event_type}}", self.prefix)
+        } else {
+            f.write_str(self.subject)
+        }
+    }
+}
+
 impl Bus {
     /// Publishes `payload` as a new event of `event_type` and waits for the JetStream
     /// ack.
@@ -471,12 +492,29 @@ impl Bus {
     pub async fn publish_envelope(&self, env: &Envelope) -> Result<Published> {
         let span = tracing::info_span!(
             "publish",
+            otel.name = %format_args!("publish {}.events.{{event_type}}", self.prefix()),
             otel.kind = "producer",
             messaging.system = "nats",
+            messaging.operation.name = "publish",
+            messaging.operation.type = "send",
             messaging.destination.name = %format_args!("{}.events.{}", self.prefix(), env.event_type),
-            event_id = %env.event_id,
+            messaging.destination.template = %format_args!("{}.events.{{event_type}}", self.prefix()),
+            messaging.message.id = %env.event_id,
+            messaging.message.body.size = tracing::field::Empty,
+            weft.stream.sequence = tracing::field::Empty,
+            weft.duplicate = tracing::field::Empty,
         );
-        let result = self.publish_envelope_inner(env).instrument(span).await;
+        let result = self
+            .publish_envelope_inner(env)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(p) => {
+                span.record("weft.stream.sequence", p.sequence as i64);
+                span.record("weft.duplicate", p.duplicate);
+            }
+            Err(e) => crate::trace::record_error(&span, e),
+        }
         let outcome = match &result {
             Ok(p) if p.duplicate => "duplicate",
             Ok(_) => "ok",
@@ -492,6 +530,7 @@ impl Bus {
         let subject = self.subjects().events(&event_type);
         let (env, headers) = crate::trace::outgoing(env);
         let bytes = env.to_bytes()?;
+        tracing::Span::current().record("messaging.message.body.size", bytes.len() as i64);
         let stream = &self.names().events_stream;
         let budget = self.publish_timeout();
         let ack = send_and_wait(self, subject, headers, bytes.into(), stream, budget).await?;
@@ -512,13 +551,18 @@ impl Bus {
     pub async fn publish_fire_and_forget(&self, subject: &str, env: &Envelope) -> Result<()> {
         let span = tracing::info_span!(
             "publish",
+            otel.name = %format_args!("publish {}", Destination { prefix: self.prefix().as_str(), subject }),
             otel.kind = "producer",
             messaging.system = "nats",
+            messaging.operation.name = "publish",
+            messaging.operation.type = "send",
             messaging.destination.name = %subject,
-            event_id = %env.event_id,
+            messaging.message.id = %env.event_id,
+            messaging.message.body.size = tracing::field::Empty,
         );
         let (env, headers) = span.in_scope(|| crate::trace::outgoing(env));
         let bytes = env.to_bytes()?;
+        span.record("messaging.message.body.size", bytes.len() as i64);
         let r = self
             .client()
             .publish_with_headers(subject.to_owned(), headers, bytes.into())
@@ -531,6 +575,9 @@ impl Bus {
                 )
             });
         count_published("fire_and_forget", if r.is_ok() { "ok" } else { "error" });
+        if let Err(e) = &r {
+            crate::trace::record_error(&span, e);
+        }
         r
     }
 

@@ -432,7 +432,7 @@ impl Service {
                     bus: bus.clone(),
                     service: service.clone(),
                     endpoint: e.name.clone(),
-                    handler: self.stack(&service, e),
+                    handler: self.stack(&service, e, &subject),
                     streaming: e.streaming,
                     handled_ok: m
                         .handled
@@ -463,9 +463,9 @@ impl Service {
 }
 
 impl Service {
-    /// The middleware stack of one endpoint, outermost first: recover, trace, the
-    /// service's layers, the endpoint's timeout, the handler.
-    fn stack(&self, service: &ServiceName, e: &Endpoint) -> BoxHandler {
+    /// The middleware stack of one endpoint served on `subject`, outermost first:
+    /// recover, trace, the service's layers, the endpoint's timeout, the handler.
+    fn stack(&self, service: &ServiceName, e: &Endpoint, subject: &str) -> BoxHandler {
         let mut svc = BoxCloneSyncService::new(HandlerService(e.handler.clone()));
         if let Some(budget) = e.timeout {
             svc = BoxCloneSyncService::new(TimeoutLayer::new(budget).layer(svc));
@@ -473,15 +473,21 @@ impl Service {
         for layer in self.layers.iter().rev() {
             svc = layer(svc);
         }
-        let (s, ep) = (service.to_string(), e.name.clone());
+        let (s, ep, subject) = (service.to_string(), e.name.clone(), subject.to_owned());
         let trace = TraceLayer::new(move |r: &Request| {
             let span = tracing::info_span!(
-                "handle",
+                "receive",
+                otel.name = %format_args!("receive {subject}"),
                 otel.kind = "server",
                 messaging.system = "nats",
-                service = %s,
-                endpoint = %ep,
-                event_id = %r.envelope.event_id,
+                messaging.operation.name = "receive",
+                messaging.operation.type = "receive",
+                messaging.destination.name = %subject,
+                messaging.consumer.group.name = "q",
+                messaging.message.id = %r.envelope.event_id,
+                weft.service = %s,
+                weft.endpoint = %ep,
+                weft.stream = r.writer.is_some(),
             );
             // The envelope mirrors the request's traceparent header (DESIGN §3).
             crate::trace::set_parent(&span, None, Some(&r.envelope));

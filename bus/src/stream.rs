@@ -1035,6 +1035,8 @@ pub struct FrameStream {
     /// The service needs no cancellation (terminal seen, or cancellation sent).
     settled: bool,
     outcome_recorded: bool,
+    /// The request's client span (`send P.invoke.<target>`), ended with the outcome.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for FrameStream {
@@ -1049,18 +1051,30 @@ impl std::fmt::Debug for FrameStream {
     }
 }
 
+/// A streaming request that went out: its reply inbox, its entry in the
+/// connection's waiters, and its client span.
+pub(crate) struct Sent {
+    pub(crate) subscriber: Subscriber,
+    pub(crate) waiting: Waiting,
+    pub(crate) span: tracing::Span,
+}
+
 impl FrameStream {
-    /// A stream reading `subscriber` (the request's reply inbox) for the request
-    /// `request` sent to `subject`, filed as `waiting`.
+    /// A stream reading the reply inbox of `sent`, the request `request` sent to
+    /// `subject`.
     pub(crate) fn new(
         bus: &Bus,
         target: String,
         subject: String,
         request: &Envelope,
-        subscriber: Subscriber,
-        waiting: Waiting,
+        sent: Sent,
         options: StreamOptions,
     ) -> FrameStream {
+        let Sent {
+            subscriber,
+            waiting,
+            span,
+        } = sent;
         let mut cancel = Envelope::new(CANCEL_EVENT_TYPE);
         cancel.correlation_id = Some(request.event_id.clone());
         cancel.from = request.from.clone();
@@ -1085,6 +1099,7 @@ impl FrameStream {
             done: false,
             settled: false,
             outcome_recorded: false,
+            span,
         }
     }
 
@@ -1187,6 +1202,17 @@ impl FrameStream {
         if !self.outcome_recorded {
             self.outcome_recorded = true;
             streams().with_label_values(&[&self.target, outcome]).inc();
+            // A final frame, or a caller that went away, is no failure of the call.
+            if !matches!(outcome, "final" | "cancelled") {
+                use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                self.span.set_attribute("error.type", outcome.to_owned());
+                self.span
+                    .set_status(opentelemetry::trace::Status::error(format!(
+                        "stream ended: {outcome}"
+                    )));
+            }
+            // The stream's span ends with its outcome.
+            self.span = tracing::Span::none();
         }
     }
 

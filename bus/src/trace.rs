@@ -9,10 +9,32 @@
 //! them, an incoming `traceparent` is passed through unchanged, so the trace id still
 //! links the hops that do export.
 //!
-//! Spans: `publish` (a durable or fire-and-forget publish), `invoke` (an outbound
-//! request), `handle` (a service handling a request), `deliver` (a durable subscriber
-//! handling a delivery). Their attributes follow the OpenTelemetry messaging
-//! conventions (`messaging.system = "nats"`, `messaging.destination.name`).
+//! # Spans
+//!
+//! They follow the OpenTelemetry messaging semantic conventions (experimental, as of
+//! semconv 1.37): the span name is `{messaging.operation.name} {destination}`, where
+//! the destination is a low-cardinality template for event subjects
+//! (`weft.events.{event_type}`) and the subject itself for invoke subjects (one per
+//! service endpoint). Run ids, event ids and event types are attributes, never in
+//! names.
+//!
+//! | span | kind | `messaging.operation.name` / `.type` | where |
+//! |---|---|---|---|
+//! | `publish P.events.{event_type}` | PRODUCER | `publish` / `send` | [`Bus::publish`](crate::Bus::publish), fire-and-forget publishes |
+//! | `send P.invoke.<target>` | CLIENT | `send` / `send` | [`Bus::request`](crate::Bus::request) and streaming invokes |
+//! | `receive P.invoke.<target>` | SERVER | `receive` / `receive` | a service handling a request ([`crate::service`]) |
+//! | `process P.events.{event_type}` | CONSUMER | `process` / `process` | a durable subscriber handling a delivery ([`crate::consumer`]) |
+//!
+//! Every messaging span has `messaging.system = "nats"`, `messaging.destination.name`
+//! (the subject), `messaging.message.id` (the envelope's `event_id`) and, where one
+//! applies, `messaging.destination.template`, `messaging.consumer.group.name` (the
+//! durable consumer, or the queue group `q` of a service) and
+//! `messaging.message.body.size` (bytes). Weft's own attributes are under `weft.`
+//! (`weft.delivery.attempt`, `weft.stream.sequence`, `weft.replayed`,
+//! `weft.service`, `weft.endpoint`, `weft.stream`). A failed span has status ERROR
+//! and `error.type` (an error code such as `AGENT_TIMEOUT`, or an
+//! [`ErrorKind`](crate::ErrorKind) name). Integers are recorded as `i64`, so they
+//! arrive as integers (tracing-opentelemetry turns `u64` fields into strings).
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
@@ -143,4 +165,51 @@ pub fn current_trace_id() -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// What an error says for the span it failed: `error.type`, the OpenTelemetry
+/// attribute naming the class of error (low cardinality).
+pub trait ErrorType {
+    /// E.g. `AGENT_TIMEOUT`, `timeout`, `permanent`.
+    fn error_type(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl ErrorType for crate::envelope::ErrorPayload {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        self.code.as_str().into()
+    }
+}
+
+impl ErrorType for crate::consumer::DeliveryError {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            crate::consumer::DeliveryError::Retry(_)
+            | crate::consumer::DeliveryError::RetryAfter(..) => "retry".into(),
+            crate::consumer::DeliveryError::Permanent(_) => "permanent".into(),
+        }
+    }
+}
+
+impl ErrorType for crate::Error {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        match self.remote() {
+            Some(remote) => remote.code.as_str().to_owned().into(),
+            None => self.kind().as_str().into(),
+        }
+    }
+}
+
+/// Marks `span` failed: OpenTelemetry status ERROR with `error` as its description,
+/// and the `error.type` attribute. A no-op when spans are not exported.
+pub fn record_error(span: &tracing::Span, error: &(impl ErrorType + std::fmt::Display)) {
+    span.set_attribute("error.type", error.error_type().into_owned());
+    span.set_status(opentelemetry::trace::Status::error(error.to_string()));
+}
+
+/// Sets an attribute whose value is a list of strings (e.g.
+/// `gen_ai.response.finish_reasons`), which `tracing` fields cannot express. A no-op
+/// when spans are not exported.
+pub fn set_strings(span: &tracing::Span, key: &'static str, values: Vec<String>) {
+    let values: Vec<opentelemetry::StringValue> = values.into_iter().map(Into::into).collect();
+    span.set_attribute(key, opentelemetry::Value::Array(values.into()));
 }

@@ -30,6 +30,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableConfig};
@@ -174,15 +176,41 @@ fn retry(e: FlowError) -> DeliveryError {
 }
 
 impl Engine {
-    /// Runs (or resumes) the run of `flow` for one trigger delivery.
+    /// Runs (or resumes) the run of `flow` for one trigger delivery, in a `flow.run`
+    /// span (see the module docs).
     async fn execute_run(&self, flow: &Flow, delivery: Delivery) -> Result<(), DeliveryError> {
+        let span = tracing::info_span!(
+            "flow.run",
+            otel.kind = "internal",
+            weft.flow.name = %flow.name,
+            weft.flow.run_id = %crate::run::run_id(&flow.name, &delivery.envelope.event_id),
+            weft.flow.trigger.event_id = %delivery.envelope.event_id,
+            weft.delivery.attempt = delivery.attempt,
+            weft.flow.status = tracing::field::Empty,
+        );
+        let result = self
+            .run_steps(flow, delivery)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(status) => {
+                span.record("weft.flow.status", status.as_str());
+            }
+            Err(e) => weft_bus::trace::record_error(&span, e),
+        }
+        result.map(drop)
+    }
+
+    /// The body of [`Engine::execute_run`]; returns the run's status when the delivery
+    /// is done with.
+    async fn run_steps(&self, flow: &Flow, delivery: Delivery) -> Result<RunStatus, DeliveryError> {
         let m = metrics::flows();
         let store = &self.store;
         let replayed = delivery.replayed;
         let fresh = Run::new(flow, delivery.envelope);
         let mut stored = store.create_or_load(fresh).await.map_err(retry)?;
         match stored.run.status {
-            RunStatus::Completed => return Ok(()),
+            RunStatus::Completed => return Ok(RunStatus::Completed),
             RunStatus::Failed if replayed => {
                 stored.run.resume();
                 store.save(&mut stored).await.map_err(retry)?;
@@ -211,13 +239,30 @@ impl Engine {
             store.save(&mut stored).await.map_err(retry)?;
 
             let started = Instant::now();
+            let step_span = tracing::info_span!(
+                "flow.step",
+                otel.kind = "internal",
+                weft.flow.name = %flow.name,
+                weft.flow.run_id = %stored.run.id,
+                weft.flow.step = %step.name,
+                weft.flow.step.kind = step.kind.as_str(),
+                weft.flow.step.attempt = i64::from(stored.run.steps[i].attempts),
+            );
             let result = match template::render(&step.input, &stored.run.context()) {
-                Ok(input) => self.execute_step(&stored.run, step, input, event_id).await,
+                Ok(input) => {
+                    self.execute_step(&stored.run, step, input, event_id)
+                        .instrument(step_span.clone())
+                        .await
+                }
                 Err(e) => Err(StepFailure {
                     message: format!("input template: {e}"),
                     retryable: false,
                 }),
             };
+            if let Err(failure) = &result {
+                weft_bus::trace::record_error(&step_span, failure);
+            }
+            drop(step_span);
             m.step_duration
                 .with_label_values(&[&flow.name, &step.name])
                 .observe(started.elapsed().as_secs_f64());
@@ -256,7 +301,7 @@ impl Engine {
             m.runs.with_label_values(&[&flow.name, "completed"]).inc();
             tracing::info!(flow = %flow.name, run = %stored.run.id, "run completed");
         }
-        Ok(())
+        Ok(stored.run.status)
     }
 
     async fn execute_step(
@@ -411,6 +456,23 @@ pub async fn resume(bus: &Bus, runs: &[Run]) -> Result<Vec<Result<Resumed, FlowE
 struct StepFailure {
     message: String,
     retryable: bool,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl weft_bus::trace::ErrorType for StepFailure {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        if self.retryable {
+            "retryable"
+        } else {
+            "permanent"
+        }
+        .into()
+    }
 }
 
 impl From<weft_bus::Error> for StepFailure {

@@ -192,14 +192,20 @@ impl Gateway {
         let app = router(state);
         let served = match tls {
             Some(config) => {
-                axum::serve(tls::TlsListener::new(listener, config), app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                axum::serve(
+                    tls::TlsListener::new(listener, config),
+                    app.into_make_service_with_connect_info::<trace::Peer>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await
             }
             None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<trace::Peer>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await
             }
         };
         if let Some(r) = registered

@@ -31,13 +31,6 @@ impl SpanExporter for Collect {
     }
 }
 
-fn attr(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.to_string())
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn one_trace_links_gateway_flow_agent_and_service() {
     let collected = Collect::default();
@@ -106,11 +99,6 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
         .iter()
         .filter(|s| s.span_context.trace_id().to_string() == trace_id)
         .collect();
-    let has = |name: &str, key: &str, value: &str| {
-        in_trace
-            .iter()
-            .any(|s| s.name == name && attr(s, key).as_deref() == Some(value))
-    };
     let seen: Vec<String> = in_trace
         .iter()
         .map(|s| {
@@ -124,43 +112,148 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
             )
         })
         .collect();
-    // gateway: the HTTP request, a child of the caller's traceparent, and its publish
+    use opentelemetry::Value;
+    use opentelemetry::trace::SpanKind;
+    let span = |name: &str| {
+        in_trace
+            .iter()
+            .copied()
+            .filter(|s| s.name == name)
+            .collect::<Vec<&SpanData>>()
+    };
+    let value = |s: &SpanData, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    let string = |v: &str| Some(Value::from(v.to_owned()));
+    // Every span of the trace has unique attribute keys.
+    for s in &in_trace {
+        let mut keys: Vec<&str> = s.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            before,
+            "duplicate attribute keys on {}: {seen:#?}",
+            s.name
+        );
+    }
+    // gateway: the HTTP server span, a child of the caller's traceparent
+    let http = span("POST /v1/events/{event_type}");
+    assert_eq!(http.len(), 1, "{seen:#?}");
+    assert_eq!(http[0].span_kind, SpanKind::Server);
+    assert_eq!(
+        value(http[0], "http.route"),
+        string("/v1/events/{event_type}")
+    );
+    assert_eq!(
+        value(http[0], "url.path"),
+        string("/v1/events/ticket.created")
+    );
+    assert_eq!(
+        value(http[0], "http.response.status_code"),
+        Some(Value::I64(202))
+    );
+    assert_eq!(http[0].parent_span_id.to_string(), "00f067aa0ba902b7");
+    // its publish, and the announcement at the end: one span name for both
+    let publishes = span("publish weft.events.{event_type}");
+    let destinations: Vec<Option<Value>> = publishes
+        .iter()
+        .map(|s| value(s, "messaging.destination.name"))
+        .collect();
     assert!(
-        has("http", "http.route", "/v1/events/{event_type}"),
+        destinations.contains(&string("weft.events.ticket.created")),
         "{seen:#?}"
     );
     assert!(
-        has(
-            "publish",
-            "messaging.destination.name",
-            "weft.events.ticket.created"
-        ),
+        destinations.contains(&string("weft.events.ticket.triaged")),
         "{seen:#?}"
     );
-    // flow: the trigger delivery, and its invokes
-    assert!(has("deliver", "consumer", "flow_triage"), "{seen:#?}");
+    for p in &publishes {
+        assert_eq!(p.span_kind, SpanKind::Producer);
+        assert_eq!(value(p, "messaging.operation.type"), string("send"));
+        assert!(
+            matches!(value(p, "weft.stream.sequence"), Some(Value::I64(_))),
+            "{seen:#?}"
+        );
+    }
+    // flow: the trigger's processing, the run and its steps
+    let process = span("process weft.events.{event_type}");
+    let flow_delivery = process
+        .iter()
+        .find(|s| value(s, "messaging.consumer.group.name") == string("flow_triage"))
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    assert_eq!(flow_delivery.span_kind, SpanKind::Consumer);
+    assert_eq!(
+        value(flow_delivery, "weft.delivery.attempt"),
+        Some(Value::I64(1))
+    );
+    let run = span("flow.run");
+    assert_eq!(run.len(), 1, "{seen:#?}");
+    assert_eq!(run[0].parent_span_id, flow_delivery.span_context.span_id());
+    assert_eq!(value(run[0], "weft.flow.name"), string("triage"));
+    assert_eq!(value(run[0], "weft.flow.status"), string("completed"));
+    let steps = span("flow.step");
+    let mut step_names: Vec<String> = steps
+        .iter()
+        .map(|s| value(s, "weft.flow.step").unwrap().to_string())
+        .collect();
+    step_names.sort();
+    assert_eq!(step_names, ["announce", "classify", "draft"], "{seen:#?}");
     assert!(
-        has(
-            "invoke",
-            "messaging.destination.name",
-            "weft.invoke.tickets.classify"
-        ),
+        steps
+            .iter()
+            .all(|s| value(s, "weft.flow.step.attempt") == Some(Value::I64(1)))
+    );
+    // the classify invoke: client span under the step, server span under it
+    let send = span("send weft.invoke.tickets.classify");
+    assert_eq!(send.len(), 1, "{seen:#?}");
+    assert_eq!(send[0].span_kind, SpanKind::Client);
+    let receive = span("receive weft.invoke.tickets.classify");
+    assert_eq!(receive.len(), 1, "{seen:#?}");
+    assert_eq!(receive[0].span_kind, SpanKind::Server);
+    assert_eq!(receive[0].parent_span_id, send[0].span_context.span_id());
+    assert_eq!(
+        value(receive[0], "messaging.consumer.group.name"),
+        string("q")
+    );
+    // the agent: its chat handled, the run, the model call and the tool
+    assert_eq!(span("receive weft.invoke.support").len(), 1, "{seen:#?}");
+    let agent = span("invoke_agent support");
+    assert_eq!(agent.len(), 1, "{seen:#?}");
+    assert_eq!(
+        value(agent[0], "gen_ai.operation.name"),
+        string("invoke_agent")
+    );
+    let chats = span("chat scripted");
+    assert_eq!(chats.len(), 2, "two model turns: {seen:#?}");
+    assert!(chats.iter().all(|c| c.span_kind == SpanKind::Client
+        && value(c, "gen_ai.provider.name") == string("scripted")));
+    let tool = span("execute_tool tickets_get");
+    assert_eq!(tool.len(), 1, "{seen:#?}");
+    assert_eq!(value(tool[0], "gen_ai.tool.name"), string("tickets_get"));
+    assert_eq!(
+        span("receive weft.invoke.tickets.get").len(),
+        1,
         "{seen:#?}"
     );
-    // service: classify handled in the same trace
-    assert!(has("handle", "endpoint", "classify"), "{seen:#?}");
-    // agent: chat handled, and its tool call handled by the service
-    assert!(has("handle", "endpoint", "chat"), "{seen:#?}");
-    assert!(has("handle", "endpoint", "get"), "{seen:#?}");
-    // and the announcement
-    assert!(
-        has(
-            "publish",
-            "messaging.destination.name",
-            "weft.events.ticket.triaged"
-        ),
-        "{seen:#?}"
-    );
+    // no span carries the old generic names
+    for old in [
+        "http",
+        "publish",
+        "invoke",
+        "handle",
+        "deliver",
+        "agent.run",
+    ] {
+        assert!(
+            span(old).is_empty(),
+            "a span is still named {old}: {seen:#?}"
+        );
+    }
 }
 
 /// `weft up` exports its spans over OTLP/HTTP (JSON here) when

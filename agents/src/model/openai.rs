@@ -380,6 +380,11 @@ impl Model for OpenAiModel {
             .create(wire)
             .await
             .map_err(|e| self.error(e))?;
+        let usage = response.usage.as_ref().map(|u| crate::model::Usage {
+            input_tokens: u64::from(u.prompt_tokens),
+            output_tokens: u64::from(u.completion_tokens),
+        });
+        let response_model = Some(response.model.clone()).filter(|m| !m.is_empty());
         let Some(choice) = response.choices.into_iter().next() else {
             return Err(ModelError::new(
                 ModelErrorKind::InvalidResponse,
@@ -389,6 +394,10 @@ impl Model for OpenAiModel {
                 ),
             ));
         };
+        let finish_reason = choice
+            .finish_reason
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| v.as_str().map(str::to_owned));
         let message = choice.message;
         let tool_calls = message
             .tool_calls
@@ -408,6 +417,9 @@ impl Model for OpenAiModel {
         Ok(ModelTurn {
             content: message.content.or(message.refusal),
             tool_calls,
+            usage,
+            finish_reason,
+            response_model,
         })
     }
 }

@@ -445,6 +445,7 @@ impl Model for ScriptedModel {
                     )
                 })
                 .collect(),
+            ..ModelTurn::default()
         })
     }
 }

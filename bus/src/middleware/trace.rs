@@ -9,7 +9,9 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Runs each call inside the span `make_span(&request)` returns, and logs its end
-/// (debug on success, info on failure) with the elapsed time in ms. Logging and
+/// (debug on success, info on failure) with the elapsed time in ms. A failed call
+/// marks the span failed (status ERROR, `error.type`; see
+/// [`crate::trace::record_error`]). Logging and
 /// tracing in one layer: spans are exported when an OpenTelemetry subscriber is
 /// installed.
 pub struct TraceLayer<R> {
@@ -63,7 +65,7 @@ impl<S, R> Service<R> for Trace<S, R>
 where
     S: Service<R>,
     S::Future: Send + 'static,
-    S::Error: std::fmt::Debug,
+    S::Error: std::fmt::Debug + std::fmt::Display + crate::trace::ErrorType,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -79,6 +81,7 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
+        let this = span.clone();
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -86,7 +89,10 @@ where
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 match &result {
                     Ok(_) => tracing::debug!(elapsed_ms = ms, "done"),
-                    Err(e) => tracing::info!(elapsed_ms = ms, error = ?e, "failed"),
+                    Err(e) => {
+                        crate::trace::record_error(&this, e);
+                        tracing::info!(elapsed_ms = ms, error = ?e, "failed")
+                    }
                 }
                 result
             }

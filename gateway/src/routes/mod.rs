@@ -54,7 +54,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(from_fn(metrics::track))
-        .layer(from_fn(crate::trace::http_span))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::trace::http_span,
+        ))
         .with_state(state)
 }
 
