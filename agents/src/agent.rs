@@ -28,6 +28,18 @@
 //! registered: an answer made without the tools would be wrong, and the caller (a flow
 //! step, a person) can try again.
 //!
+//! # Spans
+//!
+//! As the OpenTelemetry GenAI conventions name them: a run is `invoke_agent {agent}`
+//! (`gen_ai.operation.name = invoke_agent`, `gen_ai.agent.name`,
+//! `gen_ai.conversation.id` = the session, `weft.agent.run_id`); each model call is
+//! `chat {model}`, kind CLIENT (`gen_ai.provider.name`, `gen_ai.request.model`,
+//! `gen_ai.response.model`, `gen_ai.usage.input_tokens` and `output_tokens` when the
+//! provider reports them, `gen_ai.response.finish_reasons`); each tool call is
+//! `execute_tool {tool}` (`gen_ai.tool.name`, `gen_ai.tool.call.id`,
+//! `gen_ai.tool.type = function`), with the tool's `send` span under it. Failures set
+//! status ERROR and `error.type`.
+//!
 //! # Errors on the wire
 //! | [`AgentError`] | code | retryable |
 //! |---|---|---|

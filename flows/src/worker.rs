@@ -26,6 +26,17 @@
 //!   of its dead letter, or `weft replay --to-consumer flow_<name>`. Any other
 //!   delivery of a failed run's trigger is dead-lettered again (once: dead letters are
 //!   de-duplicated).
+//!
+//! # Spans
+//!
+//! Each delivery of a trigger runs in a `flow.run` span (kind INTERNAL, a child of the
+//! consumer's `process` span) with `weft.flow.name`, `weft.flow.run_id`,
+//! `weft.flow.trigger.event_id`, `weft.delivery.attempt` and, when the delivery is
+//! done, `weft.flow.status`; each step attempt in a `flow.step` span under it with
+//! `weft.flow.step`, `weft.flow.step.kind` and `weft.flow.step.attempt` (integers as
+//! integers). Names stay constant: flows, steps, attempts and run ids are attributes.
+//! A failed step or run has status ERROR and `error.type` (`retryable`, `permanent`;
+//! for a run, how its delivery ended: `retry`, `permanent`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
