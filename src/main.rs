@@ -14,10 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // Before the runtime: the OTLP exporter owns a blocking HTTP client.
-    let telemetry = weft::telemetry::init(cli::log_filter(args.verbose));
-    if let Err(e) = &telemetry {
-        eprintln!("warning: {e}");
-    }
+    let telemetry = weft::telemetry::init(cli::log_filter(args.verbose), args.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
