@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            weft::telemetry::eprint_error(&format!("cannot start the async runtime: {e}"), None);
             return ExitCode::FAILURE;
         }
     };
@@ -31,10 +31,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", cli::one_line(&e));
-            if let Some(hint) = cli::hint(&e) {
-                eprintln!("hint: {hint}");
-            }
+            weft::telemetry::eprint_error(&cli::one_line(&e), cli::hint(&e));
             ExitCode::FAILURE
         }
     }

@@ -85,6 +85,7 @@ mod json;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -183,6 +184,7 @@ where
 /// # Panics
 /// When a global subscriber is already installed.
 pub fn init(default_filter: &str, format: LogFormat) -> Telemetry {
+    let _ = FORMAT.set(format);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let plan = Plan::from_env(&process_env, || uuid::Uuid::new_v4().to_string());
     let mut warnings = plan.warnings;
@@ -244,6 +246,47 @@ pub fn init(default_filter: &str, format: LogFormat) -> Telemetry {
         provider,
         exporting,
     }
+}
+
+/// The log format [`init`] installed.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// Prints a line a command writes for its user on stderr (progress, a warning, the
+/// final error), in the format [`init`] installed: as text, `label: message` (just
+/// `message` when `label` is empty); as JSON, a log object of the same shape as the
+/// log lines (`timestamp`, `level`, `target` `weft`, `message`), whatever the log
+/// filter, so stderr stays one JSON object per line.
+pub fn eprint(level: tracing::Level, label: &str, message: &str) {
+    eprint_fields(level, label, message, &[]);
+}
+
+/// [`eprint`] for the error a command ends with and the hint that may follow: as text,
+/// `error: …` then `hint: …`; as JSON, one `ERROR` object with `fields.hint`.
+pub fn eprint_error(message: &str, hint: Option<&str>) {
+    match hint {
+        Some(h) => eprint_fields(tracing::Level::ERROR, "error", message, &[("hint", h)]),
+        None => eprint_fields(tracing::Level::ERROR, "error", message, &[]),
+    }
+}
+
+fn eprint_fields(level: tracing::Level, label: &str, message: &str, fields: &[(&str, &str)]) {
+    use std::io::Write as _;
+    let mut text = match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Json => json::line(level, "weft", message, fields),
+        LogFormat::Text => {
+            let mut t = if label.is_empty() {
+                message.to_owned()
+            } else {
+                format!("{label}: {message}")
+            };
+            for (k, v) in fields {
+                t.push_str(&format!("\n{k}: {v}"));
+            }
+            t
+        }
+    };
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// An environment variable, `None` when unset or blank.

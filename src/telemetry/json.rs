@@ -67,6 +67,29 @@ where
     }
 }
 
+/// A line that is no `tracing` event (see `super::eprint`), in the same shape, without
+/// the trailing newline.
+pub(crate) fn line(
+    level: tracing::Level,
+    target: &str,
+    message: &str,
+    fields: &[(&str, &str)],
+) -> String {
+    let mut line = Map::new();
+    line.insert("timestamp".into(), Value::String(now()));
+    line.insert("level".into(), Value::String(level.as_str().into()));
+    line.insert("target".into(), Value::String(target.into()));
+    line.insert("message".into(), Value::String(message.into()));
+    if !fields.is_empty() {
+        let f = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+            .collect();
+        line.insert("fields".into(), Value::Object(f));
+    }
+    Value::Object(line).to_string()
+}
+
 /// Now, RFC 3339 in UTC with microseconds.
 fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
