@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            weft::telemetry::eprint_error(&format!("cannot start the async runtime: {e}"), None);
+            weft::telemetry::say_error(&format!("cannot start the async runtime: {e}"), None);
             return ExitCode::FAILURE;
         }
     };
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            weft::telemetry::eprint_error(&cli::one_line(&e), cli::hint(&e));
+            weft::telemetry::say_error(&cli::one_line(&e), cli::hint(&e));
             ExitCode::FAILURE
         }
     }

@@ -78,6 +78,10 @@
 //! process forwards its own span ids in `traceparent`, spans no backend receives; the
 //! trace id still links every hop.)
 //!
+//! Lines a command writes for its user on stderr go through [`say`] / [`say_error`],
+//! which print them as JSON objects of the same shape in JSON mode, so every stderr
+//! line is JSON then.
+//!
 //! The W3C trace-context propagator is always installed, so `traceparent` flows
 //! through NATS and HTTP headers (see `weft_bus::trace`).
 
@@ -188,19 +192,29 @@ pub fn init(default_filter: &str, format: LogFormat) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let plan = Plan::from_env(&process_env, || uuid::Uuid::new_v4().to_string());
     let mut warnings = plan.warnings;
-    let log_filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let log_filter = match process_env("RUST_LOG").map(|v| (EnvFilter::try_new(&v), v)) {
+        Some((Ok(f), _)) => f,
+        Some((Err(e), v)) => {
+            warnings.push(format!(
+                "RUST_LOG={v:?} is not a valid filter ({e}); using {default_filter:?}"
+            ));
+            EnvFilter::new(default_filter)
+        }
+        None => EnvFilter::new(default_filter),
+    };
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(log_filter())
+            // Colours for a terminal only, not for a file or a log collector.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(json::JsonLog)
-            .with_filter(log_filter())
+            .with_filter(log_filter)
             .boxed(),
     };
 
@@ -256,20 +270,20 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 /// `message` when `label` is empty); as JSON, a log object of the same shape as the
 /// log lines (`timestamp`, `level`, `target` `weft`, `message`), whatever the log
 /// filter, so stderr stays one JSON object per line.
-pub fn eprint(level: tracing::Level, label: &str, message: &str) {
-    eprint_fields(level, label, message, &[]);
+pub fn say(level: tracing::Level, label: &str, message: &str) {
+    say_fields(level, label, message, &[]);
 }
 
-/// [`eprint`] for the error a command ends with and the hint that may follow: as text,
+/// [`say`] for the error a command ends with and the hint that may follow: as text,
 /// `error: …` then `hint: …`; as JSON, one `ERROR` object with `fields.hint`.
-pub fn eprint_error(message: &str, hint: Option<&str>) {
+pub fn say_error(message: &str, hint: Option<&str>) {
     match hint {
-        Some(h) => eprint_fields(tracing::Level::ERROR, "error", message, &[("hint", h)]),
-        None => eprint_fields(tracing::Level::ERROR, "error", message, &[]),
+        Some(h) => say_fields(tracing::Level::ERROR, "error", message, &[("hint", h)]),
+        None => say_fields(tracing::Level::ERROR, "error", message, &[]),
     }
 }
 
-fn eprint_fields(level: tracing::Level, label: &str, message: &str, fields: &[(&str, &str)]) {
+fn say_fields(level: tracing::Level, label: &str, message: &str, fields: &[(&str, &str)]) {
     use std::io::Write as _;
     let mut text = match FORMAT.get().copied().unwrap_or_default() {
         LogFormat::Json => json::line(level, "weft", message, fields),
@@ -325,12 +339,18 @@ impl Plan {
         };
         let sampler = sampler(env, &mut warnings);
         let resource = resource(env, instance_id, &mut warnings);
-        let spans_filter = env("OTEL_TRACES_FILTER").unwrap_or_else(|| "info".into());
-        if let Err(e) = EnvFilter::try_new(&spans_filter) {
-            warnings.push(format!(
-                "OTEL_TRACES_FILTER={spans_filter:?} is not a valid filter ({e}); the parts that parse are used"
-            ));
-        }
+        let spans_filter = match env("OTEL_TRACES_FILTER") {
+            None => "info".to_owned(),
+            Some(f) => match EnvFilter::try_new(&f) {
+                Ok(_) => f,
+                Err(e) => {
+                    warnings.push(format!(
+                        "OTEL_TRACES_FILTER={f:?} is not a valid filter ({e}); using \"info\""
+                    ));
+                    "info".to_owned()
+                }
+            },
+        };
         Plan {
             export,
             sampler,

@@ -176,7 +176,7 @@ async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
             Err(e) => {
                 failures += 1;
                 if !g.json {
-                    weft::telemetry::eprint(
+                    weft::telemetry::say(
                         tracing::Level::ERROR,
                         "error",
                         &format!("run {}: {e}", run.id),
@@ -225,7 +225,7 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     }));
     let handle = worker::start(&bus, flows, config).await?;
     let stop = super::up::shutdown_signal();
-    weft::telemetry::eprint(
+    weft::telemetry::say(
         tracing::Level::INFO,
         "",
         &format!(
@@ -236,7 +236,7 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         ),
     );
     stop.await;
-    weft::telemetry::eprint(
+    weft::telemetry::say(
         tracing::Level::INFO,
         "",
         "stopping: finishing running steps",

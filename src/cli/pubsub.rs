@@ -71,7 +71,7 @@ pub async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<()> {
         .subscribe_events(&args.pattern, args.queue.as_deref())
         .await?;
     if !g.json {
-        weft::telemetry::eprint(
+        weft::telemetry::say(
             tracing::Level::INFO,
             "",
             &format!(
@@ -101,7 +101,7 @@ pub async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<()> {
             Err(e) if g.json => print_json(&json!({
                 "subject": received.subject, "error": e.to_string()
             }))?,
-            Err(e) => weft::telemetry::eprint(
+            Err(e) => weft::telemetry::say(
                 tracing::Level::WARN,
                 "",
                 &format!("invalid envelope on {}: {e}", received.subject),

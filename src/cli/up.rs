@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use tracing::Level;
-use weft::telemetry::eprint as say;
+use weft::telemetry::say;
 use weft_bus::server::{LocalServer, LocalServerConfig};
 use weft_gateway::{Gateway, GatewayConfig, TlsConfig};
 

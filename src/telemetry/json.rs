@@ -67,7 +67,7 @@ where
     }
 }
 
-/// A line that is no `tracing` event (see `super::eprint`), in the same shape, without
+/// A line that is no `tracing` event (see `super::say`), in the same shape, without
 /// the trailing newline.
 pub(crate) fn line(
     level: tracing::Level,
