@@ -9,7 +9,7 @@
 //! | [`agents`] | agents: model providers, the tool loop, memory |
 //! | [`flows`] | durable flows with checkpointed steps |
 //! | [`gateway`] | the HTTP gateway |
-//! | [`telemetry`] | logs on stderr and OpenTelemetry span export (OTLP) |
+//! | [`telemetry`] | logs on stderr (text or JSON lines with trace ids) and OpenTelemetry span export (OTLP/HTTP) |
 //!
 //! Start with the README and `docs/protocol.md`.
 

@@ -14,17 +14,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // Before the runtime: the OTLP exporter owns a blocking HTTP client.
-    let telemetry = weft::telemetry::init(cli::log_filter(args.verbose));
-    if let Err(e) = &telemetry {
-        eprintln!("warning: {e}");
-    }
+    let telemetry = weft::telemetry::init(cli::log_filter(args.verbose), args.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            weft::telemetry::say_error(&format!("cannot start the async runtime: {e}"), None);
             return ExitCode::FAILURE;
         }
     };
@@ -34,10 +31,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", cli::one_line(&e));
-            if let Some(hint) = cli::hint(&e) {
-                eprintln!("hint: {hint}");
-            }
+            weft::telemetry::say_error(&cli::one_line(&e), cli::hint(&e));
             ExitCode::FAILURE
         }
     }

@@ -176,7 +176,11 @@ async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
             Err(e) => {
                 failures += 1;
                 if !g.json {
-                    eprintln!("error: run {}: {e}", run.id);
+                    weft::telemetry::say(
+                        tracing::Level::ERROR,
+                        "error",
+                        &format!("run {}: {e}", run.id),
+                    );
                 }
                 out.push(
                     serde_json::json!({"run": run.id, "flow": run.flow, "error": e.to_string()}),
@@ -221,14 +225,22 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     }));
     let handle = worker::start(&bus, flows, config).await?;
     let stop = super::up::shutdown_signal();
-    eprintln!(
-        "flow worker running {} on {}; metrics on http://{}/metrics (Ctrl-C to stop)",
-        names.join(", "),
-        bus.server_url(),
-        metrics_addr.map_or("?".into(), |a| a.to_string())
+    weft::telemetry::say(
+        tracing::Level::INFO,
+        "",
+        &format!(
+            "flow worker running {} on {}; metrics on http://{}/metrics (Ctrl-C to stop)",
+            names.join(", "),
+            bus.server_url(),
+            metrics_addr.map_or("?".into(), |a| a.to_string())
+        ),
     );
     stop.await;
-    eprintln!("stopping: finishing running steps");
+    weft::telemetry::say(
+        tracing::Level::INFO,
+        "",
+        "stopping: finishing running steps",
+    );
     handle.stop().await;
     let _ = stop_metrics.send(());
     let _ = metrics_task.await;

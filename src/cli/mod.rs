@@ -33,6 +33,16 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines on stderr: text, or json (one object per line, with the trace_id and
+    /// span_id of the current span, so logs join traces).
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormatArg::Text
+    )]
+    pub log_format: LogFormatArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -88,6 +98,24 @@ pub enum Command {
     /// bytes: pub/sub, durable publish, invoke latency and throughput, durable consume,
     /// flows. Starts a local nats-server unless --server is given.
     Bench(bench::BenchArgs),
+}
+
+/// The values of `--log-format` (see [`weft::telemetry::LogFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for weft::telemetry::LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => weft::telemetry::LogFormat::Text,
+            LogFormatArg::Json => weft::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// The default log filter for `-v` counts: warnings, `-v` info, `-vv` debug.

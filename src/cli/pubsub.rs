@@ -71,9 +71,13 @@ pub async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<()> {
         .subscribe_events(&args.pattern, args.queue.as_deref())
         .await?;
     if !g.json {
-        eprintln!(
-            "listening on {} (Ctrl-C to stop)",
-            bus.subjects().events_matching(&args.pattern)
+        weft::telemetry::say(
+            tracing::Level::INFO,
+            "",
+            &format!(
+                "listening on {} (Ctrl-C to stop)",
+                bus.subjects().events_matching(&args.pattern)
+            ),
         );
     }
     let mut seen = 0u64;
@@ -97,7 +101,11 @@ pub async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<()> {
             Err(e) if g.json => print_json(&json!({
                 "subject": received.subject, "error": e.to_string()
             }))?,
-            Err(e) => eprintln!("invalid envelope on {}: {e}", received.subject),
+            Err(e) => weft::telemetry::say(
+                tracing::Level::WARN,
+                "",
+                &format!("invalid envelope on {}: {e}", received.subject),
+            ),
         }
         seen += 1;
         if args.count.is_some_and(|n| seen >= n) {

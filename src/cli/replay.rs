@@ -93,7 +93,7 @@ pub async fn run(g: &Global, args: ReplayArgs) -> anyhow::Result<()> {
                 }
             }
             if !g.json {
-                eprintln!("{count} events");
+                weft::telemetry::say(tracing::Level::INFO, "", &format!("{count} events"));
             }
         }
     }

@@ -36,7 +36,7 @@ pub async fn ensure(
     let made = resources::ensure(bus, &args.config()).await?;
     for note in &made.notes {
         if !note.starts_with("created ") {
-            eprintln!("note: {note}");
+            weft::telemetry::say(tracing::Level::INFO, "note", note);
         }
     }
     Ok(made)

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tracing::Level;
+use weft::telemetry::say;
 use weft_bus::server::{LocalServer, LocalServerConfig};
 use weft_gateway::{Gateway, GatewayConfig, TlsConfig};
 
@@ -172,23 +174,31 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
 
     // 6. Wait, then stop in order: demo, gateway, connection, server.
     stop.await;
-    eprintln!("stopping: demo, gateway, then nats-server");
+    say(Level::INFO, "", "stopping: demo, gateway, then nats-server");
     if let Some(d) = demo
         && let Err(e) = d.stop().await
     {
-        eprintln!("warning: demo did not stop cleanly: {e}");
+        say(
+            Level::WARN,
+            "warning",
+            &format!("demo did not stop cleanly: {e}"),
+        );
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(10), gateway_join).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("warning: gateway stopped with an error: {e}"),
-        Ok(Err(e)) => eprintln!("warning: gateway task failed: {e}"),
-        Err(_) => eprintln!("warning: gateway did not stop within 10 s"),
+        Ok(Ok(Err(e))) => say(
+            Level::WARN,
+            "warning",
+            &format!("gateway stopped with an error: {e}"),
+        ),
+        Ok(Err(e)) => say(Level::WARN, "warning", &format!("gateway task failed: {e}")),
+        Err(_) => say(Level::WARN, "warning", "gateway did not stop within 10 s"),
     }
     bus.drain().await.ok();
     if let Some(s) = local {
         s.stop(Duration::from_secs(10)).await;
     }
-    eprintln!("stopped");
+    say(Level::INFO, "", "stopped");
     Ok(())
 }

@@ -7,9 +7,11 @@ mod dashboards;
 mod demo;
 mod dlq;
 mod faults;
+pub mod otlp;
 mod processes;
 mod security;
 mod stream;
+mod telemetry;
 mod traces;
 
 use std::process::{Child, Command, Stdio};
@@ -40,9 +42,17 @@ impl Proc {
     ) -> Proc {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        // The test's own shell settings must not change what a test sees.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("OTEL_")) {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .args(args)
             .env_remove("NATS_URL")
+            .env_remove("WEFT_LOG_FORMAT")
             .env("RUST_LOG", "info,async_nats=warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! One trace links gateway → flow → agent → service: the demo runs in this process
-//! with an in-process span exporter, a ticket is posted with a `traceparent`, and every
-//! hop's spans carry that trace id.
+//! with an in-process span exporter (and the span layer `weft` processes use), a ticket
+//! is posted with a `traceparent`, and every hop's spans carry that trace id. Export
+//! from a `weft up` process over OTLP is tested in `telemetry.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +39,8 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
         .with_simple_exporter(collected.clone())
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("e2e")));
+    let subscriber =
+        tracing_subscriber::registry().with(weft::telemetry::span_layer(provider.tracer("e2e")));
     // Thread-local, and this runtime runs every task on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
     // tracing-core 0.1 caches `Interest::never` in a callsite that another test's
@@ -254,70 +255,4 @@ async fn one_trace_links_gateway_flow_agent_and_service() {
             "a span is still named {old}: {seen:#?}"
         );
     }
-}
-
-/// `weft up` exports its spans over OTLP/HTTP (JSON here) when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set: a collector inside the test receives spans of
-/// the caller's trace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weft_up_exports_spans_over_otlp_when_asked() {
-    use axum::routing::post;
-
-    let received = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = received.clone();
-    let collector = axum::Router::new().route(
-        "/v1/traces",
-        post(move |body: String| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                "{}"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, collector).await });
-
-    let endpoint = format!("http://{otlp}");
-    let mut up = crate::Up::start_env(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_SERVICE_NAME", "weft-e2e"),
-        ],
-    );
-    let http = up.http.clone();
-
-    let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let client = http_client();
-    let mut accepted = false;
-    for _ in 0..100 {
-        let sent = client
-            .post(format!("http://{http}/v1/events/trace.me"))
-            .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
-            .body("{}")
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            assert_eq!(r.status(), 202);
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(accepted, "the gateway never came up");
-    // A clean stop flushes the batch exporter (the wait blocks: keep it off the
-    // runtime's workers, which serve the collector).
-    let status = tokio::task::block_in_place(|| up.proc.interrupt(Duration::from_secs(30)))
-        .expect("weft up stops");
-    assert!(status.success());
-    let bodies = received.lock().unwrap().join("\n");
-    assert!(
-        bodies.contains(trace_id),
-        "no span of the trace reached the collector: {bodies}"
-    );
-    assert!(bodies.contains("weft-e2e"), "service.name missing");
-    assert!(bodies.contains("\"publish\""), "no publish span: {bodies}");
 }

@@ -365,7 +365,7 @@ impl Bench {
 
     /// A progress line on stderr.
     fn progress(&self, line: impl AsRef<str>) {
-        eprintln!("bench: {}", line.as_ref());
+        weft::telemetry::say(tracing::Level::INFO, "bench", line.as_ref());
     }
 }
 
