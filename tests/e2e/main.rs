@@ -3,6 +3,7 @@
 
 mod bench;
 mod cluster;
+mod conventions;
 mod dashboards;
 mod demo;
 mod dlq;
