@@ -5,7 +5,8 @@
 //! Spans are `tracing` spans; they become OpenTelemetry spans when the process installs
 //! a [`tracing_opentelemetry`] layer and the W3C propagator
 //! (`opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())`),
-//! as `weft::telemetry::init` does when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without
+//! as `weft::telemetry::init` does when span export is on (`OTEL_EXPORTER_OTLP_ENDPOINT`)
+//! or the logs are JSON (which carry trace and span ids). Without
 //! them, an incoming `traceparent` is passed through unchanged, so the trace id still
 //! links the hops that do export.
 //!
