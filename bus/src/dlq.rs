@@ -471,12 +471,10 @@ pub async fn replay_all(
     let mut in_flight = FuturesOrdered::new();
     let mut done = Vec::new();
     let mut failure = None;
-    let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| {
-        match result {
-            Ok(r) => done.push(r),
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+    let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| match result {
+        Ok(r) => done.push(r),
+        Err(e) => {
+            failure.get_or_insert(e);
         }
     };
     while failure.is_none() {

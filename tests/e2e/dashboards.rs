@@ -355,7 +355,11 @@ fn panels_are_in_rows_with_units_legends_and_the_grafana_rate_interval() {
     let mut ids = BTreeSet::new();
     let mut cells = BTreeSet::new();
     for p in panels {
-        assert!(ids.insert(p["id"].as_u64().expect("an id")), "id {}", p["id"]);
+        assert!(
+            ids.insert(p["id"].as_u64().expect("an id")),
+            "id {}",
+            p["id"]
+        );
         let g = &p["gridPos"];
         let (x, y, w, h) = (
             g["x"].as_u64().unwrap(),
@@ -474,7 +478,10 @@ fn promtool_accepts_the_scrape_config_and_its_alert_rules() {
         &["check", "config", "prometheus.yml"],
     );
     assert!(out.contains("SUCCESS: 1 rule files found"), "{out}");
-    assert!(out.contains(&format!("SUCCESS: {alerts} rules found")), "{out}");
+    assert!(
+        out.contains(&format!("SUCCESS: {alerts} rules found")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -450,7 +450,8 @@ async fn replayed_deliveries_are_counted_by_the_consumer_that_handles_them() {
     // n 1: fails first-hand; its replayed copy is retried once, then acked.
     // n 2: fails every time, replayed or not. n 3: always acked.
     let (handle, seen) = subscriber(&bus, quick("replays_counted", "parcel.>"), |d| {
-        match (d.envelope.data["n"].as_i64(), d.replayed, d.attempt) {
+        let n = d.envelope.payload.as_ref().and_then(|p| p["n"].as_i64());
+        match (n, d.replayed, d.attempt) {
             (Some(1), true, 1) => Err(DeliveryError::Retry("once more".into())),
             (Some(1), true, _) | (Some(3), _, _) => Ok(()),
             _ => Err(DeliveryError::Permanent("bad parcel".into())),
@@ -467,8 +468,11 @@ async fn replayed_deliveries_are_counted_by_the_consumer_that_handles_them() {
 
     let replayed = dlq::replay_all(&bus, None, None).await.unwrap();
     assert_eq!(replayed.len(), 2);
-    let third = Selection::new("parcel.>".parse().unwrap(), Start::Sequence(published[2].sequence))
-        .until(End::Sequence(published[2].sequence));
+    let third = Selection::new(
+        "parcel.>".parse().unwrap(),
+        Start::Sequence(published[2].sequence),
+    )
+    .until(End::Sequence(published[2].sequence));
     let report = replay::to_consumer(&bus, &third, "replays_counted")
         .await
         .unwrap();
