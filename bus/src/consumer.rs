@@ -560,21 +560,39 @@ struct Ctx {
 struct Series {
     in_flight: prometheus::IntGauge,
     redeliveries: prometheus::IntCounter,
-    ack: prometheus::IntCounter,
-    nak: prometheus::IntCounter,
-    dead_letter: prometheus::IntCounter,
+    /// `weft_deliveries_total`, indexed by [`Settled`].
+    delivered: [prometheus::IntCounter; 3],
+    /// `weft_replayed_deliveries_total`, indexed by [`Settled`].
+    replayed: [prometheus::IntCounter; 3],
+}
+
+/// How a delivery was settled: the `outcome` label of the delivery counters.
+#[derive(Clone, Copy)]
+enum Settled {
+    Ack = 0,
+    Nak = 1,
+    DeadLetter = 2,
 }
 
 impl Series {
     fn new(consumer: &str) -> Series {
         let m = metrics::bus();
-        let delivered = |outcome: &str| m.deliveries.with_label_values(&[consumer, outcome]);
+        let by_outcome = |v: &prometheus::IntCounterVec| {
+            ["ack", "nak", "dead_letter"].map(|outcome| v.with_label_values(&[consumer, outcome]))
+        };
         Series {
             in_flight: m.in_flight.with_label_values(&[consumer]),
             redeliveries: m.redeliveries.with_label_values(&[consumer]),
-            ack: delivered("ack"),
-            nak: delivered("nak"),
-            dead_letter: delivered("dead_letter"),
+            delivered: by_outcome(&m.deliveries),
+            replayed: by_outcome(&m.replayed_deliveries),
+        }
+    }
+
+    /// Counts one settled delivery, and a replayed copy's also as a replay.
+    fn settled(&self, how: Settled, replayed: bool) {
+        self.delivered[how as usize].inc();
+        if replayed {
+            self.replayed[how as usize].inc();
         }
     }
 }
@@ -793,6 +811,11 @@ struct FailureRecord {
 }
 
 impl Ctx {
+    /// Whether `msg` is a replayed copy (stored under `P.replay.`).
+    fn is_replay(&self, msg: &JsMessage) -> bool {
+        msg.subject.starts_with(&self.replay_prefix)
+    }
+
     async fn dead_letter_early(&self, msg: &JsMessage, attempt: i64, early: Early) {
         match early {
             Early::Unacknowledged => {
@@ -828,7 +851,7 @@ impl Ctx {
     ) {
         let name = &self.config.name;
         let Err(error) = outcome else {
-            self.series.ack.inc();
+            self.series.settled(Settled::Ack, self.is_replay(msg));
             let acked = if self.config.confirm_acks {
                 msg.double_ack().await
             } else {
@@ -856,7 +879,7 @@ impl Ctx {
         match delay {
             Some(delay) if failure.attempt < self.config.max_deliver => {
                 self.note_failure(failure, &reason).await;
-                self.series.nak.inc();
+                self.series.settled(Settled::Nak, self.is_replay(msg));
                 tracing::info!(consumer = %name, subject = %failure.subject, attempt = failure.attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying later");
                 if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::warn!(consumer = %name, error = %e, "nak failed; the message will be redelivered after the ack wait");
@@ -895,7 +918,8 @@ impl Ctx {
         };
         match dlq::publish(&self.bus, &msg.payload, msg.headers.as_ref(), &letter).await {
             Ok(_) => {
-                self.series.dead_letter.inc();
+                self.series
+                    .settled(Settled::DeadLetter, self.is_replay(msg));
                 metrics::bus()
                     .dead_letters
                     .with_label_values(&[name, reason.as_str()])
@@ -909,7 +933,7 @@ impl Ctx {
                 }
             }
             Err(err) => {
-                self.series.nak.inc();
+                self.series.settled(Settled::Nak, self.is_replay(msg));
                 // Kept for the next delivery, which dead-letters it (reason unacknowledged
                 // when this was the last one) with this error.
                 self.note_failure(failure, &letter.last_error).await;

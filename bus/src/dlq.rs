@@ -35,7 +35,6 @@ use serde_json::{Map, Value, json};
 use crate::connect::Bus;
 use crate::envelope::{Envelope, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
 use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
 use crate::replay::{self, Scan, Start};
 use crate::subject::{EventPattern, EventType, validate_token};
@@ -298,20 +297,6 @@ pub struct Replayed {
 /// republish is not acked (the dead letter is kept); [`ErrorKind::JetStream`] when it
 /// was republished but could not be removed (the message says so).
 pub async fn replay(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
-    let result = replay_one(bus, id, to).await;
-    count_replay(result.is_ok());
-    result
-}
-
-/// Counts one dead letter replay in `weft_replays_total{source="dlq", outcome}`.
-fn count_replay(ok: bool) {
-    metrics::bus()
-        .replays
-        .with_label_values(&["dlq", if ok { "ok" } else { "error" }])
-        .inc();
-}
-
-async fn replay_one(bus: &Bus, id: u64, to: Option<&str>) -> Result<Replayed> {
     if let Some(to) = to {
         check_subject(to)?;
     }
@@ -486,13 +471,10 @@ pub async fn replay_all(
     let mut in_flight = FuturesOrdered::new();
     let mut done = Vec::new();
     let mut failure = None;
-    let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| {
-        count_replay(result.is_ok());
-        match result {
-            Ok(r) => done.push(r),
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+    let mut settled = |result: Result<Replayed>, failure: &mut Option<Error>| match result {
+        Ok(r) => done.push(r),
+        Err(e) => {
+            failure.get_or_insert(e);
         }
     };
     while failure.is_none() {

@@ -96,9 +96,11 @@ pub struct BusMetrics {
     /// `weft_dead_letters_total{consumer, reason}`: messages dead-lettered; reason
     /// `permanent`, `retries_spent`, `invalid_envelope`, `unacknowledged`.
     pub dead_letters: IntCounterVec,
-    /// `weft_replays_total{source, outcome}`: events replayed; source `dlq` or `stream`,
-    /// outcome `ok` or `error`.
-    pub replays: IntCounterVec,
+    /// `weft_replayed_deliveries_total{consumer, outcome}`: the deliveries of
+    /// `weft_deliveries_total` that were replayed copies (stored under
+    /// `P.replay.<consumer>.…` by [`crate::replay`] or [`crate::dlq::replay`]), counted
+    /// by the consumer that handled them; outcome `ack`, `nak`, `dead_letter`.
+    pub replayed_deliveries: IntCounterVec,
     /// `weft_consumer_pending{consumer, state}`: sampled from consumer info; state
     /// `pending` (stored, not yet delivered) or `ack_pending` (delivered, not acked).
     pub consumer_pending: IntGaugeVec,
@@ -155,10 +157,10 @@ pub fn bus() -> &'static BusMetrics {
             "Messages dead-lettered, by consumer and reason",
             &["consumer", "reason"],
         ),
-        replays: counter(
-            "weft_replays_total",
-            "Events replayed, by source (dlq, stream) and outcome (ok, error)",
-            &["source", "outcome"],
+        replayed_deliveries: counter(
+            "weft_replayed_deliveries_total",
+            "Durable deliveries of replayed copies, by consumer and outcome (ack, nak, dead_letter)",
+            &["consumer", "outcome"],
         ),
         consumer_pending: gauge(
             "weft_consumer_pending",

@@ -40,7 +40,6 @@ use time::format_description::well_known::Rfc3339;
 use crate::connect::Bus;
 use crate::envelope::{Envelope, new_event_id, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
 use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
 use crate::subject::{EventPattern, Subjects, validate_token};
 
@@ -256,10 +255,6 @@ pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Re
     };
     let mut acks = VecDeque::new();
     let failed = |report: &ReplayReport, e: Error| {
-        metrics::bus()
-            .replays
-            .with_label_values(&["stream", "error"])
-            .inc();
         Error::with_source(
             ErrorKind::Publish,
             format!(
@@ -286,12 +281,12 @@ pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Re
         while acks.len() >= IN_FLIGHT {
             let ack = acks.pop_front().expect("not empty");
             ack.wait(None).await.map_err(|e| failed(&report, e))?;
-            replayed(&mut report);
+            report.replayed += 1;
         }
     }
     while let Some(ack) = acks.pop_front() {
         ack.wait(None).await.map_err(|e| failed(&report, e))?;
-        replayed(&mut report);
+        report.replayed += 1;
     }
     tracing::info!(
         consumer,
@@ -337,20 +332,8 @@ pub async fn envelope_to_consumer(
     )
     .await?
     .wait(Some(&bus.names().events_stream))
-    .await;
-    metrics::bus()
-        .replays
-        .with_label_values(&["stream", if ack.is_ok() { "ok" } else { "error" }])
-        .inc();
-    Ok(ack?.sequence)
-}
-
-fn replayed(report: &mut ReplayReport) {
-    report.replayed += 1;
-    metrics::bus()
-        .replays
-        .with_label_values(&["stream", "ok"])
-        .inc();
+    .await?;
+    Ok(ack.sequence)
 }
 
 /// Publishes a copy of stored bytes to `subject` with a fresh `Nats-Msg-Id` (so

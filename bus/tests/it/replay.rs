@@ -436,3 +436,72 @@ async fn an_events_stream_made_before_replays_gains_the_replay_subject() {
     assert_eq!(info.config.subjects, ["weft.events.>", "weft.replay.>"]);
     assert_eq!(info.state.messages, 1, "stored events are kept");
 }
+
+/// The value of `series` (`name{labels}`) in the `/metrics` text, if it is there.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn replayed_deliveries_are_counted_by_the_consumer_that_handles_them() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    // n 1: fails first-hand; its replayed copy is retried once, then acked.
+    // n 2: fails every time, replayed or not. n 3: always acked.
+    let (handle, seen) = subscriber(&bus, quick("replays_counted", "parcel.>"), |d| {
+        let n = d.envelope.payload.as_ref().and_then(|p| p["n"].as_i64());
+        match (n, d.replayed, d.attempt) {
+            (Some(1), true, 1) => Err(DeliveryError::Retry("once more".into())),
+            (Some(1), true, _) | (Some(3), _, _) => Ok(()),
+            _ => Err(DeliveryError::Permanent("bad parcel".into())),
+        }
+    })
+    .await;
+    let t: EventType = "parcel.sent".parse().unwrap();
+    let mut published = Vec::new();
+    for n in 1..=3 {
+        published.push(bus.publish(&t, json!({ "n": n })).await.unwrap());
+    }
+    seen.wait_for(3, Duration::from_secs(5)).await;
+    letters_once(&bus, |e| e.len() == 2).await;
+
+    let replayed = dlq::replay_all(&bus, None, None).await.unwrap();
+    assert_eq!(replayed.len(), 2);
+    let third = Selection::new(
+        "parcel.>".parse().unwrap(),
+        Start::Sequence(published[2].sequence),
+    )
+    .until(End::Sequence(published[2].sequence));
+    let report = replay::to_consumer(&bus, &third, "replays_counted")
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+
+    // First-hand: n 1 and n 2 dead-lettered, n 3 acked. Replayed: n 1 nak then ack,
+    // n 2 dead-lettered again, n 3 acked.
+    let series = |name: &str, outcome: &str| {
+        format!("{name}{{consumer=\"replays_counted\",outcome=\"{outcome}\"}}")
+    };
+    let want = [
+        (series("weft_deliveries_total", "ack"), 3),
+        (series("weft_deliveries_total", "nak"), 1),
+        (series("weft_deliveries_total", "dead_letter"), 3),
+        (series("weft_replayed_deliveries_total", "ack"), 2),
+        (series("weft_replayed_deliveries_total", "nak"), 1),
+        (series("weft_replayed_deliveries_total", "dead_letter"), 1),
+    ];
+    let settled = eventually(Duration::from_secs(10), || async {
+        let text = weft_bus::metrics::render();
+        want.iter()
+            .all(|(s, n)| sample(&text, s) == Some(*n))
+            .then_some(())
+    })
+    .await;
+    let text = weft_bus::metrics::render();
+    let got: Vec<_> = want.iter().map(|(s, _)| (s, sample(&text, s))).collect();
+    assert!(settled.is_some(), "counted {got:#?}");
+    let replayed_seen = seen.all().iter().filter(|(_, d)| d.replayed).count();
+    assert_eq!(replayed_seen, 4, "n 1 twice, n 2 and n 3 once each");
+    handle.stop().await;
+}
