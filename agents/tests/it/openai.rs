@@ -335,3 +335,21 @@ async fn a_failing_model_is_a_retryable_error_reply() {
     assert_eq!(agents[0].model, "openai");
     assert_eq!(agents[0].model_id.as_deref(), Some("test-model"));
 }
+
+/// The token usage, finish reason and answering model of a Chat Completions response
+/// reach the turn (and from there the `chat {model}` span's `gen_ai.*` attributes).
+#[tokio::test]
+async fn usage_finish_reason_and_model_come_back_with_the_turn() {
+    let (_fake, url) = Fake::start(vec![completion(text("hi"))]).await;
+    let turn = model(&url).complete(&hello()).await.unwrap();
+    assert_eq!(turn.content.as_deref(), Some("hi"));
+    assert_eq!(
+        turn.usage,
+        Some(weft_agents::Usage {
+            input_tokens: 10,
+            output_tokens: 5
+        })
+    );
+    assert_eq!(turn.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(turn.response_model.as_deref(), Some("test-model"));
+}
