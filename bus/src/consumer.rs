@@ -275,17 +275,13 @@ impl DurableConfig {
             } else {
                 &*events
             };
-            let span = tracing::info_span!(
-                "process",
-                otel.name = %format_args!("process {template}"),
-                otel.kind = "consumer",
-                messaging.system = "nats",
-                messaging.operation.name = "process",
-                messaging.operation.type = "process",
-                messaging.destination.name = %d.subject,
+            let span = crate::trace::messaging_span!(
+                "process", "consumer", "process",
+                name = template,
+                destination = d.subject,
+                message_id = d.envelope.event_id,
                 messaging.destination.template = template,
                 messaging.consumer.group.name = %consumer,
-                messaging.message.id = %d.envelope.event_id,
                 weft.delivery.attempt = d.attempt,
                 weft.stream.sequence = d.stream_sequence as i64,
                 weft.replayed = d.replayed,

@@ -286,16 +286,15 @@ pub(crate) fn denied(subject: impl std::fmt::Display) -> Error {
 /// The client span of a request to `target` (see [`crate::trace`]):
 /// `send P.invoke.<target>`, kind CLIENT.
 fn send_span(bus: &Bus, target: &Target, request: &Envelope, stream: bool) -> tracing::Span {
-    tracing::info_span!(
+    let subject = format_args!("{}.invoke.{target}", bus.prefix());
+    crate::trace::messaging_span!(
         "send",
-        otel.name = %format_args!("send {}.invoke.{target}", bus.prefix()),
-        otel.kind = "client",
-        messaging.system = "nats",
-        messaging.operation.name = "send",
-        messaging.operation.type = "send",
-        messaging.destination.name = %format_args!("{}.invoke.{target}", bus.prefix()),
-        messaging.message.id = %request.event_id,
-        weft.stream = stream,
+        "client",
+        "send",
+        name = subject,
+        destination = subject,
+        message_id = request.event_id,
+        weft.stream = stream
     )
 }
 

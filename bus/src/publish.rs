@@ -490,20 +490,20 @@ impl Bus {
     /// JetStream ack for … after N attempts in T ms", saying whether the stream has no
     /// leader right now or its leader did not ack in time).
     pub async fn publish_envelope(&self, env: &Envelope) -> Result<Published> {
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("publish {}.events.{{event_type}}", self.prefix()),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.name = "publish",
-            messaging.operation.type = "send",
-            messaging.destination.name = %format_args!("{}.events.{}", self.prefix(), env.event_type),
-            messaging.destination.template = %format_args!("{}.events.{{event_type}}", self.prefix()),
-            messaging.message.id = %env.event_id,
-            messaging.message.body.size = tracing::field::Empty,
-            weft.stream.sequence = tracing::field::Empty,
-            weft.duplicate = tracing::field::Empty,
-        );
+        let span = {
+            // (Not held across an await: `Arguments` is not `Send`.)
+            let template = format_args!("{}.events.{{event_type}}", self.prefix());
+            crate::trace::messaging_span!(
+                "publish", "producer", "send",
+                name = template,
+                destination = format_args!("{}.events.{}", self.prefix(), env.event_type),
+                message_id = env.event_id,
+                messaging.destination.template = %template,
+                messaging.message.body.size = tracing::field::Empty,
+                weft.stream.sequence = tracing::field::Empty,
+                weft.duplicate = tracing::field::Empty,
+            )
+        };
         let result = self
             .publish_envelope_inner(env)
             .instrument(span.clone())
@@ -549,15 +549,16 @@ impl Bus {
     /// [`ErrorKind::Envelope`] for an oversized envelope, [`ErrorKind::Publish`] when
     /// the client cannot queue the message.
     pub async fn publish_fire_and_forget(&self, subject: &str, env: &Envelope) -> Result<()> {
-        let span = tracing::info_span!(
+        let span = crate::trace::messaging_span!(
             "publish",
-            otel.name = %format_args!("publish {}", Destination { prefix: self.prefix().as_str(), subject }),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.name = "publish",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            messaging.message.id = %env.event_id,
+            "producer",
+            "send",
+            name = Destination {
+                prefix: self.prefix().as_str(),
+                subject
+            },
+            destination = subject,
+            message_id = env.event_id,
             messaging.message.body.size = tracing::field::Empty,
         );
         let (env, headers) = span.in_scope(|| crate::trace::outgoing(env));

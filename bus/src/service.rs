@@ -475,16 +475,12 @@ impl Service {
         }
         let (s, ep, subject) = (service.to_string(), e.name.clone(), subject.to_owned());
         let trace = TraceLayer::new(move |r: &Request| {
-            let span = tracing::info_span!(
-                "receive",
-                otel.name = %format_args!("receive {subject}"),
-                otel.kind = "server",
-                messaging.system = "nats",
-                messaging.operation.name = "receive",
-                messaging.operation.type = "receive",
-                messaging.destination.name = %subject,
+            let span = crate::trace::messaging_span!(
+                "receive", "server", "receive",
+                name = subject,
+                destination = subject,
+                message_id = r.envelope.event_id,
                 messaging.consumer.group.name = "q",
-                messaging.message.id = %r.envelope.event_id,
                 weft.service = %s,
                 weft.endpoint = %ep,
                 weft.stream = r.writer.is_some(),

@@ -37,6 +37,30 @@
 //! [`ErrorKind`](crate::ErrorKind) name). Integers are recorded as `i64`, so they
 //! arrive as integers (tracing-opentelemetry turns `u64` fields into strings).
 
+/// A messaging span (see the table above): `$operation {destination}`, its kind, the
+/// `messaging.*` attributes every messaging span has, and the span's own fields
+/// after them. Field values are evaluated only when the span is enabled.
+macro_rules! messaging_span {
+    (
+        $operation:literal, $kind:literal, $type:literal,
+        name = $name:expr, destination = $destination:expr, message_id = $id:expr
+        $(, $($field:tt)+)?
+    ) => {
+        tracing::info_span!(
+            $operation,
+            otel.name = %format_args!("{} {}", $operation, $name),
+            otel.kind = $kind,
+            messaging.system = "nats",
+            messaging.operation.name = $operation,
+            messaging.operation.type = $type,
+            messaging.destination.name = %$destination,
+            messaging.message.id = %$id
+            $(, $($field)+)?
+        )
+    };
+}
+pub(crate) use messaging_span;
+
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt as _;
