@@ -7,12 +7,10 @@
 //! service that starts, stops or adds an endpoint changes the agent's tools on its
 //! next chat.
 //!
-//! | tool | from the registry |
-//! |---|---|
-//! | name | `<service>_<endpoint>`, e.g. `tickets_list` (see [`tool_name`]) |
-//! | description | the endpoint's description |
-//! | parameters | the endpoint's input JSON Schema, default `{"type": "object"}` |
-//! | call | invoke `P.invoke.<service>.<endpoint>` with the arguments as payload |
+//! The endpoints become tools by the rule every part of the mesh shares
+//! ([`weft_bus::tool`], DESIGN §12): name `<service>_<endpoint>` (`tickets_list`),
+//! the endpoint's description and input schema (a non-object input wrapped as
+//! `{"input": …}`), a call invokes `P.invoke.<service>.<endpoint>`.
 //!
 //! A call's result payload, or its error payload as `{"error": {code, message,
 //! retryable}}`, goes back to the model as the tool message (JSON text).
@@ -24,15 +22,13 @@ use weft_bus::envelope::{Envelope, ErrorCode, ErrorPayload};
 use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
 use weft_bus::middleware::ServiceExt;
 use weft_bus::registry::{Kind, Registration, RegistryWatch};
-use weft_bus::{Bus, ServiceName, Target};
+use weft_bus::tool::{Tool, ToolSet};
+use weft_bus::{Bus, Target};
 
 use crate::model::ToolSpec;
 
 /// What a tool call gives back: the result payload, or an error payload.
 pub type ToolOutcome = Result<Value, ErrorPayload>;
-
-/// Longest tool name OpenAI-compatible servers accept.
-pub const MAX_TOOL_NAME_LEN: usize = 64;
 
 /// Default timeout of one tool call: 30 s.
 pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,12 +44,6 @@ pub trait Tools: Send + Sync {
     /// # Errors
     /// The error payload goes back to the model; `NO_HANDLER` for an unknown name.
     async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome;
-}
-
-/// The tool name of `endpoint` of `service`: `<service>_<endpoint>`. Both are subject
-/// tokens (`[A-Za-z0-9_-]+`), so the name fits OpenAI's `[a-zA-Z0-9_-]` rule.
-pub fn tool_name(service: &str, endpoint: &str) -> String {
-    format!("{service}_{endpoint}")
 }
 
 /// An error payload as tool message content: `{"error": {code, message, retryable,
@@ -78,7 +68,7 @@ pub fn error_content(error: &ErrorPayload) -> Value {
 #[derive(Clone)]
 pub struct ServiceTools {
     invoker: BoxInvoker,
-    tools: Vec<(ToolSpec, Target)>,
+    tools: ToolSet,
     timeout: Duration,
     caller: Option<String>,
     session_id: Option<String>,
@@ -88,7 +78,15 @@ pub struct ServiceTools {
 impl std::fmt::Debug for ServiceTools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceTools")
-            .field("tools", &self.tools)
+            .field(
+                "tools",
+                &self
+                    .tools
+                    .tools()
+                    .iter()
+                    .map(|t| &t.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .field("caller", &self.caller)
             .finish_non_exhaustive()
@@ -133,46 +131,11 @@ impl ServiceTools {
         self.tools.is_empty()
     }
 
-    /// The tools of these registrations' endpoints. Endpoints whose tool name is longer
-    /// than [`MAX_TOOL_NAME_LEN`] or repeats an earlier one are left out (logged).
+    /// The tools of these registrations' endpoints ([`ToolSet::from_registrations`]:
+    /// an endpoint whose tool name is too long or repeats another's is left out and
+    /// logged).
     pub fn from_registrations(bus: &Bus, registrations: &[Registration]) -> ServiceTools {
-        let mut tools: Vec<(ToolSpec, Target)> = Vec::new();
-        for r in registrations {
-            let Ok(service) = r.name.parse::<ServiceName>() else {
-                tracing::warn!(service = %r.name, "registry entry with an invalid service name");
-                continue;
-            };
-            for e in &r.endpoints {
-                let name = tool_name(&r.name, &e.name);
-                if name.len() > MAX_TOOL_NAME_LEN {
-                    tracing::warn!(tool = %name, "tool name longer than {MAX_TOOL_NAME_LEN} characters; left out");
-                    continue;
-                }
-                if tools.iter().any(|(t, _)| t.name == name) {
-                    tracing::warn!(tool = %name, "two endpoints give the same tool name; the second is left out");
-                    continue;
-                }
-                let Ok(target) = Target::endpoint(service.clone(), &e.name) else {
-                    continue;
-                };
-                let description = if e.description.is_empty() {
-                    format!("Invokes {}.{}", r.name, e.name)
-                } else {
-                    e.description.clone()
-                };
-                tools.push((
-                    ToolSpec {
-                        name,
-                        description,
-                        parameters: e
-                            .input_schema
-                            .clone()
-                            .unwrap_or_else(|| json!({"type": "object"})),
-                    },
-                    target,
-                ));
-            }
-        }
+        let tools = ToolSet::from_registrations(registrations);
         ServiceTools {
             invoker: tower::util::BoxCloneSyncService::new(Invoker::new(bus.clone())),
             tools,
@@ -218,22 +181,19 @@ impl ServiceTools {
 
     /// The invoke target of tool `name`, if there is such a tool.
     pub fn target(&self, name: &str) -> Option<&Target> {
-        self.tools
-            .iter()
-            .find(|(t, _)| t.name == name)
-            .map(|(_, t)| t)
+        self.tools.get(name).map(|t| &t.target)
     }
 }
 
 #[async_trait::async_trait]
 impl Tools for ServiceTools {
     fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.iter().map(|(t, _)| t.clone()).collect()
+        self.tools.tools().iter().map(spec).collect()
     }
 
     async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome {
-        let Some(target) = self.target(name) else {
-            let known: Vec<&str> = self.tools.iter().map(|(t, _)| t.name.as_str()).collect();
+        let Some(tool) = self.tools.get(name) else {
+            let known: Vec<&str> = self.tools.tools().iter().map(|t| t.name.as_str()).collect();
             return Err(ErrorPayload::new(
                 ErrorCode::NoHandler,
                 format!(
@@ -242,7 +202,8 @@ impl Tools for ServiceTools {
                 ),
             ));
         };
-        let mut request = Envelope::request(target.to_string(), arguments.clone());
+        let target = &tool.target;
+        let mut request = Envelope::request(target.to_string(), tool.payload(arguments.clone()));
         if let Some(p) = &self.parent {
             request.inherit_context(p);
         }
@@ -253,5 +214,14 @@ impl Tools for ServiceTools {
             Ok(reply) => Ok(reply.payload.unwrap_or(Value::Null)),
             Err(e) => Err(ErrorPayload::from(&e)),
         }
+    }
+}
+
+/// A tool as the model sees it.
+fn spec(tool: &Tool) -> ToolSpec {
+    ToolSpec {
+        name: tool.name.clone(),
+        description: tool.description.clone(),
+        parameters: tool.input_schema.clone(),
     }
 }

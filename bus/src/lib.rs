@@ -4,7 +4,7 @@
 //! [subjects](subject), the [connection](Bus), durable and fire-and-forget
 //! [publish], core [subscriptions](subscribe), [invoke] with
 //! request-reply and [streaming](stream), [services](service) that are also NATS micro services, the
-//! [registry], [durable consumers](consumer) with [retry policies](retry),
+//! [registry] (whose endpoints are [tools](tool) for agents and MCP), [durable consumers](consumer) with [retry policies](retry),
 //! [dead letters](dlq) and [replay], the
 //! mesh's JetStream [resources], [KV helpers](kv), Prometheus [metrics], a local
 //! [`nats-server`](server) and, with the `testing` feature, a test harness.
@@ -34,6 +34,7 @@ pub mod subject;
 pub mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tool;
 pub mod trace;
 
 pub use connect::{Bus, ConnectOptions};

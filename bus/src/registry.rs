@@ -89,6 +89,15 @@ pub struct EndpointInfo {
     /// True for the endpoint also served on `P.invoke.<service>`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default: bool,
+    /// True when the endpoint answers a streaming caller with `delta` frames
+    /// ([`Endpoint::streaming`](crate::service::Endpoint::streaming)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+    /// Free-form endpoint metadata. The MCP hints `readOnlyHint`, `destructiveHint`,
+    /// `idempotentHint` and `openWorldHint` (booleans) and `title` (a string) become
+    /// the tool's annotations ([`crate::tool`]).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
 }
 
 /// A registry entry's value.
@@ -566,6 +575,21 @@ impl RegistryWatch {
         self.list_kind(kind, Some(name))
             .into_iter()
             .max_by(|a, b| a.started_at.cmp(&b.started_at))
+    }
+
+    /// The most recently started live instance of every name of `kind`, sorted by
+    /// name: what [`crate::tool::ToolSet`] reads for the mesh's tools.
+    pub fn newest_each(&self, kind: Kind) -> Vec<Registration> {
+        let mut newest: BTreeMap<String, Registration> = BTreeMap::new();
+        for r in self.list_kind(kind, None) {
+            match newest.get(&r.name) {
+                Some(seen) if seen.started_at >= r.started_at => {}
+                _ => {
+                    newest.insert(r.name.clone(), r);
+                }
+            }
+        }
+        newest.into_values().collect()
     }
 
     /// Registrations grouped by (kind, name) with instance counts.

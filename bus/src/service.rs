@@ -167,6 +167,7 @@ pub struct Endpoint {
     description: String,
     input_schema: Option<Value>,
     output_schema: Option<Value>,
+    metadata: Map<String, Value>,
     timeout: Option<Duration>,
     handler: Arc<dyn Handler>,
     streaming: bool,
@@ -181,6 +182,7 @@ impl Endpoint {
             description: String::new(),
             input_schema: None,
             output_schema: None,
+            metadata: Map::new(),
             timeout: None,
             handler: Arc::new(handler),
             streaming: false,
@@ -229,6 +231,15 @@ impl Endpoint {
     /// JSON Schema of the output payload. Default none.
     pub fn output_schema(mut self, schema: Value) -> Self {
         self.output_schema = Some(schema);
+        self
+    }
+
+    /// Adds an entry to the endpoint's registry metadata
+    /// ([`EndpointInfo::metadata`](crate::registry::EndpointInfo::metadata)), e.g.
+    /// `.metadata("readOnlyHint", json!(true))`, which MCP hosts see as the tool's
+    /// annotation ([`crate::tool`]). Default empty.
+    pub fn metadata(mut self, key: impl Into<String>, value: Value) -> Self {
+        self.metadata.insert(key.into(), value);
         self
     }
 
@@ -406,6 +417,8 @@ impl Service {
                 input_schema: e.input_schema.clone(),
                 output_schema: e.output_schema.clone(),
                 default: is_default,
+                streaming: e.streaming,
+                metadata: e.metadata.clone(),
             });
             let mut subjects = vec![(e.name.clone(), subject)];
             if is_default {

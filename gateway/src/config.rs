@@ -67,6 +67,9 @@ pub struct GatewayConfig {
     /// TLS does not authenticate clients: a non-loopback address still needs
     /// [`auth_token`](GatewayConfig::auth_token) (or `allow_insecure`).
     pub tls: Option<TlsConfig>,
+    /// Only these services and agents are tools on `/mcp` (`--mcp-services a,b`).
+    /// Default none: every registered service and agent ([`crate::mcp::server`]).
+    pub mcp_services: Option<std::collections::BTreeSet<String>>,
 }
 
 /// The gateway's TLS certificate and key: paths of PEM files, read when the gateway
@@ -100,6 +103,7 @@ impl Default for GatewayConfig {
             auth_token: None,
             allow_insecure: false,
             tls: None,
+            mcp_services: None,
         }
     }
 }
@@ -113,6 +117,7 @@ impl fmt::Debug for GatewayConfig {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
             .field("allow_insecure", &self.allow_insecure)
             .field("tls", &self.tls)
+            .field("mcp_services", &self.mcp_services)
             .finish()
     }
 }

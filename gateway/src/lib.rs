@@ -63,6 +63,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod mcp;
 pub mod metrics;
 pub mod routes;
 pub mod tls;
@@ -74,30 +75,55 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use weft_bus::Bus;
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 
 pub use config::{GatewayConfig, TlsConfig};
 pub use error::{ApiError, Error, ErrorBody};
+pub use mcp::McpServer;
 pub use routes::router;
 
 /// Registry name of every gateway instance (kind [`Kind::Gateway`]).
 pub const REGISTRY_NAME: &str = "gateway";
 
-/// What every handler shares: the bus and the configuration. Cheap to clone.
+/// What every handler shares: the bus, the configuration and the MCP server. Cheap
+/// to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     bus: Bus,
     config: Arc<GatewayConfig>,
+    mcp: Option<McpServer>,
+    /// Cancelled when the gateway stops: ends the MCP sessions' open streams, so a
+    /// graceful shutdown does not wait for them.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// State over `bus` with `config`.
+    /// State over `bus` with `config`, without `/mcp` (see [`AppState::with_mcp`]).
     pub fn new(bus: Bus, config: GatewayConfig) -> Self {
         AppState {
             bus,
             config: Arc::new(config),
+            mcp: None,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The same state serving `server` at `/mcp`.
+    pub fn with_mcp(mut self, server: McpServer) -> Self {
+        self.mcp = Some(server);
+        self
+    }
+
+    /// The MCP server mounted at `/mcp`, if any.
+    pub fn mcp(&self) -> Option<&McpServer> {
+        self.mcp.as_ref()
+    }
+
+    /// Cancelled when the gateway stops serving.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// The bus.
@@ -130,10 +156,22 @@ impl Gateway {
     /// [`Error::Insecure`] or [`Error::Config`] from the check; [`Error::Config`]
     /// naming the file when the TLS certificate chain or key cannot be read or used
     /// ([`tls::server_config`]); [`Error::Bind`] when the address cannot be bound (in
-    /// use, not local, no permission).
+    /// use, not local, no permission). Without the registry (resources not created
+    /// yet) `/mcp` is left out, with a warning.
     pub async fn bind(bus: Bus, config: GatewayConfig) -> Result<Gateway, Error> {
         config.validate()?;
         let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        let mcp_options = mcp::McpOptions {
+            services: config.mcp_services.clone(),
+            call_timeout: config.invoke_timeout,
+        };
+        let mcp = match McpServer::new(&bus, mcp_options).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::warn!(error = %e, "serving without /mcp: the registry cannot be watched");
+                None
+            }
+        };
         let addr = config.addr;
         let listener = TcpListener::bind(addr)
             .await
@@ -145,7 +183,10 @@ impl Gateway {
             listener,
             local_addr,
             tls,
-            state: AppState::new(bus, config),
+            state: AppState {
+                mcp,
+                ..AppState::new(bus, config)
+            },
         })
     }
 
@@ -189,6 +230,11 @@ impl Gateway {
         let url = base_url(local_addr, tls.is_some());
         let registered = register(&state, local_addr, &url).await;
         tracing::info!(addr = %local_addr, %url, auth = state.config().auth_token.is_some(), "gateway listening");
+        let stop = state.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stop.cancel();
+        };
         let app = router(state);
         let served = match tls {
             Some(config) => {

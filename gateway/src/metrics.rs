@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `weft_http_requests_total` | `route` (the matched route pattern, e.g. `/v1/events/{event_type}`, or `unmatched`), `method`, `status` |
 //! | `weft_http_request_duration_seconds` | `route` |
+//! | `weft_mcp_requests_total` | `method` (`initialize`, `tools/list`, `tools/call`, `ping`), `outcome` (`ok`, `error`) |
+//! | `weft_mcp_tool_calls_total` | `outcome` (`ok`, `tool_error`, `invalid_arguments`, `unknown_tool`, `cancelled`); no tool label, tool names are unbounded |
 //!
 //! Labels stay low-cardinality: the route pattern, never the raw path; methods outside
 //! the standard set count as `OTHER`.
@@ -45,6 +47,32 @@ pub fn http() -> &'static HttpMetrics {
             "weft_http_request_duration_seconds",
             "Time the gateway took to answer, in seconds, by route pattern",
             &["route"],
+        ),
+    })
+}
+
+/// The MCP server's metrics ([`crate::mcp::server`]).
+#[derive(Debug, Clone)]
+pub struct McpMetrics {
+    /// `weft_mcp_requests_total{method, outcome}`: MCP requests answered.
+    pub requests: IntCounterVec,
+    /// `weft_mcp_tool_calls_total{outcome}`: `tools/call` requests by how they ended.
+    pub tool_calls: IntCounterVec,
+}
+
+/// The MCP server's metrics, registered on first use.
+pub fn mcp() -> &'static McpMetrics {
+    static M: OnceLock<McpMetrics> = OnceLock::new();
+    M.get_or_init(|| McpMetrics {
+        requests: weft_bus::metrics::counter(
+            "weft_mcp_requests_total",
+            "MCP requests answered by the gateway or weft mcp, by method and outcome",
+            &["method", "outcome"],
+        ),
+        tool_calls: weft_bus::metrics::counter(
+            "weft_mcp_tool_calls_total",
+            "MCP tools/call requests, by outcome (ok, tool_error, invalid_arguments, unknown_tool, cancelled)",
+            &["outcome"],
         ),
     })
 }

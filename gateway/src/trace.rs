@@ -102,6 +102,9 @@ pub async fn http_span(State(state): State<AppState>, request: Request, next: Ne
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     let _ = span.set_parent(parent);
+    // Handlers that run on other tasks (the MCP server's) take their parent from here.
+    let mut request = request;
+    request.extensions_mut().insert(span.context());
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));

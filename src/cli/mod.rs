@@ -5,6 +5,7 @@ mod call;
 mod dlq;
 mod flow;
 mod ls;
+mod mcp;
 mod pubsub;
 mod replay;
 mod resources;
@@ -91,6 +92,9 @@ pub enum Command {
     /// place.
     #[command(subcommand)]
     Resources(resources::ResourcesCommand),
+    /// MCP: serve the mesh's tools over stdio (for an MCP host), list them, or attach
+    /// an external MCP server's tools as a service.
+    Mcp(mcp::McpArgs),
     /// Replay stored events from a sequence or a time: print them, or deliver them
     /// again to one durable consumer.
     Replay(replay::ReplayArgs),
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(g, args).await,
         Command::Dlq(cmd) => dlq::run(g, cmd).await,
         Command::Replay(args) => replay::run(g, args).await,
+        Command::Mcp(args) => mcp::run(g, args).await,
         Command::Resources(cmd) => resources::run(g, cmd).await,
     }
 }

@@ -45,6 +45,14 @@ pub struct UpArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "WEFT_GATEWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Only these services and agents are tools on the gateway's /mcp
+    /// (comma-separated); default all.
+    #[arg(long, value_delimiter = ',', env = "WEFT_MCP_SERVICES")]
+    pub mcp_services: Option<Vec<String>>,
+    /// Attach a stdio MCP server as service NAME: 'NAME=COMMAND ARGS…' (split on
+    /// spaces; repeatable), e.g. --mcp-attach 'files=npx -y @modelcontextprotocol/server-filesystem /tmp'.
+    #[arg(long = "mcp-attach", value_name = "NAME=COMMAND")]
+    pub mcp_attach: Vec<String>,
     #[command(flatten)]
     pub resources: super::resources::ResourceArgs,
 }
@@ -86,6 +94,11 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let attach = args
+        .mcp_attach
+        .iter()
+        .map(|spec| super::mcp::parse_attach_spec(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // 1. NATS: an existing server, or a local one.
     let local = match &g.server {
         Some(_) => None,
@@ -123,6 +136,10 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
                 .clone()
                 .zip(args.tls_key.clone())
                 .map(|(cert, key)| TlsConfig::new(cert, key)),
+            mcp_services: args
+                .mcp_services
+                .as_ref()
+                .map(|s| s.iter().map(|n| n.trim().to_owned()).collect()),
             ..GatewayConfig::default()
         },
     )
@@ -141,7 +158,21 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         None
     };
 
-    // 5. Tell the user what runs and what to try (Ctrl-C works from here on).
+    // 5. Attached MCP servers, each a service of its tools.
+    let bridges_stop = tokio_util::sync::CancellationToken::new();
+    let mut bridges = Vec::new();
+    for options in attach {
+        let described = format!("{} ({})", options.name, options.source);
+        let bridge = weft_gateway::mcp::Bridge::new(options)?;
+        let bus = bus.clone();
+        let stop = bridges_stop.clone();
+        bridges.push((
+            described,
+            tokio::spawn(async move { bridge.run(&bus, stop.cancelled_owned()).await }),
+        ));
+    }
+
+    // 6. Tell the user what runs and what to try (Ctrl-C works from here on).
     let stop = shutdown_signal();
     println!("weft is up (prefix {})", bus.prefix());
     match &local {
@@ -155,7 +186,10 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  streams      {}", made.streams.join(", "));
     println!("  kv buckets   {}", made.buckets.join(", "));
-    println!("  gateway      {http}  (/v1/events, /v1/invoke, /metrics, /healthz)");
+    println!("  gateway      {http}  (/v1/events, /v1/invoke, /mcp, /metrics, /healthz)");
+    for (described, _) in &bridges {
+        println!("  mcp attach   {described}");
+    }
     if let Some(d) = &demo {
         println!("  demo         {}", d.describe());
     }
@@ -172,9 +206,26 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     println!("  {env_hint}weft call support '{{\"message\":\"How many tickets are open?\"}}'");
     println!("(also: weft sub 'ticket.>', weft ls, curl {http}/metrics; Ctrl-C stops)");
 
-    // 6. Wait, then stop in order: demo, gateway, connection, server.
+    // 7. Wait, then stop in order: MCP bridges, demo, gateway, connection, server.
     stop.await;
-    say(Level::INFO, "", "stopping: demo, gateway, then nats-server");
+    say(
+        Level::INFO,
+        "",
+        "stopping: MCP bridges, demo, gateway, then nats-server",
+    );
+    bridges_stop.cancel();
+    for (described, join) in bridges {
+        if tokio::time::timeout(Duration::from_secs(10), join)
+            .await
+            .is_err()
+        {
+            say(
+                Level::WARN,
+                "warning",
+                &format!("MCP bridge {described} did not stop within 10 s"),
+            );
+        }
+    }
     if let Some(d) = demo
         && let Err(e) = d.stop().await
     {

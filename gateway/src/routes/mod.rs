@@ -30,6 +30,7 @@ pub const HTTP_CHANNEL: &str = "http";
 /// | `POST /v1/events/{event_type}` | [`events::publish`] |
 /// | `POST /v1/invoke/{target}` | [`invoke::invoke`] |
 /// | `POST /v1/invoke/{target}/stream` | [`stream::invoke_stream`] (Server-Sent Events) |
+/// | `/mcp` (`POST`, `GET`, `DELETE`) | the MCP server, Streamable HTTP ([`crate::mcp::server::http_service`]), when the state has one |
 /// | `GET /metrics` | [`ops::metrics`] |
 /// | `GET /healthz` | [`ops::healthz`] (never needs the token) |
 /// | `GET /readyz` | [`ops::readyz`] |
@@ -40,7 +41,18 @@ pub const HTTP_CHANNEL: &str = "http";
 /// ([`metrics::track`]) outermost, so refused requests are counted too.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
-    Router::new()
+    let mut routes = Router::new();
+    if let Some(mcp) = state.mcp() {
+        let loopback = state.config().addr.ip().is_loopback();
+        let service = crate::mcp::server::http_service(
+            mcp.clone(),
+            loopback,
+            max_body,
+            state.shutdown_token().clone(),
+        );
+        routes = routes.route_service("/mcp", service);
+    }
+    routes
         .route("/v1/events/{event_type}", post(events::publish))
         .route("/v1/invoke/{target}", post(invoke::invoke))
         .route("/v1/invoke/{target}/stream", post(stream::invoke_stream))
