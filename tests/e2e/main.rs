@@ -8,6 +8,7 @@ mod dashboards;
 mod demo;
 mod dlq;
 mod faults;
+mod mcp;
 pub mod otlp;
 mod processes;
 mod security;

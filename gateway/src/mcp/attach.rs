@@ -7,7 +7,7 @@
 //! | name | the tool name mapped to a subject token ([`super::names::endpoint_name`]: `math.mul` → `math-2e-mul`) |
 //! | description | the tool's description |
 //! | input, output schema | the tool's `inputSchema`, `outputSchema` |
-//! | metadata | the tool's annotations (`readOnlyHint`…), `mcp.tool` = the tool's own name |
+//! | metadata | the tool's annotations (`readOnlyHint`…), `mcp.tool` = the tool's own name, `mcp.content: "blocks"` (the mesh's MCP server gives content blocks back as they came) |
 //!
 //! | tool result | invoke reply |
 //! |---|---|
@@ -329,7 +329,8 @@ impl Bridge {
             async move { call(&peer, &tool_name, req.payload(), timeout).await }
         })
         .input_schema(Value::Object((*tool.input_schema).clone()))
-        .metadata("mcp.tool", json!(tool.name));
+        .metadata("mcp.tool", json!(tool.name))
+        .metadata(super::server::CONTENT_METADATA_KEY, json!("blocks"));
         if let Some(d) = &tool.description {
             endpoint = endpoint.description(d.as_ref());
         }

@@ -15,6 +15,7 @@
 //!
 //! | outcome | MCP answer |
 //! |---|---|
+//! | reply `{"content": [<MCP content blocks>]}` from an endpoint whose metadata has `"mcp.content": "blocks"` ([`CONTENT_METADATA_KEY`]) | result: those content blocks (text, image, audio, resource…), as an attached MCP server gave them |
 //! | reply with an object payload | result: `structuredContent` = the payload, and the same JSON as one text content block |
 //! | reply with a string payload | result: that string as one text content block |
 //! | reply with any other payload | result: its JSON as one text content block |
@@ -76,6 +77,12 @@ pub const MCP_CHANNEL: &str = "mcp";
 
 /// The server name in `initialize` (`serverInfo.name`).
 pub const SERVER_NAME: &str = "weft";
+
+/// The endpoint metadata key saying that replies may be MCP content blocks,
+/// `{"content": [...]}`; its value is `"blocks"`. [`super::attach`] sets it on the
+/// endpoints it registers, so an external server's images and resources reach MCP
+/// clients as they were.
+pub const CONTENT_METADATA_KEY: &str = "mcp.content";
 
 /// Default longest wait for one `tools/call`: 30 s (the gateway's invoke timeout).
 pub const DEFAULT_CALL_TIMEOUT: Duration = crate::config::DEFAULT_INVOKE_TIMEOUT;
@@ -414,12 +421,28 @@ fn progress_of(token: ProgressToken, delta: &Value, count: u64) -> ProgressNotif
 }
 
 /// A reply payload as a tool result (see the module docs).
-fn success(payload: Value) -> CallToolResult {
+fn success(tool: &Tool, payload: Value) -> CallToolResult {
+    if tool
+        .metadata
+        .get(CONTENT_METADATA_KEY)
+        .and_then(Value::as_str)
+        == Some("blocks")
+        && let Some(blocks) = content_blocks(&payload)
+    {
+        return CallToolResult::success(blocks);
+    }
     match payload {
         Value::Object(_) => CallToolResult::structured(payload),
         Value::String(s) => CallToolResult::success(vec![ContentBlock::text(s)]),
         other => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
     }
+}
+
+/// The blocks of a `{"content": [...]}` payload (that one key, every element a valid
+/// MCP content block).
+fn content_blocks(payload: &Value) -> Option<Vec<ContentBlock>> {
+    let o = payload.as_object().filter(|o| o.len() == 1)?;
+    serde_json::from_value(o.get("content")?.clone()).ok()
 }
 
 /// A bus error as a tool result with `isError: true`.
@@ -587,7 +610,7 @@ impl McpServer {
         match outcome {
             Outcome::Reply(payload) => {
                 count_call("ok");
-                Ok(success(payload))
+                Ok(success(tool, payload))
             }
             Outcome::Failed(error) => {
                 count_call("tool_error");
@@ -659,6 +682,114 @@ pub fn http_service(
         config.disable_allowed_hosts()
     };
     StreamableHttpService::new(move || Ok(server.session()), Default::default(), config)
+}
+
+/// Middleware (for [`axum::middleware::from_fn_with_state`], state = the body limit in
+/// bytes) in front of `/mcp`, answering bodies the SDK would refuse with a bare text
+/// as JSON-RPC errors (JSON-RPC 2.0 §5.1) instead:
+///
+/// | body of a `POST` | answer |
+/// |---|---|
+/// | larger than the limit | 413, `{"jsonrpc": "2.0", "id": null, "error": {"code": -32600, …}}` |
+/// | not JSON | 400, error -32700 (parse error, saying where) |
+/// | JSON but no JSON-RPC 2.0 message (no `"jsonrpc": "2.0"`, no `method`/`result`/`error`) | 400, error -32600 (invalid request) |
+/// | `tools/call` whose `params` lack a string `name` or have non-object `arguments` | 200, error -32602 (invalid params) with the request's `id` (the SDK would say -32601) |
+///
+/// Other requests, and well-formed bodies, go on unchanged.
+pub async fn json_rpc_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return json_rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                format!("request body is larger than the gateway's limit of {limit} bytes"),
+            );
+        }
+    };
+    let message: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                format!("parse error: the body is not JSON: {e}"),
+            );
+        }
+    };
+    if let Err(why) = json_rpc_shape(&message) {
+        return json_rpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            format!("invalid request: {why}"),
+        );
+    }
+    if message["method"] == "tools/call"
+        && let Err(why) = tool_call_params(&message["params"])
+    {
+        use axum::response::IntoResponse as _;
+        let body = json!({"jsonrpc": "2.0", "id": message["id"], "error": {
+            "code": -32602, "message": format!("invalid params of tools/call: {why}")}});
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// Why `message` is no JSON-RPC 2.0 message (or batch of them).
+fn json_rpc_shape(message: &Value) -> Result<(), String> {
+    match message {
+        Value::Array(batch) if batch.is_empty() => Err("an empty batch".into()),
+        Value::Array(batch) => batch.iter().try_for_each(json_rpc_shape),
+        Value::Object(o) => {
+            if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+                return Err("\"jsonrpc\" must be \"2.0\"".into());
+            }
+            match (
+                o.get("method"),
+                o.contains_key("result") || o.contains_key("error"),
+            ) {
+                (Some(Value::String(_)), _) | (None, true) => Ok(()),
+                (Some(_), _) => Err("\"method\" must be a string".into()),
+                (None, false) => Err("a message needs \"method\", \"result\" or \"error\"".into()),
+            }
+        }
+        other => Err(format!("a message is a JSON object, not {other}")),
+    }
+}
+
+/// Why `params` are not those of `tools/call` (`{name: string, arguments?: object}`).
+fn tool_call_params(params: &Value) -> Result<(), &'static str> {
+    if !params["name"].is_string() {
+        return Err("\"name\" must be the tool's name, a string");
+    }
+    match params.get("arguments") {
+        None | Some(Value::Object(_)) | Some(Value::Null) => Ok(()),
+        Some(_) => Err("\"arguments\" must be an object"),
+    }
+}
+
+/// An HTTP response carrying one JSON-RPC error with `id: null`.
+fn json_rpc_error(
+    status: axum::http::StatusCode,
+    code: i64,
+    message: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
 /// Serves `server` over stdin/stdout (`weft mcp`) until the client closes stdin or

@@ -50,7 +50,9 @@ pub fn router(state: AppState) -> Router {
             max_body,
             state.shutdown_token().clone(),
         );
-        routes = routes.route_service("/mcp", service);
+        routes = routes.merge(Router::new().route_service("/mcp", service).layer(
+            from_fn_with_state(max_body, crate::mcp::server::json_rpc_body),
+        ));
     }
     routes
         .route("/v1/events/{event_type}", post(events::publish))

@@ -1,0 +1,645 @@
+//! MCP both ways against the official tools (issue "MCP both ways", docs/mcp.md):
+//!
+//! - the conformance suite `@modelcontextprotocol/conformance` in server mode against
+//!   `/mcp` of `weft up --demo`, with the fixture service `test` its tool scenarios
+//!   call;
+//! - the official Python (`mcp`) and TypeScript (`@modelcontextprotocol/sdk`)
+//!   clients over Streamable HTTP and over stdio (`weft mcp`);
+//! - `weft mcp attach` with a stdio server written with the Python SDK;
+//! - bad input at `/mcp`.
+//!
+//! The clients are installed by `scripts/install-mcp-clients` (cached outside the
+//! checkout); without them these tests fail with the install hint.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weft_bus::Bus;
+use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
+use weft_bus::stream::StreamWriter;
+
+use crate::{Proc, Up, http_client};
+
+/// Where `scripts/install-mcp-clients` put the official clients.
+struct Clients {
+    python: PathBuf,
+    node_modules: PathBuf,
+    conformance: PathBuf,
+}
+
+/// Installs (or finds in the cache) the official MCP clients.
+///
+/// # Panics
+/// With the install hint when the script fails.
+fn clients() -> Clients {
+    static CLIENTS: std::sync::OnceLock<Result<BTreeMap<String, String>, String>> =
+        std::sync::OnceLock::new();
+    let vars = CLIENTS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/install-mcp-clients"))
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run scripts/install-mcp-clients: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/install-mcp-clients failed ({})",
+                out.status
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    });
+    let vars = vars.as_ref().unwrap_or_else(|e| {
+        panic!(
+            "{e}: the MCP tests need Node 20 with npm and Python 3.11 with venv; run scripts/install-mcp-clients by hand to see why"
+        )
+    });
+    let get = |k: &str| {
+        PathBuf::from(
+            vars.get(k)
+                .unwrap_or_else(|| panic!("install-mcp-clients printed no {k}")),
+        )
+    };
+    Clients {
+        python: get("MCP_PYTHON"),
+        node_modules: get("MCP_NODE_MODULES"),
+        conformance: get("MCP_CONFORMANCE"),
+    }
+}
+
+/// This repository's `tests/mcp/<file>`.
+fn script(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mcp")
+        .join(file)
+}
+
+/// A 1×1 red PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+
+/// A WAV header with no samples.
+const WAV: &str = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=";
+
+/// What the fixture's streaming endpoints saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Calls of `test.slow` whose handler saw the caller cancel.
+    cancelled: AtomicUsize,
+}
+
+/// The fixture service `test`: the tools the conformance suite calls (DESIGN §12
+/// names them `test_<endpoint>`), plus `stream` and `slow` for the SDK clients.
+async fn fixture(bus: &Bus) -> (ServiceHandle, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let blocks = |name: &str, content: Value| {
+        Endpoint::new(name.to_owned(), move |_req: Request| {
+            let content = content.clone();
+            async move { Ok(json!({ "content": content })) }
+        })
+        .metadata("mcp.content", json!("blocks"))
+    };
+    let image = json!({"type": "image", "data": PNG, "mimeType": "image/png"});
+    let resource = json!({"type": "resource", "resource": {
+        "uri": "test://embedded-resource", "mimeType": "text/plain",
+        "text": "This is an embedded resource content."}});
+    let slow_seen = seen.clone();
+    let handle = Service::new("test", "1.0.0")
+        .description("The fixture of the MCP conformance suite's tool scenarios")
+        .endpoint(
+            Endpoint::new("simple_text", |_req: Request| async {
+                Ok(json!("This is a simple text response for testing."))
+            })
+            .description("Returns simple text")
+            .metadata("readOnlyHint", json!(true)),
+        )
+        .endpoint(blocks("image_content", json!([image])))
+        .endpoint(blocks(
+            "audio_content",
+            json!([{"type": "audio", "data": WAV, "mimeType": "audio/wav"}]),
+        ))
+        .endpoint(blocks("embedded_resource", json!([resource])))
+        .endpoint(blocks(
+            "multiple_content_types",
+            json!([{"type": "text", "text": "Multiple content types test:"}, image, resource]),
+        ))
+        .endpoint(Endpoint::new("error_handling", |_req: Request| async {
+            Err(weft_bus::ErrorPayload::new(
+                weft_bus::ErrorCode::Other("TEST_ERROR".into()),
+                "This tool intentionally returns an error for testing",
+            ))
+        }))
+        .endpoint(Endpoint::streaming(
+            "tool_with_progress",
+            |_req: Request, out: StreamWriter| async move {
+                for p in [0, 50, 100] {
+                    out.delta(json!({"progress": p, "total": 100, "message": format!("{p}%")}))
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(json!("Progress complete"))
+            },
+        ))
+        .endpoint(Endpoint::streaming(
+            "stream",
+            |_req: Request, out: StreamWriter| async move {
+                for word in ["one", "two", "three"] {
+                    out.delta(json!(word)).await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(json!({"words": 3}))
+            },
+        ))
+        .endpoint(Endpoint::streaming(
+            "slow",
+            move |_req: Request, out: StreamWriter| {
+                let seen = slow_seen.clone();
+                async move {
+                    tokio::select! {
+                        () = out.cancelled() => {
+                            seen.cancelled.fetch_add(1, Ordering::SeqCst);
+                            Err(weft_bus::ErrorPayload::new(weft_bus::ErrorCode::Other("CANCELLED".into()), "cancelled"))
+                        }
+                        () = tokio::time::sleep(Duration::from_secs(60)) => Ok(json!("never cancelled")),
+                    }
+                }
+            },
+        ))
+        .serve(bus)
+        .await
+        .expect("serve the fixture");
+    (handle, seen)
+}
+
+/// `weft up --demo` with the fixture service, connected.
+async fn mesh(extra: &[&str]) -> (Up, Bus, ServiceHandle, Arc<Seen>) {
+    let mut args = vec!["--demo"];
+    args.extend(extra);
+    let mut up = Up::start(&args);
+    up.proc.banner();
+    let bus = Bus::connect(&format!("nats://127.0.0.1:{}", up.nats_port))
+        .await
+        .unwrap();
+    let (handle, seen) = fixture(&bus).await;
+    // The gateway's registry watch sees the fixture before a test lists tools.
+    let url = format!("http://{}/mcp", up.http);
+    wait_for_tool(&url, "test_simple_text").await;
+    (up, bus, handle, seen)
+}
+
+/// Waits until `tools/list` at `url` shows `tool` (the registry watch is live).
+async fn wait_for_tool(url: &str, tool: &str) {
+    for _ in 0..100 {
+        if list_tools(url).await.iter().any(|t| t == tool) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{tool} never appeared in tools/list at {url}");
+}
+
+/// The tool names of one stateless-looking session: initialize, then tools/list.
+async fn list_tools(url: &str) -> Vec<String> {
+    let client = http_client();
+    let Some(session) = initialize(&client, url).await else {
+        return Vec::new();
+    };
+    let reply = rpc(
+        &client,
+        url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    reply["result"]["tools"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `initialize` + `notifications/initialized`; the session id.
+async fn initialize(client: &reqwest::Client, url: &str) -> Option<String> {
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "weft-e2e", "version": "1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .ok()?;
+    let session = resp
+        .headers()
+        .get("mcp-session-id")?
+        .to_str()
+        .ok()?
+        .to_owned();
+    let _ = resp.text().await;
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+        .send()
+        .await
+        .ok()?;
+    Some(session)
+}
+
+/// One JSON-RPC request; the response message (from JSON or the SSE stream).
+async fn rpc(client: &reqwest::Client, url: &str, session: Option<&str>, body: Value) -> Value {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let text = req
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    sse_message(&text).unwrap_or_else(|| panic!("no JSON-RPC message in {text:?}"))
+}
+
+/// The last JSON `data:` of an SSE body, or the body itself when it is JSON.
+fn sse_message(text: &str) -> Option<Value> {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return Some(v);
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .last()
+}
+
+/// The scenarios of the conformance suite that apply to a server offering tools.
+const APPLICABLE: &[&str] = &[
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "tools-call-simple-text",
+    "tools-call-image",
+    "tools-call-audio",
+    "tools-call-embedded-resource",
+    "tools-call-mixed-content",
+    "tools-call-error",
+    "tools-call-with-progress",
+    "server-sse-multiple-streams",
+    "dns-rebinding-protection",
+];
+
+#[tokio::test]
+async fn the_conformance_suite_passes_every_tools_scenario() {
+    let clients = clients();
+    let (up, _bus, _fixture, _seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+    // tokio's Command: the fixture's heartbeats run on this runtime meanwhile.
+    let out = tokio::process::Command::new("node")
+        .arg(&clients.conformance)
+        .args(["server", "--url", &url])
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: BTreeMap<String, bool> = stdout
+        .lines()
+        .filter_map(|l| {
+            let (mark, rest) = l.split_once(' ')?;
+            let ok = match mark {
+                "✓" => true,
+                "✗" => false,
+                _ => return None,
+            };
+            Some((rest.split(':').next()?.to_owned(), ok))
+        })
+        .collect();
+    println!("conformance summary: {summary:?}");
+    let failed: Vec<&&str> = APPLICABLE
+        .iter()
+        .filter(|s| summary.get(**s) != Some(&true))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "scenarios that apply to a tools server failed or did not run: {failed:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A POST of `body` to `/mcp`: status and JSON body.
+async fn post_raw(
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    token: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        sse_message(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+#[tokio::test]
+async fn bad_input_at_mcp_gets_its_exact_error() {
+    let (up, _bus, _fixture, _seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+
+    let (status, body, _) = post_raw(&url, r#"{"jsonrpc":"2.0","id":1,"method":"#, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{body}"
+    );
+    assert_eq!(body["id"], Value::Null);
+
+    let (status, body, _) = post_raw(&url, r#"{"hello":1}"#, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32600)),
+        "{body}"
+    );
+
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+        "a".repeat(1024 * 1024)
+    );
+    let (status, body, _) = post_raw(&url, big, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (413, Some(-32600)),
+        "{body}"
+    );
+
+    let client = http_client();
+    let session = initialize(&client, &url).await.expect("a session");
+    let call = |id: u64, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "foo/bar"}),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32601, "{reply}");
+    assert_eq!(reply["id"], 3);
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        call(4, json!({"arguments": {}})),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert_eq!(reply["id"], 4);
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        call(5, json!({"name": "no_such_tool", "arguments": {}})),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool \"no_such_tool\""),
+        "{reply}"
+    );
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        call(
+            6,
+            json!({"name": "tickets_classify", "arguments": {"title": 5}}),
+        ),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    let paths: Vec<&str> = reply["error"]["data"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"/title"), "{reply}");
+
+    // A rebinding page's Host or Origin is refused on a loopback gateway.
+    let resp = http_client()
+        .post(&url)
+        .header("host", "evil.example.com")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // Still serving after all that.
+    assert!(
+        list_tools(&url)
+            .await
+            .contains(&"tickets_classify".to_owned())
+    );
+    let log = up.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn the_gateway_token_covers_mcp() {
+    let up = Up::start(&["--token", "s3cret"]);
+    let mut up = up;
+    up.proc.banner();
+    let url = format!("http://{}/mcp", up.http);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    for token in [None, Some("wrong")] {
+        let (status, body, headers) = post_raw(&url, init.clone(), token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer", "{token:?}");
+        assert_eq!(body["code"], "AUTH_FAILURE");
+    }
+    let (status, body, _) = post_raw(&url, init, Some("s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["serverInfo"]["name"], "weft");
+    assert_eq!(body["result"]["protocolVersion"], "2025-06-18");
+}
+
+/// Runs an SDK client to its end: registers service `late` (endpoint `ping`) when the
+/// client prints `READY list_changed` on stderr, and returns its JSON report.
+async fn run_client(bus: &Bus, mut command: tokio::process::Command) -> (Value, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the MCP client");
+    let stderr = child.stderr.take().unwrap();
+    let bus = bus.clone();
+    let watcher = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut log = String::new();
+        let mut late = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == "READY list_changed" && late.is_none() {
+                late = Some(
+                    Service::new("late", "1.0.0")
+                        .endpoint(
+                            Endpoint::new("ping", |_req: Request| async { Ok(json!("pong")) })
+                                .description("Answers pong"),
+                        )
+                        .serve(&bus)
+                        .await
+                        .expect("serve late"),
+                );
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        if let Some(late) = late {
+            late.stop().await.ok();
+        }
+        log
+    });
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the MCP client ran over 180 s")
+        .expect("the MCP client ran");
+    let log = watcher.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client report is not JSON ({e}): {stdout}\nstderr:\n{log}"));
+    (report, log)
+}
+
+/// Asserts every check of a client report passed, and that `test.slow` saw the cancel.
+fn assert_report(report: &Value, log: &str, seen: &Seen) {
+    let checks = report["checks"].as_object().expect("checks");
+    let failed: Vec<(&String, &Value)> = checks.iter().filter(|(_, c)| c["ok"] != true).collect();
+    assert!(
+        failed.is_empty(),
+        "failed checks: {failed:#?}\nreport: {report:#}\nstderr:\n{log}"
+    );
+    for name in [
+        "list_tools",
+        "call",
+        "schema_violation",
+        "unknown_tool",
+        "bus_error",
+        "list_changed",
+        "progress",
+        "cancel",
+    ] {
+        assert!(
+            checks.contains_key(name),
+            "check {name} did not run: {report:#}"
+        );
+    }
+    assert!(
+        seen.cancelled.load(Ordering::SeqCst) >= 1,
+        "the client cancelled test_slow but its handler never saw the cancel\n{report:#}"
+    );
+}
+
+/// The Python client (`py_client.py`) with `args`.
+fn python_client(clients: &Clients, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(&clients.python);
+    c.arg(script("py_client.py")).args(args);
+    c
+}
+
+/// The TypeScript client (`ts_client.mjs`) with `args`.
+fn ts_client(clients: &Clients, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("node");
+    c.arg(script("ts_client.mjs"))
+        .args(args)
+        .env("MCP_NODE_MODULES", &clients.node_modules);
+    c
+}
+
+#[tokio::test]
+async fn the_python_sdk_client_uses_the_mesh_over_http_at_2026_07_28() {
+    let clients = clients();
+    let (up, bus, _fixture, seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+    let (report, log) = run_client(&bus, python_client(&clients, &["--url", &url])).await;
+    assert_eq!(report["protocolVersion"], "2026-07-28", "{report:#}");
+    assert_report(&report, &log, &seen);
+}
+
+#[tokio::test]
+async fn the_python_sdk_client_uses_the_mesh_over_http_with_initialize() {
+    let clients = clients();
+    let (up, bus, _fixture, seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+    let args = ["--url", &url, "--mode", "legacy"];
+    let (report, log) = run_client(&bus, python_client(&clients, &args)).await;
+    assert_eq!(report["protocolVersion"], "2025-11-25", "{report:#}");
+    assert_report(&report, &log, &seen);
+}
+
+#[tokio::test]
+async fn the_typescript_sdk_client_uses_the_mesh_over_http() {
+    let clients = clients();
+    let (up, bus, _fixture, seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+    let (report, log) = run_client(&bus, ts_client(&clients, &["--url", &url])).await;
+    assert_eq!(report["protocolVersion"], "2025-11-25", "{report:#}");
+    assert_report(&report, &log, &seen);
+}
+
+#[tokio::test]
+async fn both_sdk_clients_use_the_mesh_over_stdio_with_weft_mcp() {
+    let clients = clients();
+    let (up, bus, _fixture, seen) = mesh(&[]).await;
+    let nats = format!("nats://127.0.0.1:{}", up.nats_port);
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let stdio = ["--stdio", "--", weft, "mcp", "--server", &nats];
+    let (report, log) = run_client(&bus, python_client(&clients, &stdio)).await;
+    assert_report(&report, &log, &seen);
+    let before = seen.cancelled.load(Ordering::SeqCst);
+    let (report, log) = run_client(&bus, ts_client(&clients, &stdio)).await;
+    assert_report(&report, &log, &seen);
+    assert!(
+        seen.cancelled.load(Ordering::SeqCst) > before,
+        "the TypeScript client's cancel was not seen"
+    );
+}
