@@ -57,6 +57,8 @@ pub struct Tool {
     pub output_schema: Option<Value>,
     /// `title` and the `…Hint` booleans from the endpoint metadata.
     pub annotations: Map<String, Value>,
+    /// The endpoint's whole metadata (bridges read their own keys, e.g. `mcp.content`).
+    pub metadata: Map<String, Value>,
     /// What a call invokes: `<service>.<endpoint>`.
     pub target: Target,
     /// Whether the registration is a service or an agent.
@@ -114,6 +116,7 @@ impl Tool {
             input_schema,
             output_schema: endpoint.output_schema.clone().filter(describes_object),
             annotations,
+            metadata: endpoint.metadata.clone(),
             target,
             kind: registration.kind,
             streaming: endpoint.streaming,
