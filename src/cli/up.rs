@@ -153,7 +153,8 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
 
     // 4. The demo.
     let demo = if args.demo {
-        Some(weft_example_support_desk::start(&bus).await?)
+        let attached: Vec<String> = attach.iter().map(|a| a.name.to_string()).collect();
+        Some(weft_example_support_desk::start_with(&bus, &attached).await?)
     } else {
         None
     };

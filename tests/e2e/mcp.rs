@@ -12,7 +12,6 @@
 //! checkout); without them these tests fail with the install hint.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use weft_bus::Bus;
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::stream::StreamWriter;
 
-use crate::{Proc, Up, http_client};
+use crate::{Up, http_client};
 
 /// Where `scripts/install-mcp-clients` put the official clients.
 struct Clients {
@@ -293,7 +292,7 @@ fn sse_message(text: &str) -> Option<Value> {
     text.lines()
         .filter_map(|l| l.strip_prefix("data:"))
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .last()
+        .next_back()
 }
 
 /// The scenarios of the conformance suite that apply to a server offering tools.
@@ -642,4 +641,182 @@ async fn both_sdk_clients_use_the_mesh_over_stdio_with_weft_mcp() {
         seen.cancelled.load(Ordering::SeqCst) > before,
         "the TypeScript client's cancel was not seen"
     );
+}
+
+/// The pids of the children of `parent` whose command name starts with `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …"; comm may hold spaces, so split at the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.starts_with(name) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `weft call target payload` against `nats`: (success, stdout, stderr).
+async fn weft_call(nats: &str, target: &str, payload: &str) -> (bool, Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["call", target, payload, "--server", nats])
+        .env_remove("NATS_URL")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_attached_python_mcp_server_is_a_service_that_agents_and_mcp_clients_use() {
+    let clients = clients();
+    let fixture_server = script("fixture_server.py");
+    let attach = format!(
+        "fix={} {}",
+        clients.python.display(),
+        fixture_server.display()
+    );
+    let mut up = Up::start(&["--demo", "--mcp-attach", &attach]);
+    let banner = up.proc.banner();
+    assert!(banner.contains("mcp attach   fix (stdio: "), "{banner}");
+    let nats = format!("nats://127.0.0.1:{}", up.nats_port);
+    let url = format!("http://{}/mcp", up.http);
+    // Tool `math.mul` is endpoint `math-2e-mul`, so tool `fix_math-2e-mul` on /mcp.
+    wait_for_tool(&url, "fix_math-2e-mul").await;
+
+    // `weft call` reaches each tool; structured results come back as they were.
+    let (ok, reply, err) = weft_call(&nats, "fix.echo", r#"{"text":"hi"}"#).await;
+    assert!(ok, "{err}");
+    assert_eq!(reply, json!({"text": "hi"}));
+    let (ok, reply, err) = weft_call(&nats, "fix.math-2e-mul", r#"{"a":3,"b":4}"#).await;
+    assert!(ok, "{err}");
+    assert_eq!(reply, json!({"product": 12}));
+    let (ok, _, err) = weft_call(&nats, "fix.fail", "{}").await;
+    assert!(!ok);
+    assert!(err.contains("TOOL_ERROR: fixture failure"), "{err}");
+
+    // The support agent (scripted model) calls the external tool.
+    let (ok, reply, err) =
+        weft_call(&nats, "support", r#"{"message":"use fix_echo with hello"}"#).await;
+    assert!(ok, "{err}");
+    assert_eq!(reply["tool_calls"][0]["name"], "fix_echo", "{reply}");
+    assert_eq!(
+        reply["tool_calls"][0]["result"],
+        json!({"text": "hello"}),
+        "{reply}"
+    );
+    assert!(
+        reply["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("fix_echo answered:"),
+        "{reply}"
+    );
+
+    // Through the mesh's own MCP server, the attached tool keeps its schema and result.
+    let client = http_client();
+    let session = initialize(&client, &url).await.unwrap();
+    let listed = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    let mul = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fix_math-2e-mul")
+        .cloned()
+        .unwrap();
+    assert_eq!(mul["inputSchema"]["required"], json!(["a", "b"]), "{mul}");
+    let called = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "fix_math-2e-mul", "arguments": {"a": 6, "b": 7}}}),
+    )
+    .await;
+    assert_eq!(
+        called["result"]["structuredContent"],
+        json!({"product": 42}),
+        "{called}"
+    );
+
+    // A tool added at run time appears on the bus (the bridge re-registers on
+    // tools/list_changed).
+    let (ok, _, err) = weft_call(&nats, "fix.enable_extra", "{}").await;
+    assert!(ok, "{err}");
+    wait_for_tool(&url, "fix_extra").await;
+    let (ok, reply, err) = weft_call(&nats, "fix.extra", "{}").await;
+    assert!(ok, "{err}");
+    assert_eq!(reply, json!("extra tool"));
+
+    // Killing the server process is survived: the bridge starts it again.
+    let pids = children_named(up.proc.child.id(), "python");
+    assert_eq!(pids.len(), 1, "one stdio server child: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let (true, reply, _) = weft_call(&nats, "fix.echo", r#"{"text":"again"}"#).await {
+            answered = Some(reply);
+            break;
+        }
+    }
+    assert_eq!(
+        answered,
+        Some(json!({"text": "again"})),
+        "no answer after the kill\n{}",
+        up.log()
+    );
+    let restarted = children_named(up.proc.child.id(), "python");
+    assert!(
+        restarted.len() == 1 && restarted != pids,
+        "{pids:?} → {restarted:?}"
+    );
+    assert!(
+        up.log().contains("MCP server lost; connecting again"),
+        "{}",
+        up.log()
+    );
+
+    // Ctrl-C: the bridge deregisters and its server exits with weft up.
+    let status = up
+        .proc
+        .interrupt(Duration::from_secs(20))
+        .expect("weft up stopped on Ctrl-C");
+    assert!(status.success(), "{status:?}\n{}", up.log());
+    let server = PathBuf::from(format!("/proc/{}", restarted[0]));
+    for _ in 0..50 {
+        if !server.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!server.exists(), "the stdio server outlived weft up");
 }

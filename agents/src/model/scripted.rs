@@ -29,7 +29,8 @@
 //!   *k*-th model call of the run, counted as the assistant messages since the latest
 //!   user message. Past the end, the last turn without tool calls is repeated (or, if
 //!   every turn calls tools, the last turn: handy to test a run's step limit).
-//! - **Templates** in `content` and in every string inside `arguments`:
+//! - **Templates** in `content`, in a tool call's `name` (`"name": "{{match.tool}}"`
+//!   calls the tool the message names) and in every string inside `arguments`:
 //!   - `{{message}}`: the user message;
 //!   - `{{match.NAME}}`, `{{match.N}}`: a named or numbered capture group of the rule's
 //!     regex (`{{match.0}}` is the whole match);
@@ -89,7 +90,7 @@ struct Turn {
 
 #[derive(Debug, Clone)]
 struct CallTemplate {
-    name: String,
+    name: Template,
     /// Strings inside were checked at load time.
     arguments: Value,
 }
@@ -208,7 +209,7 @@ impl ScriptedModel {
                 for call in turn.tool_calls {
                     visit_strings(&call.arguments, &mut |s| check(s).map(drop))?;
                     tool_calls.push(CallTemplate {
-                        name: call.name,
+                        name: check(&call.name)?,
                         arguments: call.arguments,
                     });
                 }
@@ -440,7 +441,7 @@ impl Model for ScriptedModel {
                 .map(|(j, c)| {
                     ToolCall::new(
                         format!("call_{k}_{j}"),
-                        c.name.clone(),
+                        ctx.render(&c.name),
                         ctx.render_value(&c.arguments),
                     )
                 })
@@ -516,6 +517,29 @@ mod tests {
                 .contains("pointer")
         );
         assert!(parse_template("{{result.x}}").is_err());
+    }
+
+    #[tokio::test]
+    async fn tool_names_are_templates_too() {
+        let m = ScriptedModel::from_json(
+            r#"{"rules": [{"match": "^use (?P<tool>\\w+) with (?P<text>.+)$", "turns": [
+                {"tool_calls": [{"name": "{{match.tool}}", "arguments": {"text": "{{match.text}}"}}]},
+                {"content": "{{result.0}}"}]}]}"#,
+        )
+        .unwrap();
+        let request = ModelRequest {
+            messages: vec![Message::user("use kb_echo with hello there")],
+            ..ModelRequest::default()
+        };
+        let turn = m.complete(&request).await.unwrap();
+        assert_eq!(turn.tool_calls[0].name, "kb_echo");
+        assert_eq!(turn.tool_calls[0].arguments, json!({"text": "hello there"}));
+        let bad = ScriptedModel::from_json(
+            r#"{"rules": [{"match": ".*", "turns": [{"tool_calls": [{"name": "{{match.tool}}"}]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("no group named tool"), "{bad}");
     }
 
     #[test]

@@ -80,13 +80,23 @@ pub fn model_from_env() -> Result<Arc<dyn Model>, DemoError> {
 /// # Errors
 /// [`DemoError`] when a part cannot start.
 pub async fn start(bus: &Bus) -> Result<Demo, DemoError> {
+    start_with(bus, &[]).await
+}
+
+/// As [`start`], with the `support` agent also managing the services `also_manages`
+/// (e.g. MCP servers attached with `weft up --demo --mcp-attach NAME=…`), whose tools
+/// it calls when asked "use <tool> with <text>".
+///
+/// # Errors
+/// [`DemoError`] when a part cannot start.
+pub async fn start_with(bus: &Bus, also_manages: &[String]) -> Result<Demo, DemoError> {
     let model = model_from_env()?;
     let model_name = model.name().to_owned();
     let tickets = tickets::start(bus).await?;
     let support = Agent::new("support")
         .version("0.1.0")
         .description("Support desk agent: answers questions about tickets and drafts replies")
-        .manages(["tickets"])
+        .manages(std::iter::once("tickets".to_owned()).chain(also_manages.iter().cloned()))
         .model(model)
         .system_prompt(SUPPORT_PROMPT)
         .serve(bus)
