@@ -820,3 +820,190 @@ async fn an_attached_python_mcp_server_is_a_service_that_agents_and_mcp_clients_
     }
     assert!(!server.exists(), "the stdio server outlived weft up");
 }
+
+/// The time from `after` to the next list-changed notification, at most `limit`.
+async fn within(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>,
+    after: std::time::Instant,
+    limit: Duration,
+) -> Duration {
+    let at = tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no tools/list_changed within {limit:?}"))
+        .unwrap();
+    at.duration_since(after)
+}
+
+/// Reads the session's standalone SSE stream (`GET /mcp`) and sends the time of each
+/// `notifications/tools/list_changed` on it.
+async fn list_changed_stream(
+    url: &str,
+    session: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<std::time::Instant> {
+    use futures::StreamExt as _;
+    let resp = http_client()
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "GET /mcp");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                if line.contains("notifications/tools/list_changed") {
+                    let _ = tx.send(std::time::Instant::now());
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn tools_list_changed_follows_services_registering_leaving_and_expiring() {
+    let (up, bus, _fixture, _seen) = mesh(&[]).await;
+    let url = format!("http://{}/mcp", up.http);
+    let client = http_client();
+    let session = initialize(&client, &url).await.unwrap();
+    let mut changed = list_changed_stream(&url, &session).await;
+    // Registering: a notification within 2 s.
+    let t = std::time::Instant::now();
+    let service = Service::new("late", "1.0.0")
+        .endpoint(
+            Endpoint::new("ping", |_req: Request| async { Ok(json!("pong")) }).description("pong"),
+        )
+        .serve(&bus)
+        .await
+        .unwrap();
+    let took = within(&mut changed, t, Duration::from_secs(2)).await;
+    println!("list_changed after registering: {took:?}");
+
+    // Leaving cleanly: within 2 s.
+    let t = std::time::Instant::now();
+    service.stop().await.unwrap();
+    let took = within(&mut changed, t, Duration::from_secs(2)).await;
+    println!("list_changed after leaving: {took:?}");
+
+    // Expiring: an instance that stops heartbeating (as if killed) goes at the TTL
+    // (the default 15 s), and the notification follows within 2 s of that.
+    let mut r =
+        weft_bus::registry::Registration::new(weft_bus::registry::Kind::Service, "ghost", "1.0.0");
+    r.endpoints.push(weft_bus::registry::EndpointInfo {
+        name: "boo".into(),
+        subject: "weft.invoke.ghost.boo".into(),
+        description: "gone soon".into(),
+        input_schema: None,
+        output_schema: None,
+        default: false,
+        streaming: false,
+        metadata: Default::default(),
+    });
+    let registered = weft_bus::registry::Registry::open(&bus)
+        .await
+        .unwrap()
+        .register(r)
+        .await
+        .unwrap();
+    within(
+        &mut changed,
+        std::time::Instant::now(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let t = std::time::Instant::now();
+    drop(registered); // no more heartbeats, no delete
+    let took = within(&mut changed, t, Duration::from_secs(15 + 2)).await;
+    println!("list_changed after the last heartbeat: {took:?} (TTL 15 s)");
+    assert!(
+        took >= Duration::from_secs(10),
+        "the ghost went before its TTL: {took:?}"
+    );
+    assert!(!list_tools(&url).await.contains(&"ghost_boo".to_owned()));
+}
+
+#[tokio::test]
+async fn mcp_services_limits_the_tools_and_hints_become_annotations() {
+    let (up, _bus, _fixture, _seen) = mesh(&["--mcp-services", "tickets,test"]).await;
+    let url = format!("http://{}/mcp", up.http);
+    let client = http_client();
+    let session = initialize(&client, &url).await.unwrap();
+    let listed = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    let tools = listed["result"]["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(
+        names.contains(&"tickets_classify") && names.contains(&"test_simple_text"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"support_chat"),
+        "support is not in --mcp-services: {names:?}"
+    );
+    let simple = tools
+        .iter()
+        .find(|t| t["name"] == "test_simple_text")
+        .unwrap();
+    assert_eq!(
+        simple["annotations"],
+        json!({"readOnlyHint": true}),
+        "{simple}"
+    );
+    assert_eq!(simple["description"], "Returns simple text");
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "support_chat", "arguments": {"message": "hi"}}}),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+
+    // The calls are counted.
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "test_error_handling", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    let metrics = client
+        .get(format!("http://{}/metrics", up.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{metrics}"))
+    };
+    assert!(value(r#"weft_mcp_requests_total{method="tools/list",outcome="ok"}"#) >= 1.0);
+    assert_eq!(
+        value(r#"weft_mcp_tool_calls_total{outcome="unknown_tool"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"weft_mcp_tool_calls_total{outcome="tool_error"}"#),
+        1.0
+    );
+}
