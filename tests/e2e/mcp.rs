@@ -1007,3 +1007,100 @@ async fn mcp_services_limits_the_tools_and_hints_become_annotations() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_continues_the_callers_trace_into_the_invoke() {
+    use crate::otlp::{Kind, Receiver};
+    const HEADER_TRACE: &str = "6e0c63257de34c926f9efcd03927272e";
+    const META_TRACE: &str = "7a3f9c0e1d2b4a5968778695a4b3c2d1";
+    const CALLER: &str = "00f067aa0ba902b7";
+    let otlp = Receiver::start().await;
+    let endpoint = otlp.endpoint();
+    let mut up = Up::start_env(&["--demo"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    tokio::task::block_in_place(|| up.proc.banner());
+    let url = format!("http://{}/mcp", up.http);
+    wait_for_tool(&url, "tickets_classify").await;
+    let client = http_client();
+    let session = initialize(&client, &url).await.unwrap();
+    let call = |id: u64, meta: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "tickets_classify", "arguments": {"title": "Cannot log in"}, "_meta": meta}})
+    };
+
+    // The HTTP request's traceparent.
+    let reply = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("traceparent", format!("00-{HEADER_TRACE}-{CALLER}-01"))
+        .body(call(2, json!({})).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(reply.contains("structuredContent"), "{reply}");
+    // `_meta.traceparent` (SEP-414), no header.
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        call(
+            3,
+            json!({"traceparent": format!("00-{META_TRACE}-{CALLER}-01")}),
+        ),
+    )
+    .await;
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+
+    let spans = otlp
+        .wait_for(
+            |spans| {
+                [HEADER_TRACE, META_TRACE].iter().all(|t| {
+                    spans.iter().any(|s| {
+                        s.trace_id == *t && s.name == "receive weft.invoke.tickets.classify"
+                    })
+                })
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    for trace in [HEADER_TRACE, META_TRACE] {
+        let tree = otlp.tree(trace);
+        let of = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.trace_id == trace && s.name == name)
+                .unwrap_or_else(|| panic!("no {name:?} in trace {trace}:\n{tree}"))
+        };
+        let tool = of("tools/call tickets_classify");
+        assert_eq!(tool.kind, Kind::Server, "{tree}");
+        assert_eq!(tool.str("mcp.method.name"), Some("tools/call"));
+        assert_eq!(tool.str("gen_ai.tool.name"), Some("tickets_classify"));
+        assert_eq!(tool.str("gen_ai.operation.name"), Some("execute_tool"));
+        assert_eq!(tool.str("mcp.protocol.version"), Some("2025-11-25"));
+        let send = of("send weft.invoke.tickets.classify");
+        assert!(
+            send.is_child_of(tool),
+            "the invoke is inside the tool call:\n{tree}"
+        );
+        let receive = of("receive weft.invoke.tickets.classify");
+        assert!(receive.is_child_of(send), "{tree}");
+        if trace == HEADER_TRACE {
+            let http = of("POST /mcp");
+            assert!(
+                tool.is_child_of(http),
+                "the HTTP request's span is the parent:\n{tree}"
+            );
+            assert_eq!(http.parent_span_id.as_deref(), Some(CALLER), "{tree}");
+        } else {
+            assert_eq!(
+                tool.parent_span_id.as_deref(),
+                Some(CALLER),
+                "_meta.traceparent is the parent:\n{tree}"
+            );
+        }
+    }
+}
