@@ -13,6 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // The TLS provider every HTTPS client of the CLI uses (reqwest is built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Before the runtime: the OTLP exporter owns a blocking HTTP client.
     let telemetry = weft::telemetry::init(cli::log_filter(args.verbose), args.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -38,6 +38,8 @@ async fn bench_reports_every_figure_and_cleans_up() {
             "flow_runs",
             "flow_steps",
             "agent_chat",
+            "mcp_call",
+            "mcp_call_p50",
         ]
     );
     for f in figures {
@@ -45,7 +47,7 @@ async fn bench_reports_every_figure_and_cleans_up() {
         assert!(f["unit"].as_str().is_some_and(|u| !u.is_empty()), "{f}");
         let weft = f["weft"].as_f64().unwrap();
         assert!(weft > 0.0, "{name}: weft figure {weft}");
-        let expected = if name.starts_with("invoke_latency") {
+        let expected = if name.starts_with("invoke_latency") || name == "mcp_call_p50" {
             "lower"
         } else {
             "higher"
@@ -77,6 +79,16 @@ async fn bench_reports_every_figure_and_cleans_up() {
             .contains("1 consumer(s) on the registry"),
         "{}",
         figures[8]
+    );
+
+    // mcp_call's twin is a bus invoke of the same endpoint, and says so.
+    assert!(
+        figures[9]["note"]
+            .as_str()
+            .unwrap()
+            .contains("twin: a direct bus invoke"),
+        "{}",
+        figures[9]
     );
 
     // The bench ran under its own prefix and removed its streams and buckets.

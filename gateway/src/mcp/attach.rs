@@ -215,6 +215,9 @@ impl Bridge {
                         .map_err(|e| format!("initialize failed: {e}"))
                 }
                 McpSource::Http { url, headers } => {
+                    // reqwest is built without a TLS provider of its own: use ring,
+                    // as the rest of Weft does (a no-op when one is installed).
+                    let _ = rustls::crypto::ring::default_provider().install_default();
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(http_headers(headers).map_err(|e| e.to_string())?);
                     listener

@@ -1,0 +1,126 @@
+//! `mcp_call` (calls/s with 16 in flight) and `mcp_call_p50` (sequential, µs):
+//! `tools/call` of the tool `bench_noop` over Streamable HTTP to an in-process
+//! gateway's `/mcp`, from the official SDK's client ([`rmcp`]), beside a direct bus
+//! invoke of the same endpoint `bench.noop` in the same run. Here the twin in the
+//! `raw` column is that bus invoke, not raw async-nats: the figure is what the MCP
+//! bridge (HTTP, JSON-RPC, session, schema check, result mapping) adds to an invoke.
+
+use std::sync::Arc;
+
+use rmcp::ServiceExt as _;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use weft_gateway::{Gateway, GatewayConfig};
+
+use super::invoke::{serve_noop, target};
+use super::{
+    Bench, Better, Counts, Figure, OpFuture, one_at_a_time, quantile_us, warm_and_measure,
+};
+
+/// Calls in flight for `mcp_call`.
+pub const IN_FLIGHT: usize = 16;
+
+/// The MCP tool of `bench.noop` (DESIGN §12).
+const TOOL: &str = "bench_noop";
+
+/// Measures `mcp_call` and `mcp_call_p50`.
+///
+/// # Errors
+/// When the service, the gateway or the MCP session cannot start, or the tool never
+/// appears in `tools/list`.
+pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let service_bus = b.connect("service").await?;
+    let service = serve_noop(&service_bus, None).await?;
+    let gateway_bus = b.connect("gateway").await?;
+    let gateway = Gateway::bind(
+        gateway_bus.clone(),
+        GatewayConfig {
+            addr: "127.0.0.1:0".parse()?,
+            ..GatewayConfig::default()
+        },
+    )
+    .await?;
+    let url = format!("{}/mcp", gateway.url());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    let client = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await?;
+    // The gateway's registry watch sees `bench` within a moment.
+    let mut listed = false;
+    for _ in 0..50 {
+        let tools = client.list_all_tools().await?;
+        if tools.iter().any(|t| t.name == TOOL) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(listed, "tool {TOOL} never appeared in tools/list at {url}");
+
+    let arguments = b.payload.as_object().cloned();
+    let peer = client.peer().clone();
+    let mcp = {
+        let shared = Arc::new((peer, arguments));
+        move || -> OpFuture {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (peer, arguments) = &*shared;
+                let mut params = CallToolRequestParams::new(TOOL);
+                params.arguments = arguments.clone();
+                let result = peer.call_tool(params).await.map_err(|e| e.to_string())?;
+                match result.is_error {
+                    Some(true) => Err(format!("tool error: {:?}", result.content)),
+                    _ => Ok(()),
+                }
+            })
+        }
+    };
+    let caller = b.connect("caller").await?;
+    let invoke = {
+        let shared = Arc::new((caller.clone(), target()?, b.payload.clone()));
+        move || -> OpFuture {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (bus, target, payload) = &*shared;
+                bus.invoke(target, payload.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }
+    };
+
+    let mcp_rate = warm_and_measure(b, IN_FLIGHT, mcp.clone())
+        .await
+        .require_ops("MCP tool calls")?;
+    let invoke_rate = warm_and_measure(b, IN_FLIGHT, invoke.clone())
+        .await
+        .require_ops("bus invokes")?;
+    let (mcp_seq, mut mcp_times) = one_at_a_time(b.duration, async || mcp().await).await;
+    let (invoke_seq, mut invoke_times) = one_at_a_time(b.duration, async || invoke().await).await;
+
+    let _ = client.cancel().await;
+    let _ = stop_tx.send(());
+    let _ = served.await;
+    service.stop().await?;
+
+    let note = "twin: a direct bus invoke of the same endpoint (not raw async-nats)";
+    let rate = Figure::rate("mcp_call", "calls/s", mcp_rate, invoke_rate)
+        .note(format!("{note}; {IN_FLIGHT} in flight, one MCP session"));
+    let p50 = Figure::compare(
+        "mcp_call_p50",
+        "µs",
+        Better::Lower,
+        (
+            quantile_us(&mut mcp_times, 0.5),
+            quantile_us(&mut invoke_times, 0.5),
+        ),
+        Counts {
+            weft: mcp_seq.require_ops("MCP tool calls")?,
+            raw: Some(invoke_seq.require_ops("bus invokes")?),
+        },
+    )
+    .note(format!("{note}; one call at a time"));
+    Ok(vec![rate, p50])
+}
