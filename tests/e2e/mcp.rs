@@ -320,6 +320,9 @@ fn sse_message(text: &str) -> Option<Value> {
         .next_back()
 }
 
+/// A scenario's checks: (status, error message).
+type Checks = Vec<(String, String)>;
+
 /// `name` without the `-YYYY-MM-DDT…` the conformance suite appends to result folders.
 fn without_timestamp(name: &str) -> &str {
     let b = name.as_bytes();
@@ -373,7 +376,7 @@ async fn the_conformance_suite_passes_every_tools_scenario() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Each scenario's checks (`<dir>/server-<scenario>-<time>/checks.json`): a scenario
     // passes when every check is SUCCESS or INFO (a WARNING is not a pass).
-    let mut statuses: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut statuses: BTreeMap<String, Checks> = BTreeMap::new();
     for entry in std::fs::read_dir(results.path()).unwrap().flatten() {
         let dir = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = dir.strip_prefix("server-") else {
@@ -412,7 +415,7 @@ async fn the_conformance_suite_passes_every_tools_scenario() {
             .collect();
         println!("  {mark} {scenario} {problems:?}");
     }
-    let failed: Vec<(&&str, Option<&Vec<(String, String)>>)> = APPLICABLE
+    let failed: Vec<(&&str, Option<&Checks>)> = APPLICABLE
         .iter()
         .filter(|s| !passed(s))
         .map(|s| (s, statuses.get(*s)))
