@@ -1,7 +1,8 @@
 //! # weft-gateway
 //!
-//! The HTTP gateway of Weft (DESIGN §11): one [axum] server that bridges HTTP onto the
-//! bus, so one port and one auth setting cover every bridge.
+//! The HTTP gateway of Weft (DESIGN §11): one [axum] server that bridges HTTP and MCP
+//! ([`mcp`], both ways) onto the bus, so one port and one auth setting cover every
+//! bridge.
 //!
 //! ## Routes
 //!
@@ -10,6 +11,7 @@
 //! | `POST /v1/events/{event_type}` | publish an event; body = payload JSON ([`routes::events`]) | 202 `{event_id, stream, sequence, duplicate}` after the JetStream ack | 400, 401, 413, 503 |
 //! | `POST /v1/invoke/{target}` | request-reply to `service` or `service.endpoint`; body = payload JSON; optional `?timeout_ms=` ([`routes::invoke`]) | 200, body = the reply's payload | 400, 401, 413, 502, 503, 504, or the handler's own error |
 //! | `POST /v1/invoke/{target}/stream` | streaming invoke; same request; optional `?timeout_ms=`, `?idle_timeout_ms=` ([`routes::stream`]) | 200 `text/event-stream`, one event per frame (event name = the frame's `event_type`, data = the frame envelope) | before the stream starts: as above |
+//! | `POST`/`GET`/`DELETE /mcp` | MCP over Streamable HTTP: the registry's endpoints as tools ([`mcp::server`], `docs/mcp.md`) | 200 (JSON or `text/event-stream`), 202 for notifications | 400 / 413 with a JSON-RPC error, 401, 403 (DNS-rebinding check) |
 //! | `GET /metrics` | Prometheus text, `text/plain; version=0.0.4` ([`metrics`]) | 200 | 401 |
 //! | `GET /healthz` | liveness; never needs the token | 200 `{"status":"ok"}` | — |
 //! | `GET /readyz` | readiness: NATS connected, events stream and registry bucket present | 200 `{"status":"ready"}` | 401, 503 `NOT_READY` |
