@@ -85,7 +85,7 @@ pub async fn start(bus: &Bus) -> Result<Demo, DemoError> {
 
 /// As [`start`], with the `support` agent also managing the services `also_manages`
 /// (e.g. MCP servers attached with `weft up --demo --mcp-attach NAME=…`), whose tools
-/// it calls when asked "use <tool> with <text>".
+/// it calls when asked "use `<tool>` with `<text>`".
 ///
 /// # Errors
 /// [`DemoError`] when a part cannot start.
