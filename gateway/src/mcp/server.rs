@@ -5,7 +5,7 @@
 //!
 //! | method | answer |
 //! |---|---|
-//! | `initialize` | protocol version negotiated among every version `rmcp` knows ([`ProtocolVersion::KNOWN_VERSIONS`]: 2024-11-05 to 2026-07-28); capability `tools` with `listChanged` |
+//! | `initialize` | protocol version negotiated among every version `rmcp` knows ([`rmcp::model::ProtocolVersion::KNOWN_VERSIONS`]: 2024-11-05 to 2026-07-28); capability `tools` with `listChanged` |
 //! | `tools/list` | the registry's endpoints as tools ([`weft_bus::tool`]), all on one page, limited by [`McpOptions::services`] |
 //! | `tools/call` | the arguments are checked against the tool's input schema, then the endpoint is invoked on the bus |
 //! | `notifications/cancelled` | cancels the invoke: a streaming endpoint's handler sees [`StreamWriter::is_cancelled`](weft_bus::stream::StreamWriter::is_cancelled) |
