@@ -136,6 +136,10 @@ impl ServiceTools {
     /// logged).
     pub fn from_registrations(bus: &Bus, registrations: &[Registration]) -> ServiceTools {
         let tools = ToolSet::from_registrations(registrations);
+        for p in tools.problems() {
+            // Once per chat: `weft ls` shows these, so no warning each time.
+            tracing::debug!(tool = %p.tool, endpoint = %p.endpoint, "endpoint left out of the tools: {}", p.reason);
+        }
         ServiceTools {
             invoker: tower::util::BoxCloneSyncService::new(Invoker::new(bus.clone())),
             tools,

@@ -145,6 +145,21 @@ impl Registration {
     }
 }
 
+/// The most recently started instance of each (kind, name) among `registrations`,
+/// sorted by (kind, name).
+pub fn newest_each(registrations: impl IntoIterator<Item = Registration>) -> Vec<Registration> {
+    let mut newest: BTreeMap<(Kind, String), Registration> = BTreeMap::new();
+    for r in registrations {
+        match newest.get(&(r.kind, r.name.clone())) {
+            Some(seen) if seen.started_at >= r.started_at => {}
+            _ => {
+                newest.insert((r.kind, r.name.clone()), r);
+            }
+        }
+    }
+    newest.into_values().collect()
+}
+
 /// A fresh instance id: 32 hex digits.
 pub fn new_instance_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
@@ -580,16 +595,7 @@ impl RegistryWatch {
     /// The most recently started live instance of every name of `kind`, sorted by
     /// name: what [`crate::tool::ToolSet`] reads for the mesh's tools.
     pub fn newest_each(&self, kind: Kind) -> Vec<Registration> {
-        let mut newest: BTreeMap<String, Registration> = BTreeMap::new();
-        for r in self.list_kind(kind, None) {
-            match newest.get(&r.name) {
-                Some(seen) if seen.started_at >= r.started_at => {}
-                _ => {
-                    newest.insert(r.name.clone(), r);
-                }
-            }
-        }
-        newest.into_values().collect()
+        newest_each(self.list_kind(kind, None))
     }
 
     /// Registrations grouped by (kind, name) with instance counts.

@@ -16,7 +16,8 @@
 //! so they fit every model API and MCP. Two endpoints that map to one name (service
 //! `a_b` endpoint `c` and service `a` endpoint `b_c`), or a name longer than
 //! [`MAX_TOOL_NAME_LEN`], are [`ToolProblem`]s that [`ToolSet`] reports (the first, in
-//! name order, keeps the name); nothing is shadowed silently.
+//! name order, keeps the name); nothing is shadowed silently: the MCP server logs them
+//! as warnings, `weft ls` prints them.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -211,9 +212,6 @@ impl ToolSet {
                     set.tools.push(tool);
                 }
             }
-        }
-        for p in &set.problems {
-            tracing::warn!(tool = %p.tool, endpoint = %p.endpoint, "endpoint left out of the tools: {}", p.reason);
         }
         set
     }

@@ -1183,3 +1183,54 @@ async fn a_tool_call_continues_the_callers_trace_into_the_invoke() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_endpoints_with_one_tool_name_are_shown_by_weft_ls_and_never_shadow() {
+    let mut up = Up::start(&[]);
+    up.proc.banner();
+    let nats = format!("nats://127.0.0.1:{}", up.nats_port);
+    let bus = Bus::connect(&nats).await.unwrap();
+    let answer = |text: &'static str| move |_req: Request| async move { Ok(json!(text)) };
+    let _a = Service::new("a", "1.0.0")
+        .endpoint(Endpoint::new("b_c", answer("from a.b_c")))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let _ab = Service::new("a_b", "1.0.0")
+        .endpoint(Endpoint::new("c", answer("from a_b.c")))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let url = format!("http://{}/mcp", up.http);
+    wait_for_tool(&url, "a_b_c").await;
+    let tools = list_tools(&url).await;
+    assert_eq!(
+        tools.iter().filter(|t| *t == "a_b_c").count(),
+        1,
+        "{tools:?}"
+    );
+    let client = http_client();
+    let session = initialize(&client, &url).await.unwrap();
+    let reply = rpc(
+        &client,
+        &url,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "a_b_c", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "from a.b_c",
+        "{reply}"
+    );
+    let ls = crate::weft_output(&["ls", "--server", &nats]);
+    assert!(
+        ls.contains("a_b.c (tool a_b_c): tool name a_b_c is already a.b_c's"),
+        "{ls}"
+    );
+    assert!(
+        up.log().contains("endpoint left out of the MCP tools"),
+        "{}",
+        up.log()
+    );
+}

@@ -123,6 +123,9 @@ impl Catalog {
             registrations.retain(|r| only.contains(&r.name));
         }
         let set = ToolSet::from_registrations(&registrations);
+        for p in set.problems() {
+            tracing::warn!(tool = %p.tool, endpoint = %p.endpoint, "endpoint left out of the MCP tools: {}", p.reason);
+        }
         let listed = set.tools().iter().map(mcp_tool).collect();
         let validators = set
             .tools()
@@ -808,4 +811,123 @@ pub async fn serve_stdio(
         () = shutdown => { cancel.cancel(); }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+    use weft_bus::registry::{EndpointInfo, Registration};
+
+    fn tool(metadata: Map<String, Value>) -> Tool {
+        let mut r = Registration::new(Kind::Service, "s", "1.0.0");
+        let e = EndpointInfo {
+            name: "e".into(),
+            subject: "weft.invoke.s.e".into(),
+            description: String::new(),
+            input_schema: None,
+            output_schema: None,
+            default: false,
+            streaming: false,
+            metadata,
+        };
+        r.endpoints.push(e.clone());
+        Tool::from_endpoint(&r, &e).unwrap()
+    }
+
+    #[test]
+    fn replies_map_to_results() {
+        let plain = tool(Map::new());
+        let r = success(&plain, json!({"a": 1}));
+        assert_eq!(r.structured_content, Some(json!({"a": 1})));
+        assert_eq!(
+            serde_json::to_value(&r.content).unwrap()[0]["text"],
+            r#"{"a":1}"#
+        );
+        let r = success(&plain, json!("hello"));
+        assert_eq!(r.structured_content, None);
+        assert_eq!(
+            serde_json::to_value(&r.content).unwrap()[0]["text"],
+            "hello"
+        );
+        let r = success(&plain, json!([1, 2]));
+        assert_eq!(
+            serde_json::to_value(&r.content).unwrap()[0]["text"],
+            "[1,2]"
+        );
+        // Content blocks only from endpoints that say so.
+        let image =
+            json!({"content": [{"type": "image", "data": "aGk=", "mimeType": "image/png"}]});
+        let r = success(&plain, image.clone());
+        assert_eq!(r.structured_content, Some(image.clone()));
+        let mut m = Map::new();
+        m.insert(CONTENT_METADATA_KEY.into(), json!("blocks"));
+        let blocks = tool(m);
+        let r = success(&blocks, image);
+        assert_eq!(r.structured_content, None);
+        assert_eq!(
+            serde_json::to_value(&r.content).unwrap()[0]["type"],
+            "image"
+        );
+        // Not blocks after all: a plain result.
+        let r = success(&blocks, json!({"content": "text", "more": 1}));
+        assert!(r.structured_content.is_some());
+        let e = failure(&ErrorPayload::new(weft_bus::ErrorCode::NoHandler, "gone"));
+        assert_eq!(e.is_error, Some(true));
+        let text = serde_json::to_value(&e.content).unwrap()[0]["text"].clone();
+        let body: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+        assert_eq!(
+            (body["code"].as_str(), body["message"].as_str()),
+            (Some("NO_HANDLER"), Some("gone"))
+        );
+    }
+
+    #[test]
+    fn deltas_map_to_progress() {
+        let token = ProgressToken(rmcp::model::NumberOrString::Number(1));
+        let p = progress_of(
+            token.clone(),
+            &json!({"progress": 50, "total": 100, "message": "half"}),
+            2,
+        );
+        assert_eq!(
+            (p.progress, p.total, p.message.as_deref()),
+            (50.0, Some(100.0), Some("half"))
+        );
+        let p = progress_of(token.clone(), &json!("word"), 3);
+        assert_eq!(
+            (p.progress, p.total, p.message.as_deref()),
+            (3.0, None, Some("word"))
+        );
+        let p = progress_of(token, &json!({"n": 1}), 4);
+        assert_eq!(
+            (p.progress, p.message.as_deref()),
+            (4.0, Some(r#"{"n":1}"#))
+        );
+    }
+
+    #[test]
+    fn json_rpc_bodies_are_checked() {
+        assert!(json_rpc_shape(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).is_ok());
+        assert!(
+            json_rpc_shape(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .is_ok()
+        );
+        assert!(json_rpc_shape(&json!({"jsonrpc": "2.0", "id": 1, "result": {}})).is_ok());
+        for bad in [
+            json!({"id": 1, "method": "ping"}),
+            json!({"jsonrpc": "1.0", "method": "ping"}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": 5}),
+            json!({"jsonrpc": "2.0", "id": 1}),
+            json!([]),
+            json!("ping"),
+        ] {
+            assert!(json_rpc_shape(&bad).is_err(), "{bad} accepted");
+        }
+        assert!(tool_call_params(&json!({"name": "t", "arguments": {}})).is_ok());
+        assert!(tool_call_params(&json!({"name": "t"})).is_ok());
+        assert!(tool_call_params(&json!({"arguments": {}})).is_err());
+        assert!(tool_call_params(&json!({"name": "t", "arguments": [1]})).is_err());
+        assert!(tool_call_params(&Value::Null).is_err());
+    }
 }
