@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn names_longer_than_64_characters_are_reported() {
-        let long = "e".repeat(60);
+        let long = "e".repeat(61); // "svc_" + 61 = 65 characters
         let r = registration("svc", vec![endpoint(&long, None)]);
         let set = ToolSet::from_registrations([&r]);
         assert!(set.is_empty());
