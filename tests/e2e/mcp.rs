@@ -673,35 +673,33 @@ fn ts_client(clients: &Clients, args: &[&str]) -> tokio::process::Command {
     c
 }
 
-#[tokio::test]
-async fn the_python_sdk_client_uses_the_mesh_over_http_at_2026_07_28() {
+/// An SDK client against `/mcp` of a fresh mesh: every check passes at `version`.
+async fn client_over_http(
+    client: impl FnOnce(&Clients, &str) -> tokio::process::Command,
+    version: &str,
+) {
     let clients = clients();
     let (up, bus, _fixture, seen) = mesh(&[]).await;
     let url = format!("http://{}/mcp", up.http);
-    let (report, log) = run_client(&bus, python_client(&clients, &["--url", &url])).await;
-    assert_eq!(report["protocolVersion"], "2026-07-28", "{report:#}");
+    let (report, log) = run_client(&bus, client(&clients, &url)).await;
+    assert_eq!(report["protocolVersion"], version, "{report:#}");
     assert_report(&report, &log, &seen);
+}
+
+#[tokio::test]
+async fn the_python_sdk_client_uses_the_mesh_over_http_at_2026_07_28() {
+    client_over_http(|c, url| python_client(c, &["--url", url]), "2026-07-28").await;
 }
 
 #[tokio::test]
 async fn the_python_sdk_client_uses_the_mesh_over_http_with_initialize() {
-    let clients = clients();
-    let (up, bus, _fixture, seen) = mesh(&[]).await;
-    let url = format!("http://{}/mcp", up.http);
-    let args = ["--url", &url, "--mode", "legacy"];
-    let (report, log) = run_client(&bus, python_client(&clients, &args)).await;
-    assert_eq!(report["protocolVersion"], "2025-11-25", "{report:#}");
-    assert_report(&report, &log, &seen);
+    let client = |c: &Clients, url: &str| python_client(c, &["--url", url, "--mode", "legacy"]);
+    client_over_http(client, "2025-11-25").await;
 }
 
 #[tokio::test]
 async fn the_typescript_sdk_client_uses_the_mesh_over_http() {
-    let clients = clients();
-    let (up, bus, _fixture, seen) = mesh(&[]).await;
-    let url = format!("http://{}/mcp", up.http);
-    let (report, log) = run_client(&bus, ts_client(&clients, &["--url", &url])).await;
-    assert_eq!(report["protocolVersion"], "2025-11-25", "{report:#}");
-    assert_report(&report, &log, &seen);
+    client_over_http(|c, url| ts_client(c, &["--url", url]), "2025-11-25").await;
 }
 
 #[tokio::test]

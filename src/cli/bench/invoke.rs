@@ -91,7 +91,7 @@ async fn serve_raw(bus: &Bus, wire: Arc<Wire>) -> anyhow::Result<tokio::task::Jo
 }
 
 /// One Weft invoke of `bench.noop`.
-fn weft_caller(
+pub fn weft_caller(
     bus: &Bus,
     b: &Bench,
 ) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {

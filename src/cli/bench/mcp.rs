@@ -12,7 +12,7 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use weft_gateway::{Gateway, GatewayConfig};
 
-use super::invoke::{serve_noop, target};
+use super::invoke::{serve_noop, weft_caller};
 use super::{
     Bench, Better, Counts, Figure, OpFuture, one_at_a_time, quantile_us, warm_and_measure,
 };
@@ -77,19 +77,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         }
     };
     let caller = b.connect("caller").await?;
-    let invoke = {
-        let shared = Arc::new((caller.clone(), target()?, b.payload.clone()));
-        move || -> OpFuture {
-            let shared = shared.clone();
-            Box::pin(async move {
-                let (bus, target, payload) = &*shared;
-                bus.invoke(target, payload.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        }
-    };
+    let invoke = weft_caller(&caller, b)?;
 
     let mcp_rate = warm_and_measure(b, IN_FLIGHT, mcp.clone())
         .await
