@@ -116,6 +116,11 @@ pub struct ToolCall {
     /// result so the model can correct itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments_error: Option<String>,
+    /// Opaque data the provider needs back with this call on the next request, kept
+    /// in memory with the message (e.g. Gemini's `thoughtSignature`). Only the provider
+    /// that set it reads it. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_data: Option<Value>,
 }
 
 impl ToolCall {
@@ -126,6 +131,7 @@ impl ToolCall {
             name: name.into(),
             arguments,
             arguments_error: None,
+            provider_data: None,
         }
     }
 }
@@ -325,7 +331,32 @@ pub trait Model: Send + Sync {
     /// A [`ModelError`] whose [`kind`](ModelError::kind) says whether trying again may
     /// help ([`ModelErrorKind::is_retryable`]).
     async fn complete(&self, request: &ModelRequest) -> Result<ModelTurn, ModelError>;
+
+    /// Answers one turn of `request` as [`Model::complete`] does, calling `on_text`
+    /// with each piece of text as it arrives (token deltas of a streaming API), and
+    /// returns the whole turn at the end. The pieces, joined, are the turn's
+    /// `content`.
+    ///
+    /// The default calls [`Model::complete`] and gives its whole text as one piece;
+    /// providers with a streaming API override it.
+    ///
+    /// # Errors
+    /// As [`Model::complete`]; text already given to `on_text` stays given.
+    async fn stream(
+        &self,
+        request: &ModelRequest,
+        on_text: TextSink<'_>,
+    ) -> Result<ModelTurn, ModelError> {
+        let turn = self.complete(request).await?;
+        if let Some(text) = turn.content.as_deref().filter(|t| !t.is_empty()) {
+            on_text(text);
+        }
+        Ok(turn)
+    }
 }
+
+/// Where [`Model::stream`] sends text as it arrives: called once per piece, in order.
+pub type TextSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 #[cfg(test)]
 mod tests {
