@@ -6,7 +6,13 @@
 //!   `{"text": "..."}`; without `session_id` in the payload, the request envelope's
 //!   `session_id` is used;
 //! - output ([`ChatReply`]): `{"reply", "agent", "tool_calls": [{"name", "arguments",
-//!   "result" | "error"}], "run_id"}` with `run_id` a UUIDv7.
+//!   "result" | "error"}], "run_id"}` with `run_id` a UUIDv7;
+//! - streaming (DESIGN §16): `chat` is a streaming endpoint. A streaming caller
+//!   (`weft call --stream`, `POST /v1/invoke/{agent}/stream`) gets the run as it
+//!   happens, one `delta` frame per [`RunEvent`] (`{"type": "text", "text"}` pieces of
+//!   the model's text as the provider streams them, `tool_call` and `tool_result`),
+//!   then the reply as the final frame; a plain caller gets the reply only. A
+//!   streaming caller that goes away cancels the run and its model request.
 //!
 //! Its tools are the endpoints of the services it manages ([`ServiceTools`]); its
 //! memory is kept per session in KV ([`Memory`]).
@@ -87,6 +93,7 @@ use weft_bus::invoke::Invoker;
 use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer};
 use weft_bus::registry::{Kind, Listing, Registry, RegistryWatch};
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
+use weft_bus::stream::{StreamWriter, WriteError};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
 use crate::memory::{DEFAULT_MEMORY_LIMIT, Memory, SessionId};
@@ -230,7 +237,23 @@ impl Agent {
     /// # Errors
     /// [`AgentError`]; [`AgentError::to_error_payload`] gives its wire form.
     pub async fn chat(&self, bus: &Bus, request: ChatRequest) -> Result<ChatReply, AgentError> {
-        self.chat_with(bus, &Buckets::default(), request).await
+        self.chat_with(bus, &Buckets::default(), request, None)
+            .await
+    }
+
+    /// [`Agent::chat`], reporting the run's events to `on_event` as they happen
+    /// ([`Agent::run_streaming`]).
+    ///
+    /// # Errors
+    /// As [`Agent::chat`].
+    pub async fn chat_streaming(
+        &self,
+        bus: &Bus,
+        request: ChatRequest,
+        on_event: EventSink<'_>,
+    ) -> Result<ChatReply, AgentError> {
+        self.chat_with(bus, &Buckets::default(), request, Some(on_event))
+            .await
     }
 
     /// [`Agent::chat`] with the KV buckets taken from (and, on first use, opened into)
@@ -240,8 +263,9 @@ impl Agent {
         bus: &Bus,
         buckets: &Buckets,
         request: ChatRequest,
+        events: Option<EventSink<'_>>,
     ) -> Result<ChatReply, AgentError> {
-        let result = self.chat_inner(bus, buckets, request).await;
+        let result = self.chat_inner(bus, buckets, request, events).await;
         record_run(&self.name, &result);
         result
     }
@@ -251,6 +275,7 @@ impl Agent {
         bus: &Bus,
         buckets: &Buckets,
         request: ChatRequest,
+        events: Option<EventSink<'_>>,
     ) -> Result<ChatReply, AgentError> {
         if request.message.trim().is_empty() {
             return Err(AgentError::InvalidInput(format!(
@@ -298,7 +323,13 @@ impl Agent {
             .unwrap_or_default();
         let conversation = request.session_id.as_ref().map(|s| s.to_string());
         let run = self
-            .run_in(&tools, history, &request.message, conversation.as_deref())
+            .run_in(
+                &tools,
+                history,
+                &request.message,
+                conversation.as_deref(),
+                events,
+            )
             .await?;
         if let Some((memory, session, mut history)) = memory {
             history.extend(run.messages.iter().cloned());
@@ -329,7 +360,24 @@ impl Agent {
         history: Vec<Message>,
         message: &str,
     ) -> Result<Run, AgentError> {
-        self.run_in(tools, history, message, None).await
+        self.run_in(tools, history, message, None, None).await
+    }
+
+    /// [`Agent::run`], reporting what happens as it happens to `on_event`: the model's
+    /// text as it streams ([`Model::stream`]), each tool call and each tool result, in
+    /// order (DESIGN §16).
+    ///
+    /// # Errors
+    /// As [`Agent::run`].
+    pub async fn run_streaming(
+        &self,
+        tools: &dyn Tools,
+        history: Vec<Message>,
+        message: &str,
+        on_event: EventSink<'_>,
+    ) -> Result<Run, AgentError> {
+        self.run_in(tools, history, message, None, Some(on_event))
+            .await
     }
 
     /// [`Agent::run`] in an `invoke_agent {agent}` span (OpenTelemetry GenAI
@@ -340,6 +388,7 @@ impl Agent {
         history: Vec<Message>,
         message: &str,
         conversation: Option<&str>,
+        events: Option<EventSink<'_>>,
     ) -> Result<Run, AgentError> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
@@ -352,7 +401,7 @@ impl Agent {
             weft.agent.run_id = %run_id,
         );
         let result = self
-            .run_loop(tools, history, message, run_id)
+            .run_loop(tools, history, message, run_id, events)
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
@@ -367,6 +416,7 @@ impl Agent {
         history: Vec<Message>,
         message: &str,
         run_id: String,
+        events: Option<EventSink<'_>>,
     ) -> Result<Run, AgentError> {
         let Some(model) = self.model.as_deref() else {
             return Err(AgentError::Model {
@@ -392,7 +442,7 @@ impl Agent {
         request.messages.push(Message::user(message));
         let mut records = Vec::new();
         for step in 1..=self.max_steps {
-            let turn = complete(model, &request).await?;
+            let turn = complete(model, &request, events).await?;
             if turn.tool_calls.is_empty() {
                 let reply = turn.content.unwrap_or_default();
                 request
@@ -415,7 +465,22 @@ impl Agent {
                 turn.tool_calls.clone(),
             ));
             for call in turn.tool_calls {
+                if let Some(events) = events {
+                    events(RunEvent::ToolCall {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    });
+                }
                 let (record, content) = self.call_tool(tools, &request.tools, &call).await;
+                if let Some(events) = events {
+                    events(RunEvent::ToolResult {
+                        id: call.id.clone(),
+                        name: record.name.clone(),
+                        result: record.result.clone(),
+                        error: record.error.clone(),
+                    });
+                }
                 if let Some(error) = record.error.as_ref().filter(|e| is_unavailable(e)) {
                     return Err(AgentError::Tool {
                         agent: self.name.clone(),
@@ -559,14 +624,14 @@ impl Agent {
         // Every chat of this service shares the KV handles, opened on first use.
         let agent = Arc::new(self);
         let buckets = Arc::new(Buckets::default());
-        let handler = move |req: Request| {
+        let handler = move |req: Request, out: StreamWriter| {
             let agent = agent.clone();
             let buckets = buckets.clone();
-            async move { agent.handle(req, &buckets).await }
+            async move { agent.handle(req, &buckets, out).await }
         };
         service
             .endpoint(
-                Endpoint::new(CHAT_ENDPOINT, handler)
+                Endpoint::streaming(CHAT_ENDPOINT, handler)
                     .description("Chat with the agent: send a message, get its reply and the tools it called")
                     .input_schema(chat_input_schema())
                     .output_schema(chat_output_schema()),
@@ -576,7 +641,46 @@ impl Agent {
             .await
     }
 
-    async fn handle(&self, req: Request, buckets: &Buckets) -> Result<Value, ErrorPayload> {
+    /// Serves one `chat`: a streaming caller gets the run's events as `delta` frames
+    /// ([`RunEvent`]) and the reply as the final frame; a plain caller the reply only.
+    /// A caller that goes away cancels the run (and its model request).
+    async fn handle(
+        &self,
+        req: Request,
+        buckets: &Buckets,
+        out: StreamWriter,
+    ) -> Result<Value, ErrorPayload> {
+        if !out.is_streaming() {
+            return self.handle_events(req, buckets, None).await;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
+        let run = async move {
+            let sink = move |event: RunEvent| {
+                let _ = tx.send(event);
+            };
+            self.handle_events(req, buckets, Some(&sink)).await
+            // `sink`, and with it the sender, drops here: `forward` then ends.
+        };
+        let forward = async {
+            while let Some(event) = rx.recv().await {
+                let frame = serde_json::to_value(&event).unwrap_or(Value::Null);
+                if out.delta(frame).await.is_err() {
+                    break; // cancelled or closed: `cancelled` below ends the run
+                }
+            }
+        };
+        tokio::select! {
+            (result, ()) = async { tokio::join!(run, forward) } => result,
+            () = out.cancelled() => Err(WriteError::Cancelled.into()),
+        }
+    }
+
+    async fn handle_events(
+        &self,
+        req: Request,
+        buckets: &Buckets,
+        events: Option<EventSink<'_>>,
+    ) -> Result<Value, ErrorPayload> {
         let mut request =
             match ChatRequest::from_payload(req.payload(), req.envelope.session_id.as_deref()) {
                 Ok(r) => r,
@@ -587,7 +691,7 @@ impl Agent {
             };
         request.parent = Some(req.envelope);
         let reply = self
-            .chat_with(&req.bus, buckets, request)
+            .chat_with(&req.bus, buckets, request, events)
             .await
             .map_err(|e| e.to_error_payload())?;
         serde_json::to_value(reply).map_err(|e| {
@@ -644,8 +748,13 @@ fn record_run<T, E: std::borrow::Borrow<AgentError>>(agent: &str, result: &Resul
         .inc();
 }
 
-/// One model call, timed and counted.
-async fn complete(model: &dyn Model, request: &ModelRequest) -> Result<ModelTurn, AgentError> {
+/// One model call, timed and counted; streamed when `events` is set (its text pieces
+/// become [`RunEvent::Text`]).
+async fn complete(
+    model: &dyn Model,
+    request: &ModelRequest,
+    events: Option<EventSink<'_>>,
+) -> Result<ModelTurn, AgentError> {
     let started = Instant::now();
     // OpenTelemetry GenAI conventions: `chat {model}`, kind CLIENT.
     let span = tracing::info_span!(
@@ -659,7 +768,20 @@ async fn complete(model: &dyn Model, request: &ModelRequest) -> Result<ModelTurn
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
     );
-    let result = model.complete(request).instrument(span.clone()).await;
+    let result = match events {
+        Some(events) => {
+            let on_text = |text: &str| {
+                events(RunEvent::Text {
+                    text: text.to_owned(),
+                })
+            };
+            model
+                .stream(request, &on_text)
+                .instrument(span.clone())
+                .await
+        }
+        None => model.complete(request).instrument(span.clone()).await,
+    };
     match &result {
         Ok(turn) => {
             if let Some(m) = &turn.response_model {
@@ -668,6 +790,13 @@ async fn complete(model: &dyn Model, request: &ModelRequest) -> Result<ModelTurn
             if let Some(u) = turn.usage {
                 span.record("gen_ai.usage.input_tokens", u.input_tokens as i64);
                 span.record("gen_ai.usage.output_tokens", u.output_tokens as i64);
+                let tokens = &metrics::agents().model_tokens;
+                tokens
+                    .with_label_values(&[model.name(), "input"])
+                    .inc_by(u.input_tokens);
+                tokens
+                    .with_label_values(&[model.name(), "output"])
+                    .inc_by(u.output_tokens);
             }
             if let Some(r) = &turn.finish_reason {
                 weft_bus::trace::set_strings(
@@ -867,6 +996,49 @@ pub struct ChatReply {
     /// The run's id (UUIDv7), also in the agent's logs.
     pub run_id: String,
 }
+
+/// What a run reports while it runs (DESIGN §16): the payload of each `delta` frame
+/// of a streamed `chat`, tagged by `type`.
+///
+/// | `type` | fields |
+/// |---|---|
+/// | `text` | `text`: a piece of the model's text, as the provider streamed it |
+/// | `tool_call` | `id`, `name`, `arguments`: the model called a tool (sent before the call) |
+/// | `tool_result` | `id`, `name`, and `result` or `error`: the tool answered |
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A piece of the model's text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// The model called a tool.
+    ToolCall {
+        /// The provider's call id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// The arguments.
+        arguments: Value,
+    },
+    /// A tool answered.
+    ToolResult {
+        /// The call id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// The result payload, on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        /// The error payload, on failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorPayload>,
+    },
+}
+
+/// Where a streaming run sends its [`RunEvent`]s: called once per event, in order.
+pub type EventSink<'a> = &'a (dyn Fn(RunEvent) + Send + Sync);
 
 /// One tool call of a run: `{"name", "arguments", "result"}` or `{"name", "arguments",
 /// "error"}`.
@@ -1190,5 +1362,78 @@ mod tests {
             AgentError::Model { error, .. } => assert_eq!(error.kind(), ModelErrorKind::Config),
             other => panic!("{other}"),
         }
+    }
+
+    /// Answers "ok" and reports 12 input and 3 output tokens.
+    struct Counted;
+
+    #[async_trait::async_trait]
+    impl Model for Counted {
+        fn name(&self) -> &str {
+            "counted"
+        }
+        async fn complete(&self, _request: &ModelRequest) -> Result<ModelTurn, ModelError> {
+            Ok(ModelTurn {
+                content: Some("ok".into()),
+                usage: Some(crate::model::Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                }),
+                ..ModelTurn::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn reported_tokens_are_counted_by_provider_and_kind() {
+        let tokens = &metrics::agents().model_tokens;
+        let input = tokens.with_label_values(&["counted", "input"]);
+        let output = tokens.with_label_values(&["counted", "output"]);
+        let (i0, o0) = (input.get(), output.get());
+        let agent = Agent::new("t").model(Arc::new(Counted));
+        agent.run(&Calc, Vec::new(), "hi").await.unwrap();
+        agent.run(&Calc, Vec::new(), "hi").await.unwrap();
+        assert_eq!((input.get() - i0, output.get() - o0), (24, 6));
+    }
+
+    #[tokio::test]
+    async fn run_streaming_reports_tool_calls_results_and_text_in_order() {
+        let agent = agent(json!({"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}, {"name": "fail"}]},
+            {"content": "five"}]}]}));
+        let events = std::sync::Mutex::new(Vec::new());
+        let sink = |e: RunEvent| events.lock().unwrap().push(e);
+        let run = agent
+            .run_streaming(&Calc, Vec::new(), "go", &sink)
+            .await
+            .unwrap();
+        assert_eq!(run.reply, "five");
+        let events = events.into_inner().unwrap();
+        let kinds: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap()["type"].clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                json!("tool_call"),
+                json!("tool_result"),
+                json!("tool_call"),
+                json!("tool_result"),
+                json!("text")
+            ]
+        );
+        assert!(
+            matches!(&events[1], RunEvent::ToolResult { result: Some(r), .. } if r["sum"] == 5)
+        );
+        assert!(
+            matches!(&events[3], RunEvent::ToolResult { error: Some(e), .. } if e.message == "no")
+        );
+        assert_eq!(
+            events[4],
+            RunEvent::Text {
+                text: "five".into()
+            }
+        );
     }
 }

@@ -36,7 +36,9 @@ pub mod metrics;
 pub mod model;
 pub mod tool;
 
-pub use agent::{Agent, AgentError, AgentInfo, ChatReply, ChatRequest, Run, ToolCallRecord};
+pub use agent::{
+    Agent, AgentError, AgentInfo, ChatReply, ChatRequest, EventSink, Run, RunEvent, ToolCallRecord,
+};
 pub use memory::{Memory, SessionId};
 pub use model::openai::OpenAiModel;
 pub use model::scripted::ScriptedModel;

@@ -7,6 +7,7 @@
 //! | `weft_agent_tool_calls_total` | `agent`, `tool` (`unknown` for names the model made up), `outcome`: `ok`, `error`, `timeout`, `unavailable`, `transport`, `unknown_tool`, `invalid_arguments` |
 //! | `weft_model_requests_total` | `provider`, `outcome`: `ok` or a [`ModelErrorKind`](crate::model::ModelErrorKind) label |
 //! | `weft_model_request_duration_seconds` | `provider` |
+//! | `weft_model_tokens_total` | `provider`, `kind`: `input` (prompt) or `output` (answer), as the provider reports them |
 //!
 //! Labels are low-cardinality: never a session id, run id or message text.
 
@@ -26,6 +27,9 @@ pub struct AgentMetrics {
     pub model_requests: IntCounterVec,
     /// `weft_model_request_duration_seconds{provider}`: model call time in seconds.
     pub model_duration: HistogramVec,
+    /// `weft_model_tokens_total{provider, kind}`: tokens the provider reported, `kind`
+    /// `input` or `output`.
+    pub model_tokens: IntCounterVec,
 }
 
 /// The agents' metrics, registered on first use.
@@ -51,6 +55,11 @@ pub fn agents() -> &'static AgentMetrics {
             "weft_model_request_duration_seconds",
             "Model request time in seconds, by provider",
             &["provider"],
+        ),
+        model_tokens: counter(
+            "weft_model_tokens_total",
+            "Tokens of model requests as the provider reports them, by provider and kind (input, output)",
+            &["provider", "kind"],
         ),
     })
 }

@@ -430,3 +430,98 @@ async fn many_chats_keep_the_registry_consumers_bounded() {
         consumers().await
     );
 }
+
+/// The scripted model, streaming its text word by word as a provider streams tokens.
+struct WordByWord(ScriptedModel);
+
+#[async_trait]
+impl Model for WordByWord {
+    fn name(&self) -> &str {
+        "word-by-word"
+    }
+    async fn complete(&self, request: &ModelRequest) -> Result<ModelTurn, ModelError> {
+        self.0.complete(request).await
+    }
+    async fn stream(
+        &self,
+        request: &ModelRequest,
+        on_text: weft_agents::model::TextSink<'_>,
+    ) -> Result<ModelTurn, ModelError> {
+        let turn = self.0.complete(request).await?;
+        if let Some(text) = &turn.content {
+            for (i, word) in text.split(' ').enumerate() {
+                on_text(&if i == 0 {
+                    word.to_owned()
+                } else {
+                    format!(" {word}")
+                });
+            }
+        }
+        Ok(turn)
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_chat_sends_text_tool_calls_and_results_as_they_happen() {
+    use futures::StreamExt as _;
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (_tickets, _calls) = tickets_service(&bus).await;
+    let model = Arc::new(WordByWord(ScriptedModel::from_json(SCRIPT).unwrap()));
+    let _agent = serve_support(&bus, model).await;
+
+    let request = Envelope::request(
+        "support",
+        json!({"message": "What is the first open ticket?"}),
+    );
+    let mut frames = bus
+        .invoke_stream(
+            &support(),
+            request,
+            weft_bus::stream::StreamOptions::default(),
+        )
+        .await
+        .expect("stream");
+    let mut events = Vec::new();
+    let mut last = None;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.expect("frame");
+        match frame.frame_type() {
+            weft_bus::FrameType::Delta => events.push(frame.payload().clone()),
+            weft_bus::FrameType::Final => last = Some(frame.payload().clone()),
+            _ => {}
+        }
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        &kinds[..4],
+        ["tool_call", "tool_result", "tool_call", "tool_result"],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["name"], "tickets_list");
+    assert_eq!(events[0]["arguments"], json!({"status": "open"}));
+    assert_eq!(events[1]["result"]["count"], 2);
+    assert_eq!(events[1]["id"], events[0]["id"]);
+    assert_eq!(events[2]["arguments"], json!({"id": "T-1"}));
+    // The reply's words arrive one by one, and join into the reply.
+    let text: Vec<&str> = events[4..]
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(text.len() > 5, "streamed in pieces: {text:?}");
+    let reply = "Of 2 open tickets, the first is T-1: \"Printer on fire\".";
+    assert_eq!(text.concat(), reply);
+    let last = last.expect("a final frame");
+    assert_eq!(last["reply"], reply);
+    assert_eq!(last["tool_calls"].as_array().unwrap().len(), 2);
+
+    // A plain caller of the same endpoint gets the reply only.
+    let out = bus
+        .invoke(
+            &support(),
+            json!({"message": "What is the first open ticket?"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["reply"], reply);
+}
