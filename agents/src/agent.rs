@@ -87,6 +87,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
+use tower::{Layer as _, ServiceExt as _};
 use tracing::Instrument;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::invoke::Invoker;
@@ -96,6 +97,10 @@ use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::stream::{StreamWriter, WriteError};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
+use crate::guard::{
+    self, Approval, ApprovalLayer, ApprovalPolicy, CallHistory, DEFAULT_LOOP_LIMIT, LoopLimitLayer,
+    ToolLayerFn, ToolRequest, ToolService, needs_approval,
+};
 use crate::memory::{DEFAULT_MEMORY_LIMIT, Memory, SessionId};
 use crate::metrics;
 use crate::model::{
@@ -123,6 +128,9 @@ pub struct Agent {
     tool_timeout: Duration,
     memory_limit: usize,
     breaker: CircuitBreakerLayer,
+    loop_limit: usize,
+    approval: Option<ApprovalPolicy>,
+    tool_layers: Vec<ToolLayerFn>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -152,7 +160,79 @@ impl Agent {
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             breaker: CircuitBreakerLayer::default(),
+            loop_limit: DEFAULT_LOOP_LIMIT,
+            approval: None,
+            tool_layers: Vec::new(),
         }
+    }
+
+    /// Most runs of one tool with the same arguments in one run (at least 1); a
+    /// further identical call is refused and the model told why ([`LoopLimitLayer`]).
+    /// Default [`DEFAULT_LOOP_LIMIT`] (3).
+    pub fn loop_limit(mut self, calls: usize) -> Self {
+        self.loop_limit = calls.max(1);
+        self
+    }
+
+    /// Tools whose names match one of `patterns` (`*` globs, e.g. `tickets_*`) need a
+    /// person's approval; until a run can pause for one, they are denied with a reason
+    /// the model reads ([`needs_approval`]). Replaces an earlier [`Agent::approval`].
+    /// Default none: every tool runs.
+    pub fn approve<I, S>(self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let patterns = patterns.into_iter().map(Into::into).collect();
+        self.approval_policy(needs_approval(patterns))
+    }
+
+    /// Decides every tool call with `policy` ([`Approval::Allow`], or
+    /// [`Approval::Deny`] with a reason the model reads). Replaces an earlier
+    /// [`Agent::approve`]. Default none: every tool runs.
+    pub fn approval(
+        self,
+        policy: impl Fn(&ToolRequest) -> Approval + Send + Sync + 'static,
+    ) -> Self {
+        self.approval_policy(Arc::new(policy))
+    }
+
+    fn approval_policy(mut self, policy: ApprovalPolicy) -> Self {
+        self.approval = Some(policy);
+        self
+    }
+
+    /// Wraps every tool call in `layer` (a tower [`Layer`](tower::Layer) over
+    /// [`ToolService`]: logging, retry, metrics of your own), inside the loop limit and
+    /// approval and outside the tools. The first layer added is the outermost.
+    pub fn tool_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<ToolService> + Send + Sync + 'static,
+        L::Service: tower::Service<ToolRequest, Response = Value, Error = ErrorPayload>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<ToolRequest>>::Future: Send + 'static,
+    {
+        self.tool_layers.push(guard::layer_fn(layer));
+        self
+    }
+
+    /// The tool stack of one run over `tools` ([`crate::guard`]): loop limit, approval,
+    /// the tool layers, the tools.
+    fn tool_stack(&self, tools: Arc<dyn Tools>) -> ToolService {
+        let mut stack = ToolService::new(tower::service_fn(move |req: ToolRequest| {
+            let tools = tools.clone();
+            async move { tools.call(&req.call.name, &req.call.arguments).await }
+        }));
+        for layer in self.tool_layers.iter().rev() {
+            stack = layer(stack);
+        }
+        if let Some(policy) = &self.approval {
+            stack = ToolService::new(ApprovalLayer::new(policy.clone()).layer(stack));
+        }
+        ToolService::new(LoopLimitLayer::new(self.loop_limit).layer(stack))
     }
 
     /// Circuit breaker on tool calls: a failing service is not called for a while and
@@ -324,7 +404,7 @@ impl Agent {
         let conversation = request.session_id.as_ref().map(|s| s.to_string());
         let run = self
             .run_in(
-                &tools,
+                Arc::new(tools),
                 history,
                 &request.message,
                 conversation.as_deref(),
@@ -356,7 +436,7 @@ impl Agent {
     /// [`Agent::max_steps`] calls.
     pub async fn run(
         &self,
-        tools: &dyn Tools,
+        tools: Arc<dyn Tools>,
         history: Vec<Message>,
         message: &str,
     ) -> Result<Run, AgentError> {
@@ -371,7 +451,7 @@ impl Agent {
     /// As [`Agent::run`].
     pub async fn run_streaming(
         &self,
-        tools: &dyn Tools,
+        tools: Arc<dyn Tools>,
         history: Vec<Message>,
         message: &str,
         on_event: EventSink<'_>,
@@ -384,7 +464,7 @@ impl Agent {
     /// conventions) whose `gen_ai.conversation.id` is `conversation` (the session).
     async fn run_in(
         &self,
-        tools: &dyn Tools,
+        tools: Arc<dyn Tools>,
         history: Vec<Message>,
         message: &str,
         conversation: Option<&str>,
@@ -412,7 +492,7 @@ impl Agent {
 
     async fn run_loop(
         &self,
-        tools: &dyn Tools,
+        tools: Arc<dyn Tools>,
         history: Vec<Message>,
         message: &str,
         run_id: String,
@@ -434,6 +514,11 @@ impl Agent {
             messages: Vec::with_capacity(history.len() + 2),
             tools: tools.specs(),
         };
+        let stack = self.tool_stack(tools);
+        let run = (
+            Arc::<str>::from(run_id.as_str()),
+            Arc::new(CallHistory::default()),
+        );
         if let Some(prompt) = &self.system_prompt {
             request.messages.push(Message::system(prompt.clone()));
         }
@@ -472,7 +557,7 @@ impl Agent {
                         arguments: call.arguments.clone(),
                     });
                 }
-                let (record, content) = self.call_tool(tools, &request.tools, &call).await;
+                let (record, content) = self.call_tool(&stack, &run, &request.tools, &call).await;
                 if let Some(events) = events {
                     events(RunEvent::ToolResult {
                         id: call.id.clone(),
@@ -500,7 +585,8 @@ impl Agent {
 
     async fn call_tool(
         &self,
-        tools: &dyn Tools,
+        stack: &ToolService,
+        (run_id, history): &(Arc<str>, Arc<CallHistory>),
         specs: &[ToolSpec],
         call: &ToolCall,
     ) -> (ToolCallRecord, String) {
@@ -540,8 +626,15 @@ impl Agent {
                 gen_ai.tool.call.id = %call.id,
                 gen_ai.tool.type = "function",
             );
-            let result = tools
-                .call(&call.name, &call.arguments)
+            let request = ToolRequest {
+                agent: Arc::from(self.name.as_str()),
+                run_id: run_id.clone(),
+                call: call.clone(),
+                history: history.clone(),
+            };
+            let result = stack
+                .clone()
+                .oneshot(request)
                 .instrument(span.clone())
                 .await;
             if let Err(e) = &result {
@@ -549,10 +642,12 @@ impl Agent {
             }
             let outcome = match &result {
                 Ok(_) => "ok",
-                Err(e) => match e.code {
+                Err(e) => match &e.code {
                     ErrorCode::AgentTimeout => "timeout",
                     ErrorCode::AgentUnavailable => "unavailable",
                     ErrorCode::TransportFailure => "transport",
+                    ErrorCode::Other(c) if c == guard::LOOP_LIMIT => "loop_limit",
+                    ErrorCode::Other(c) if c == guard::APPROVAL_REQUIRED => "denied",
                     _ => "error",
                 },
             };
@@ -1326,7 +1421,10 @@ mod tests {
                 {"content": "sum={{result.0./sum}} err={{result.1./error/code}} unknown={{result.2./error/code}}"}
             ]}]}),
         );
-        let run = a.run(&Calc, Vec::new(), "add 40 and 2").await.unwrap();
+        let run = a
+            .run(Arc::new(Calc), Vec::new(), "add 40 and 2")
+            .await
+            .unwrap();
         // "40" is a string, so only b counts.
         assert_eq!(run.reply, "sum=2 err=NOPE unknown=NO_HANDLER");
         assert_eq!(run.steps, 2);
@@ -1344,7 +1442,7 @@ mod tests {
             {"tool_calls": [{"name": "add", "arguments": {}}]}
         ]}]}))
         .max_steps(3);
-        let e = a.run(&Calc, Vec::new(), "loop").await.unwrap_err();
+        let e = a.run(Arc::new(Calc), Vec::new(), "loop").await.unwrap_err();
         assert!(
             matches!(e, AgentError::MaxSteps { max_steps: 3, .. }),
             "{e}"
@@ -1355,7 +1453,7 @@ mod tests {
     #[tokio::test]
     async fn no_model_is_a_config_error() {
         let e = Agent::new("x")
-            .run(&Calc, Vec::new(), "hi")
+            .run(Arc::new(Calc), Vec::new(), "hi")
             .await
             .unwrap_err();
         match e {
@@ -1391,8 +1489,8 @@ mod tests {
         let output = tokens.with_label_values(&["counted", "output"]);
         let (i0, o0) = (input.get(), output.get());
         let agent = Agent::new("t").model(Arc::new(Counted));
-        agent.run(&Calc, Vec::new(), "hi").await.unwrap();
-        agent.run(&Calc, Vec::new(), "hi").await.unwrap();
+        agent.run(Arc::new(Calc), Vec::new(), "hi").await.unwrap();
+        agent.run(Arc::new(Calc), Vec::new(), "hi").await.unwrap();
         assert_eq!((input.get() - i0, output.get() - o0), (24, 6));
     }
 
@@ -1404,7 +1502,7 @@ mod tests {
         let events = std::sync::Mutex::new(Vec::new());
         let sink = |e: RunEvent| events.lock().unwrap().push(e);
         let run = agent
-            .run_streaming(&Calc, Vec::new(), "go", &sink)
+            .run_streaming(Arc::new(Calc), Vec::new(), "go", &sink)
             .await
             .unwrap();
         assert_eq!(run.reply, "five");
@@ -1435,5 +1533,85 @@ mod tests {
                 text: "five".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn guardrails_and_tool_layers_wrap_every_tool_call() {
+        // The model asks for `add` with the same arguments four times, then `fail`, then
+        // answers: the fourth `add` is refused by the loop limit (3), `fail` is denied by
+        // the approval policy, and a counting tool layer sees only the calls that ran.
+        let script = json!({"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 1}}]},
+            {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 1}}]},
+            {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 1}}]},
+            {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 1}}]},
+            {"tool_calls": [{"name": "fail"}]},
+            {"content": "done"}]}]});
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let layer = tower::layer::layer_fn(move |inner: ToolService| {
+            let counter = counter.clone();
+            tower::service_fn(move |req: ToolRequest| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                inner.clone().oneshot(req)
+            })
+        });
+        let a = agent(script)
+            .max_steps(8)
+            .approve(["fa*"])
+            .tool_layer(layer);
+        let run = a.run(Arc::new(Calc), Vec::new(), "go").await.unwrap();
+        assert_eq!(run.reply, "done");
+        let codes: Vec<Option<String>> = run
+            .tool_calls
+            .iter()
+            .map(|r| r.error.as_ref().map(|e| e.code.as_str().to_owned()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                None,
+                None,
+                Some("LOOP_LIMIT".into()),
+                Some("APPROVAL_REQUIRED".into())
+            ]
+        );
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "refused calls never reach the layer"
+        );
+        // The refusals went back to the model as tool results.
+        let tool_results: Vec<&Message> = run
+            .messages
+            .iter()
+            .filter(|m| m.role == crate::model::Role::Tool)
+            .collect();
+        assert!(
+            tool_results[3].content.contains("already called 3 times"),
+            "{}",
+            tool_results[3].content
+        );
+        assert!(
+            tool_results[4]
+                .content
+                .contains("needs a person's approval"),
+            "{}",
+            tool_results[4].content
+        );
+
+        // A Rust policy decides per call.
+        let a = agent(json!({"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 2}}]}, {"content": "ok"}]}]}))
+        .approval(|req| {
+            if req.call.arguments["a"] == 2 {
+                Approval::Deny("no twos".into())
+            } else {
+                Approval::Allow
+            }
+        });
+        let run = a.run(Arc::new(Calc), Vec::new(), "go").await.unwrap();
+        assert_eq!(run.tool_calls[0].error.as_ref().unwrap().message, "no twos");
     }
 }

@@ -4,7 +4,7 @@
 //! | metric | labels |
 //! |---|---|
 //! | `weft_agent_runs_total` | `agent`, `outcome`: `ok` or [`AgentError::outcome`](crate::agent::AgentError::outcome) |
-//! | `weft_agent_tool_calls_total` | `agent`, `tool` (`unknown` for names the model made up), `outcome`: `ok`, `error`, `timeout`, `unavailable`, `transport`, `unknown_tool`, `invalid_arguments` |
+//! | `weft_agent_tool_calls_total` | `agent`, `tool` (`unknown` for names the model made up), `outcome`: `ok`, `error`, `timeout`, `unavailable`, `transport`, `unknown_tool`, `invalid_arguments`, `loop_limit`, `denied` (approval) |
 //! | `weft_model_requests_total` | `provider`, `outcome`: `ok` or a [`ModelErrorKind`](crate::model::ModelErrorKind) label |
 //! | `weft_model_request_duration_seconds` | `provider` |
 //! | `weft_model_tokens_total` | `provider`, `kind`: `input` (prompt) or `output` (answer), as the provider reports them |
