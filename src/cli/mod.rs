@@ -2,6 +2,7 @@
 
 mod bench;
 mod call;
+mod chat;
 mod dlq;
 mod flow;
 mod ls;
@@ -25,6 +26,7 @@ use weft_bus::{Bus, ConnectOptions, Prefix};
 ///   weft pub ticket.created '{"title":"Cannot log in","body":"reset fails"}'
 ///   weft sub 'ticket.>'
 ///   weft call support '{"message":"How many tickets are open?"}'
+///   weft chat support
 ///   weft flow runs triage
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, long_about, verbatim_doc_comment)]
@@ -77,6 +79,9 @@ pub enum Command {
     Sub(pubsub::SubArgs),
     /// Invoke a service or agent and print its reply.
     Call(call::CallArgs),
+    /// Chat with an agent in the terminal: its text streams as it comes, tool calls
+    /// show as they happen; -m sends one message and exits.
+    Chat(chat::ChatArgs),
     /// List registered services, agents, flows and gateways with instance counts.
     Ls,
     /// Flows: list runs, run a worker.
@@ -139,6 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pub(args) => pubsub::publish(g, args).await,
         Command::Sub(args) => pubsub::subscribe(g, args).await,
         Command::Call(args) => call::run(g, args).await,
+        Command::Chat(args) => chat::run(g, args).await,
         Command::Ls => ls::ls(g).await,
         Command::Flow(cmd) => flow::run(g, cmd).await,
         Command::Agent(cmd) => ls::agent(g, cmd).await,

@@ -2,6 +2,7 @@
 //! real nats-server.
 
 mod bench;
+mod chat;
 mod cluster;
 mod conventions;
 mod dashboards;

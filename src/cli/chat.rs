@@ -1,0 +1,264 @@
+//! `weft chat`: an interactive terminal chat with an agent of the mesh (line editing
+//! and history by `rustyline`), the agent's text streamed as it comes and its tool
+//! calls shown as they happen.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::Args;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use weft_bus::stream::StreamOptions;
+use weft_bus::{Bus, Envelope, FrameType, Target};
+
+use super::Global;
+
+/// Longest shown tool argument or result, in characters.
+const SHOWN_CHARS: usize = 200;
+
+/// `weft chat [AGENT] [--session ID] [-m MESSAGE]`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "In the chat: /new starts a new session, /agent NAME talks to another agent, /exit (or Ctrl-D) leaves.\nTool calls show as `→ tickets_list({\"status\":\"open\"})` and their results as `← {…}`."
+)]
+pub struct ChatArgs {
+    /// The agent to talk to; default the only agent registered.
+    pub agent: Option<String>,
+    /// Continue this session (the agent remembers it); default a new one.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Send this one message, print the answer and exit (for scripts).
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Longest wait for one answer (the whole stream), e.g. 2m.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(g: &Global, args: ChatArgs) -> anyhow::Result<()> {
+    let bus = g.connect().await?;
+    let mut agent = match args.agent.clone() {
+        Some(a) => a,
+        None => only_agent(&bus).await?,
+    };
+    let mut session = args.session.clone().unwrap_or_else(new_session);
+    if let Some(message) = &args.message {
+        return turn(&bus, &agent, &session, message, args.timeout).await;
+    }
+    println!("chatting with {agent} (session {session}); /exit leaves, /help helps");
+    let mut editor = rustyline::DefaultEditor::new().context("cannot open the terminal")?;
+    let history = history_file();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    loop {
+        let prompt = format!("{agent}> ");
+        // rustyline blocks: read on a blocking thread, keep the runtime free.
+        let (back, line) = tokio::task::spawn_blocking(move || {
+            let line = editor.readline(&prompt);
+            (editor, line)
+        })
+        .await?;
+        editor = back;
+        let line = match line {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(anyhow!("cannot read the terminal: {e}")),
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        match line.split_once(' ').unwrap_or((line, "")) {
+            ("/exit" | "/quit", _) => break,
+            ("/help", _) => {
+                println!("/new: a new session · /agent NAME: talk to another agent · /exit: leave")
+            }
+            ("/new", _) => {
+                session = new_session();
+                println!("new session {session}");
+            }
+            ("/agent", name) if !name.trim().is_empty() => {
+                agent = name.trim().to_owned();
+                println!("chatting with {agent} (session {session})");
+            }
+            (cmd, _) if cmd.starts_with('/') => {
+                println!("unknown command {cmd}; /help lists them")
+            }
+            _ => {
+                if let Err(e) = turn(&bus, &agent, &session, line, args.timeout).await {
+                    println!();
+                    weft::telemetry::say_error(&super::one_line(&e), super::hint(&e));
+                }
+            }
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(())
+}
+
+/// One message to `agent`, its events printed as they come.
+async fn turn(
+    bus: &Bus,
+    agent: &str,
+    session: &str,
+    message: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let target: Target = agent
+        .parse()
+        .with_context(|| format!("{agent:?} is not an agent name"))?;
+    let mut env = Envelope::request(agent, json!({"message": message, "session_id": session}));
+    env.from = Some("cli".into());
+    env.channel = Some("cli".into());
+    env.session_id = Some(session.to_owned());
+    let options = StreamOptions::default().timeout(timeout);
+    let mut frames = bus.invoke_stream(&target, env, options).await?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut out = Printer::default();
+    loop {
+        let frame = tokio::select! {
+            f = frames.next() => f,
+            _ = &mut ctrl_c => {
+                frames.cancel().await;
+                out.end_line();
+                return Err(anyhow!("cancelled by Ctrl-C"));
+            }
+        };
+        let frame = frame.ok_or_else(|| anyhow!("the answer ended without a reply"))??;
+        match frame.frame_type() {
+            FrameType::Delta => out.event(frame.payload()),
+            FrameType::Final => {
+                if !out.wrote_text {
+                    // A model that does not stream, or an old agent: the reply whole.
+                    out.text(frame.payload()["reply"].as_str().unwrap_or_default());
+                }
+                out.end_line();
+                return Ok(());
+            }
+            FrameType::Error => {
+                out.end_line();
+                let error = frame.error().unwrap_or_else(|| {
+                    weft_bus::ErrorPayload::new(weft_bus::ErrorCode::CodecFailure, "error frame")
+                });
+                return Err(weft_bus::Error::from_remote(agent, error).into());
+            }
+            FrameType::Started | FrameType::Request => {}
+        }
+    }
+}
+
+/// Prints a run's events: text inline, tool calls and results on lines of their own.
+#[derive(Default)]
+struct Printer {
+    /// Whether the cursor is mid-line after text.
+    mid_line: bool,
+    /// Whether any text of the reply was printed.
+    wrote_text: bool,
+}
+
+impl Printer {
+    fn event(&mut self, event: &Value) {
+        match event["type"].as_str() {
+            Some("text") => self.text(event["text"].as_str().unwrap_or_default()),
+            Some("tool_call") => {
+                self.end_line();
+                println!(
+                    "→ {}({})",
+                    event["name"].as_str().unwrap_or("?"),
+                    shorten(&event["arguments"].to_string())
+                );
+            }
+            Some("tool_result") => {
+                self.end_line();
+                let shown = match (&event.get("result"), &event.get("error")) {
+                    (_, Some(e)) => format!(
+                        "error {}: {}",
+                        e["code"].as_str().unwrap_or("?"),
+                        e["message"].as_str().unwrap_or("")
+                    ),
+                    (Some(r), _) => r.to_string(),
+                    _ => "null".into(),
+                };
+                println!("← {}", shorten(&shown));
+            }
+            _ => {}
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        self.mid_line = !text.ends_with('\n');
+        self.wrote_text = true;
+    }
+
+    fn end_line(&mut self) {
+        if self.mid_line {
+            println!();
+            self.mid_line = false;
+        }
+    }
+}
+
+/// `text` cut to [`SHOWN_CHARS`] characters with `…`.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// A fresh session id: `chat-` and 12 hex digits.
+fn new_session() -> String {
+    format!("chat-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// The only registered agent.
+async fn only_agent(bus: &Bus) -> anyhow::Result<String> {
+    let agents = weft_agents::agent::list(bus).await?;
+    match agents.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => Err(anyhow!(
+            "no agent is registered on {} (weft ls shows what runs; weft up --demo starts `support`)",
+            bus.server_url()
+        )),
+        many => Err(anyhow!(
+            "several agents are registered ({}): name one, e.g. weft chat {}",
+            many.iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            many[0].name
+        )),
+    }
+}
+
+/// `~/.weft_chat_history`, when there is a home directory.
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".weft_chat_history"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_shortened_on_a_character_boundary() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(SHOWN_CHARS + 5);
+        let s = shorten(&long);
+        assert_eq!(s.chars().count(), SHOWN_CHARS + 1);
+        assert!(s.ends_with('…'));
+    }
+}
