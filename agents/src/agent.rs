@@ -97,6 +97,7 @@ use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::stream::{StreamWriter, WriteError};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
+use crate::builtin::{Builtin, DelegateCtx, PlanSlot, WithBuiltins};
 use crate::guard::{
     self, Approval, ApprovalLayer, ApprovalPolicy, CallHistory, DEFAULT_LOOP_LIMIT, LoopLimitLayer,
     ToolLayerFn, ToolRequest, ToolService, needs_approval,
@@ -131,6 +132,7 @@ pub struct Agent {
     loop_limit: usize,
     approval: Option<ApprovalPolicy>,
     tool_layers: Vec<ToolLayerFn>,
+    builtins: Vec<Builtin>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -163,7 +165,19 @@ impl Agent {
             loop_limit: DEFAULT_LOOP_LIMIT,
             approval: None,
             tool_layers: Vec::new(),
+            builtins: Vec::new(),
         }
+    }
+
+    /// Offers the built-in tools `builtins` ([`crate::builtin`]: `plan`, `delegate`)
+    /// beside the managed services' tools. Default none.
+    pub fn builtins(mut self, builtins: impl IntoIterator<Item = Builtin>) -> Self {
+        for b in builtins {
+            if !self.builtins.contains(&b) {
+                self.builtins.push(b);
+            }
+        }
+        self
     }
 
     /// Most runs of one tool with the same arguments in one run (at least 1); a
@@ -217,6 +231,48 @@ impl Agent {
     {
         self.tool_layers.push(guard::layer_fn(layer));
         self
+    }
+
+    /// `tools` with the agent's built-ins ([`Agent::builtins`]); the plan of the
+    /// session (`memory`) loaded.
+    async fn with_builtins(
+        &self,
+        bus: &Bus,
+        tools: Arc<dyn Tools>,
+        memory: Option<(&Memory, &SessionId)>,
+    ) -> Result<WithBuiltins, AgentError> {
+        let plan = match (self.builtins.contains(&Builtin::Plan), memory) {
+            (false, _) => None,
+            (true, Some((memory, session))) => {
+                let current = memory
+                    .load_plan(&self.name, session)
+                    .await
+                    .map_err(AgentError::Memory)?;
+                Some(PlanSlot {
+                    stored: Some((memory.clone(), self.name.clone(), session.clone())),
+                    current: std::sync::Mutex::new(current),
+                })
+            }
+            (true, None) => Some(PlanSlot {
+                stored: None,
+                current: std::sync::Mutex::new(None),
+            }),
+        };
+        let delegate = match (&self.model, self.builtins.contains(&Builtin::Delegate)) {
+            (Some(model), true) => Some(DelegateCtx {
+                bus: bus.clone(),
+                agent: self.name.clone(),
+                model: model.clone(),
+                max_steps: self.max_steps,
+                timeout: self.tool_timeout,
+            }),
+            _ => None,
+        };
+        Ok(WithBuiltins {
+            inner: tools,
+            plan,
+            delegate,
+        })
     }
 
     /// The tool stack of one run over `tools` ([`crate::guard`]): loop limit, approval,
@@ -397,10 +453,31 @@ impl Agent {
         .caller(&self.name)
         .session_id(request.session_id.as_ref().map(|s| s.to_string()))
         .parent(request.parent);
-        let history = memory
+        let mut history = memory
             .as_ref()
             .map(|(_, _, h)| h.clone())
             .unwrap_or_default();
+        let tools = self
+            .with_builtins(
+                bus,
+                Arc::new(tools),
+                memory.as_ref().map(|(m, s, _)| (*m, *s)),
+            )
+            .await?;
+        if let Some(plan) = tools
+            .plan
+            .as_ref()
+            .and_then(|p| p.current.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        {
+            // Shown, not stored: the plan lives under its own key.
+            history.insert(
+                0,
+                Message::system(format!(
+                    "Your plan for this conversation so far (update it with the plan tool):\n{}",
+                    plan.to_prompt()
+                )),
+            );
+        }
         let conversation = request.session_id.as_ref().map(|s| s.to_string());
         let run = self
             .run_in(

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod agent;
+pub mod builtin;
 pub mod guard;
 pub mod memory;
 pub mod metrics;

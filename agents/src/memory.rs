@@ -5,6 +5,7 @@
 //! | bucket | `<prefix>_memory` ([`Names::memory_bucket`](weft_bus::resources::Names)) |
 //! | key | `<agent>.<session_id>` |
 //! | value | JSON list of [`Message`]s, oldest first, without the system prompt |
+//! | plan key | `<agent>.<session_id>.plan`: the session's [`Plan`] (the `plan` built-in tool, [`crate::builtin`]) |
 //!
 //! The list is bounded: [`Memory::save`] keeps the last [`DEFAULT_MEMORY_LIMIT`] (50)
 //! messages, cut so that it starts at a user message (a tool result never loses the
@@ -69,6 +70,58 @@ impl FromStr for SessionId {
 /// The KV key of `agent`'s memory of `session`: `<agent>.<session_id>`.
 pub fn memory_key(agent: &str, session: &SessionId) -> String {
     format!("{agent}.{session}")
+}
+
+/// The KV key of `agent`'s plan for `session`: `<agent>.<session_id>.plan`.
+pub fn plan_key(agent: &str, session: &SessionId) -> String {
+    format!("{agent}.{session}.plan")
+}
+
+/// A plan an agent keeps with the `plan` built-in tool: `{"steps": [{"task", "status"}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The steps, in order.
+    pub steps: Vec<PlanStep>,
+}
+
+/// One step of a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanStep {
+    /// What to do.
+    pub task: String,
+    /// How far it is.
+    pub status: StepStatus,
+}
+
+/// The status of a [`PlanStep`]: `pending`, `in_progress` or `done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Being worked on.
+    InProgress,
+    /// Finished.
+    Done,
+}
+
+impl Plan {
+    /// The plan as the model reads it in its system prompt: one line per step,
+    /// `1. [done] task`.
+    pub fn to_prompt(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let status = match s.status {
+                StepStatus::Pending => "pending",
+                StepStatus::InProgress => "in progress",
+                StepStatus::Done => "done",
+            };
+            out.push_str(&format!("{}. [{status}] {}\n", i + 1, s.task));
+        }
+        out
+    }
 }
 
 /// The memory bucket of one mesh.
@@ -154,6 +207,46 @@ impl Memory {
             Error::with_source(ErrorKind::Kv, format!("cannot write agent memory {key}"), e)
         })?;
         Ok(history)
+    }
+
+    /// The plan of `agent` for `session`, if one was stored. An unreadable entry is
+    /// logged and treated as none.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket cannot be read.
+    pub async fn load_plan(
+        &self,
+        agent: &str,
+        session: &SessionId,
+    ) -> weft_bus::Result<Option<Plan>> {
+        let key = plan_key(agent, session);
+        let entry = self.store.get(&key).await.map_err(|e| {
+            Error::with_source(ErrorKind::Kv, format!("cannot read agent plan {key}"), e)
+        })?;
+        Ok(entry.and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| tracing::warn!(%key, error = %e, "unreadable agent plan; ignored"))
+                .ok()
+        }))
+    }
+
+    /// Stores `plan` as `agent`'s plan for `session`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the write fails.
+    pub async fn save_plan(
+        &self,
+        agent: &str,
+        session: &SessionId,
+        plan: &Plan,
+    ) -> weft_bus::Result<()> {
+        let key = plan_key(agent, session);
+        let bytes = serde_json::to_vec(plan)
+            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot encode {key}: {e}")))?;
+        self.store.put(&key, bytes.into()).await.map_err(|e| {
+            Error::with_source(ErrorKind::Kv, format!("cannot write agent plan {key}"), e)
+        })?;
+        Ok(())
     }
 
     /// Forgets the history of `agent` with `session`.

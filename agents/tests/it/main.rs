@@ -1,6 +1,7 @@
 //! Integration tests of weft-agents against a real nats-server (and, for the `openai`
 //! provider, a local HTTP server speaking the Chat Completions wire format).
 
+mod builtins;
 mod chat;
 mod openai;
 mod support;
