@@ -249,6 +249,25 @@ impl Memory {
         Ok(())
     }
 
+    /// The sessions `agent` remembers, sorted, with the number of messages of each.
+    /// Reads the bucket without a consumer ([`weft_bus::kv::read_all`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket cannot be read.
+    pub async fn sessions(&self, agent: &str) -> weft_bus::Result<Vec<(String, usize)>> {
+        let entries =
+            weft_bus::kv::read_all::<serde_json::Value>(&self.store, &format!("{agent}.")).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let session = key.strip_prefix(agent)?.strip_prefix('.')?;
+                // `<agent>.<session>` only: not the `.plan` keys.
+                (!session.contains('.'))
+                    .then(|| (session.to_owned(), value.as_array().map_or(0, Vec::len)))
+            })
+            .collect())
+    }
+
     /// Forgets the history of `agent` with `session`.
     ///
     /// # Errors

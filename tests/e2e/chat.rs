@@ -65,6 +65,49 @@ fn weft_chat_shows_tool_calls_and_the_streamed_reply() {
     assert!(out.contains("\nnew session chat-"), "{out}");
     assert!(out.contains("unknown command /nope"), "{out}");
 
+    // The session is remembered, and the agent commands read it back.
+    let history = crate::weft_output(&["agent", "history", "support", "--server", &nats]);
+    assert!(
+        history
+            .lines()
+            .any(|l| l.starts_with("e2e-1") && l.ends_with("8 message(s)")),
+        "{history}"
+    );
+    let session = crate::weft_output(&[
+        "agent",
+        "history",
+        "support",
+        "--session",
+        "e2e-1",
+        "--json",
+        "--server",
+        &nats,
+    ]);
+    let messages: serde_json::Value = serde_json::from_str(&session).unwrap();
+    assert_eq!(messages[0]["content"], "How many tickets are open?");
+    assert_eq!(messages.as_array().unwrap().len(), 8);
+    let described: serde_json::Value = serde_json::from_str(&crate::weft_output(&[
+        "agent", "describe", "support", "--json", "--server", &nats,
+    ]))
+    .unwrap();
+    let tools: Vec<&str> = described["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["tickets_classify", "tickets_get", "tickets_list"]);
+    let plan = crate::weft_output(&[
+        "agent",
+        "plan",
+        "support",
+        "--session",
+        "e2e-1",
+        "--server",
+        &nats,
+    ]);
+    assert_eq!(plan, "agent support keeps no plan for session e2e-1\n");
+
     // No such agent: the error says so.
     let (ok, _, err) = weft_chat(&nats, &["nobody", "-m", "hi"], "");
     assert!(!ok);
