@@ -38,6 +38,8 @@ async fn bench_reports_every_figure_and_cleans_up() {
             "flow_runs",
             "flow_steps",
             "agent_chat",
+            "agent_loop_p50",
+            "agent_loop_p99",
             "mcp_call",
             "mcp_call_p50",
         ]
@@ -47,7 +49,10 @@ async fn bench_reports_every_figure_and_cleans_up() {
         assert!(f["unit"].as_str().is_some_and(|u| !u.is_empty()), "{f}");
         let weft = f["weft"].as_f64().unwrap();
         assert!(weft > 0.0, "{name}: weft figure {weft}");
-        let expected = if name.starts_with("invoke_latency") || name == "mcp_call_p50" {
+        let expected = if name.starts_with("invoke_latency")
+            || name.starts_with("agent_loop")
+            || name == "mcp_call_p50"
+        {
             "lower"
         } else {
             "higher"
@@ -83,12 +88,12 @@ async fn bench_reports_every_figure_and_cleans_up() {
 
     // mcp_call's twin is a bus invoke of the same endpoint, and says so.
     assert!(
-        figures[9]["note"]
+        figures[11]["note"]
             .as_str()
             .unwrap()
             .contains("twin: a direct bus invoke"),
         "{}",
-        figures[9]
+        figures[11]
     );
 
     // The bench ran under its own prefix and removed its streams and buckets.

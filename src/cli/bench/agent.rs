@@ -8,6 +8,13 @@
 //! agent chats with a model that costs nothing; a real model's latency divides it.
 //! The registry's consumer count after the run is in the note: it stays at the one
 //! watch of each connection, however many chats ran.
+//!
+//! `agent_loop_p50` / `agent_loop_p99`: one chat at a time with a zero-latency
+//! in-process model making two tool calls (of the no-op endpoint) in one turn, then
+//! answering: Weft's own overhead of the tool loop (registry lookup, guardrails, tool
+//! middleware, spans, metrics, the envelopes of three invokes). The raw twin is the
+//! three request-replies it makes, one after the other, with raw async-nats and
+//! pre-encoded bytes.
 
 use std::sync::Arc;
 
@@ -15,8 +22,8 @@ use serde_json::json;
 use weft_agents::{Agent, ScriptedModel};
 use weft_bus::Target;
 
-use super::invoke::serve_noop;
-use super::{Bench, Figure, closed_loop};
+use super::invoke::{raw_caller, raw_wires, sequential, serve_noop, serve_raw};
+use super::{Bench, Better, Counts, Figure, closed_loop, quantile_us};
 
 /// Chats in flight.
 pub const IN_FLIGHT: usize = 16;
@@ -79,4 +86,73 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
     Ok(Figure::weft_only("agent_chat", "chats/s", chats).note(format!(
         "scripted model, {IN_FLIGHT} in flight, one tool call per chat; {consumers} consumer(s) on the registry afterwards"
     )))
+}
+
+const LOOP_SCRIPT: &str = r#"{"rules": [{"match": ".*", "turns": [
+  {"tool_calls": [{"name": "bench_noop", "arguments": {}}, {"name": "bench_noop", "arguments": {"n": 2}}]},
+  {"content": "done"}
+]}]}"#;
+
+/// Measures `agent_loop_p50` and `agent_loop_p99`.
+///
+/// # Errors
+/// When connecting fails, the service or agent cannot start, or no chat completes.
+pub async fn loop_latency(b: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let service_bus = b.connect("service").await?;
+    let service = serve_noop(&service_bus, None).await?;
+    let agent_bus = b.connect("agent").await?;
+    let agent = Agent::new("bench_loop")
+        .description("weft bench: two no-op tool calls per chat, zero-latency model")
+        .manages(["bench"])
+        .model(Arc::new(ScriptedModel::from_json(LOOP_SCRIPT)?))
+        .serve(&agent_bus)
+        .await?;
+    agent_bus.client().flush().await?;
+    let caller = b.connect("caller").await?;
+    let target: Target = "bench_loop".parse()?;
+    let chat = async || {
+        let out = caller
+            .invoke(&target, json!({"message": "go"}))
+            .await
+            .map_err(|e| e.to_string())?;
+        match out["tool_calls"].as_array().map(Vec::len) {
+            Some(2) => Ok(()),
+            _ => Err(format!("unexpected chat reply: {out}")),
+        }
+    };
+    let (weft, mut weft_times) = sequential(b, chat).await;
+    agent.stop().await?;
+    service.stop().await?;
+
+    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
+    let wires = raw_wires(b, client.client())?;
+    let responder = serve_raw(&server, wires.reply.clone()).await?;
+    let one = raw_caller(&client, Arc::new(wires.request))?;
+    let three = async || {
+        for _ in 0..3 {
+            one().await?;
+        }
+        Ok(())
+    };
+    let (raw, mut raw_times) = sequential(b, three).await;
+    responder.abort();
+
+    let counts = Counts {
+        weft: weft.require_ops("agent_loop chats")?,
+        raw: Some(raw.require_ops("raw request-replies")?),
+    };
+    let figure = |name, p: f64, weft_times: &mut [_], raw_times: &mut [_]| {
+        Figure::compare(
+            name,
+            "µs",
+            Better::Lower,
+            (quantile_us(weft_times, p), quantile_us(raw_times, p)),
+            counts.clone(),
+        )
+        .note("one chat at a time: zero-latency model, 2 tool calls; raw: its 3 request-replies in sequence")
+    };
+    Ok(vec![
+        figure("agent_loop_p50", 0.5, &mut weft_times, &mut raw_times),
+        figure("agent_loop_p99", 0.99, &mut weft_times, &mut raw_times),
+    ])
 }

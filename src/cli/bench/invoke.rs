@@ -55,12 +55,14 @@ pub async fn serve_noop(
 
 /// The raw twin's request and reply templates: Weft's request envelope (with a
 /// `reply_to` inbox of the client's shape) and Weft's reply to it.
-struct RawWires {
-    request: Wire,
-    reply: Arc<Wire>,
+pub struct RawWires {
+    /// Weft's request envelope to `bench.noop`.
+    pub request: Wire,
+    /// Weft's reply to it.
+    pub reply: Arc<Wire>,
 }
 
-fn raw_wires(b: &Bench, client: &async_nats::Client) -> anyhow::Result<RawWires> {
+pub fn raw_wires(b: &Bench, client: &async_nats::Client) -> anyhow::Result<RawWires> {
     let mut request = Envelope::request(target()?.to_string(), b.payload.clone());
     request.reply_to = Some(client.new_inbox());
     request.frame_type = Some(FrameType::Request);
@@ -73,7 +75,7 @@ fn raw_wires(b: &Bench, client: &async_nats::Client) -> anyhow::Result<RawWires>
 
 /// Answers every request on `bench.noop` (queue group `q`) with the next reply of
 /// `wire`, until the returned task is aborted.
-async fn serve_raw(bus: &Bus, wire: Arc<Wire>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve_raw(bus: &Bus, wire: Arc<Wire>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = bus.client().clone();
     let subject = bus.subjects().invoke(&target()?);
     let mut requests = client.queue_subscribe(subject, "q".into()).await?;
@@ -109,7 +111,7 @@ pub fn weft_caller(
 }
 
 /// One raw request of `bench.noop` with the next request of `wire`.
-fn raw_caller(
+pub fn raw_caller(
     bus: &Bus,
     wire: Arc<Wire>,
 ) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {
@@ -192,7 +194,7 @@ pub async fn latency(b: &Bench) -> anyhow::Result<Vec<Figure>> {
 }
 
 /// Warms up, then times `op` one request at a time.
-async fn sequential(
+pub async fn sequential(
     b: &Bench,
     op: impl AsyncFn() -> Result<(), String>,
 ) -> (Run, Vec<std::time::Duration>) {

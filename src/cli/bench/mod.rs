@@ -89,12 +89,15 @@ pub enum Scenario {
     /// Agent chats on the scripted model with one tool call each, 16 in flight,
     /// chats/s.
     AgentChat,
+    /// One agent chat at a time with a zero-latency model and two tool calls, beside
+    /// its three raw request-replies: p50 and p99 µs.
+    AgentLoop,
     /// MCP `tools/call` over Streamable HTTP to a no-op endpoint, beside a direct bus
     /// invoke of it: calls/s (16 in flight) and p50 µs.
     McpCall,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Pubsub,
     Scenario::DurablePublish,
     Scenario::InvokeLatency,
@@ -102,6 +105,7 @@ const ALL: [Scenario; 8] = [
     Scenario::DurableConsume,
     Scenario::Flow,
     Scenario::AgentChat,
+    Scenario::AgentLoop,
     Scenario::McpCall,
 ];
 
@@ -488,6 +492,7 @@ async fn run_scenarios(
                 Scenario::DurableConsume => durable_consume::run(b).await.map(|f| vec![f]),
                 Scenario::Flow => flow::run(b).await,
                 Scenario::AgentChat => agent::run(b).await.map(|f| vec![f]),
+                Scenario::AgentLoop => agent::loop_latency(b).await,
                 Scenario::McpCall => mcp::run(b).await,
             };
             let got = got.with_context(|| format!("bench scenario {name}"))?;
