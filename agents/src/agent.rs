@@ -102,7 +102,7 @@ use crate::guard::{
     self, Approval, ApprovalLayer, ApprovalPolicy, CallHistory, DEFAULT_LOOP_LIMIT, LoopLimitLayer,
     ToolLayerFn, ToolRequest, ToolService, needs_approval,
 };
-use crate::memory::{DEFAULT_MEMORY_LIMIT, Memory, SessionId};
+use crate::memory::{DEFAULT_MEMORY_LIMIT, DEFAULT_MEMORY_TOKENS, Memory, SessionId};
 use crate::metrics;
 use crate::model::{
     Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, ToolCall, ToolSpec,
@@ -111,6 +111,12 @@ use crate::tool::{DEFAULT_TOOL_TIMEOUT, ServiceTools, ToolOutcome, Tools, error_
 
 /// Default most model calls per run: 8.
 pub const DEFAULT_MAX_STEPS: usize = 8;
+
+/// The start of the summary note a summarizing agent keeps at the front of memory.
+pub const SUMMARY_PREFIX: &str = "Summary of the earlier conversation: ";
+
+/// The start of the user message asking the model for a summary.
+pub const SUMMARY_REQUEST_HEAD: &str = "Conversation to summarize:\n";
 
 /// The agent's default endpoint.
 pub const CHAT_ENDPOINT: &str = "chat";
@@ -128,6 +134,8 @@ pub struct Agent {
     max_steps: usize,
     tool_timeout: Duration,
     memory_limit: usize,
+    memory_tokens: usize,
+    summarize_memory: bool,
     breaker: CircuitBreakerLayer,
     loop_limit: usize,
     approval: Option<ApprovalPolicy>,
@@ -161,6 +169,8 @@ impl Agent {
             max_steps: DEFAULT_MAX_STEPS,
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            memory_tokens: DEFAULT_MEMORY_TOKENS,
+            summarize_memory: false,
             breaker: CircuitBreakerLayer::default(),
             loop_limit: DEFAULT_LOOP_LIMIT,
             approval: None,
@@ -353,6 +363,74 @@ impl Agent {
         self
     }
 
+    /// Most tokens remembered per session, approximately
+    /// ([`crate::memory::approx_tokens`]). Default [`DEFAULT_MEMORY_TOKENS`] (8,000).
+    pub fn memory_tokens(mut self, tokens: usize) -> Self {
+        self.memory_tokens = tokens;
+        self
+    }
+
+    /// When memory is over its limits, have the model summarize the oldest turns into
+    /// a note kept at the front of the history (a system message), instead of
+    /// dropping them. If the model fails, they are dropped, with a warning. Default
+    /// off.
+    pub fn summarize_memory(mut self, on: bool) -> Self {
+        self.summarize_memory = on;
+        self
+    }
+
+    /// `history` within the memory's limits, the turns it would drop summarized by the
+    /// model into the leading summary note (with the earlier summary, if any).
+    async fn summarized(&self, memory: &Memory, history: Vec<Message>) -> Vec<Message> {
+        let earlier = history
+            .first()
+            .filter(|m| m.role == crate::model::Role::System)
+            .map(|m| m.content.clone());
+        let (mut kept, dropped) = memory.split(history);
+        let Some(model) = self.model.as_deref().filter(|_| !dropped.is_empty()) else {
+            return kept;
+        };
+        let mut transcript = String::from(SUMMARY_REQUEST_HEAD);
+        if let Some(e) = &earlier {
+            transcript.push_str(&format!("(earlier summary) {e}\n"));
+        }
+        for m in &dropped {
+            let role = serde_json::to_value(m.role).ok();
+            let role = role.as_ref().and_then(Value::as_str).unwrap_or("?");
+            if !m.content.is_empty() {
+                transcript.push_str(&format!("{role}: {}\n", m.content));
+            }
+            for c in &m.tool_calls {
+                transcript.push_str(&format!("{role}: called {}({})\n", c.name, c.arguments));
+            }
+        }
+        let request = ModelRequest {
+            messages: vec![
+                Message::system(
+                    "Summarize the conversation you are given in a few sentences: the facts, names, numbers and decisions a later turn may need. Answer with the summary only.",
+                ),
+                Message::user(transcript),
+            ],
+            tools: Vec::new(),
+        };
+        match complete(model, &request, None).await {
+            Ok(turn) => {
+                let summary = turn.content.unwrap_or_default();
+                if kept
+                    .first()
+                    .is_some_and(|m| m.role == crate::model::Role::System)
+                {
+                    kept.remove(0);
+                }
+                kept.insert(0, Message::system(format!("{SUMMARY_PREFIX}{summary}")));
+            }
+            Err(e) => {
+                tracing::warn!(agent = %self.name, error = %e, dropped = dropped.len(), "cannot summarize older turns; they are dropped from memory");
+            }
+        }
+        kept
+    }
+
     /// The agent's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -422,7 +500,7 @@ impl Agent {
         let memory = match &request.session_id {
             Some(session) => {
                 let memory = buckets
-                    .memory(bus, self.memory_limit)
+                    .memory(bus, self.memory_limit, self.memory_tokens)
                     .await
                     .map_err(AgentError::Memory)?;
                 let history = memory
@@ -490,6 +568,9 @@ impl Agent {
             .await?;
         if let Some((memory, session, mut history)) = memory {
             history.extend(run.messages.iter().cloned());
+            if self.summarize_memory {
+                history = self.summarized(memory, history).await;
+            }
             if let Err(e) = memory.save(&self.name, session, history).await {
                 tracing::error!(agent = %self.name, run_id = %run.run_id, error = %e, "cannot store agent memory; the reply is sent anyway");
             }
@@ -897,9 +978,9 @@ struct Buckets {
 
 impl Buckets {
     /// The memory bucket, keeping `limit` messages per session.
-    async fn memory(&self, bus: &Bus, limit: usize) -> weft_bus::Result<&Memory> {
+    async fn memory(&self, bus: &Bus, limit: usize, tokens: usize) -> weft_bus::Result<&Memory> {
         self.memory
-            .get_or_try_init(|| async { Ok(Memory::open(bus).await?.limit(limit)) })
+            .get_or_try_init(|| async { Ok(Memory::open(bus).await?.limit(limit).tokens(tokens)) })
             .await
     }
 

@@ -8,9 +8,12 @@
 //! | plan key | `<agent>.<session_id>.plan`: the session's [`Plan`] (the `plan` built-in tool, [`crate::builtin`]) |
 //!
 //! The list is bounded: [`Memory::save`] keeps the last [`DEFAULT_MEMORY_LIMIT`] (50)
-//! messages, cut so that it starts at a user message (a tool result never loses the
-//! call it answers), and drops older exchanges while the value is larger than
-//! [`MAX_MEMORY_BYTES`]. A chat without a session id has no memory.
+//! messages and at most about [`DEFAULT_MEMORY_TOKENS`] (8,000) tokens
+//! ([`approx_tokens`]: characters / 4), cut so that it starts at a user message (a
+//! tool result never loses the call it answers), and drops older exchanges while the
+//! value is larger than [`MAX_MEMORY_BYTES`]. A leading system message (the summary of
+//! older turns an agent writes when it summarizes, [`Memory::split`]) is kept. A chat
+//! without a session id has no memory.
 //!
 //! Two chats on the same session at the same time are not serialized: the last one to
 //! finish writes the history (the other's exchange is lost from memory, not from its
@@ -27,6 +30,26 @@ use crate::model::{Message, Role};
 
 /// Default number of messages kept per session: 50.
 pub const DEFAULT_MEMORY_LIMIT: usize = 50;
+
+/// Default most tokens kept per session, approximately ([`approx_tokens`]): 8,000.
+pub const DEFAULT_MEMORY_TOKENS: usize = 8_000;
+
+/// The approximate tokens of `messages`: their text (content and tool-call arguments)
+/// in characters divided by 4, plus 4 per message. Good enough to bound a history;
+/// no tokenizer is this exact.
+pub fn approx_tokens(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|m| {
+            let args: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.to_string().chars().count())
+                .sum();
+            (m.content.chars().count() + args) / 4 + 4
+        })
+        .sum()
+}
 
 /// Largest stored history in bytes (512 KiB, half the NATS default `max_payload`).
 pub const MAX_MEMORY_BYTES: usize = 512 * 1024;
@@ -139,6 +162,7 @@ impl Plan {
 pub struct Memory {
     store: kv::Store,
     limit: usize,
+    tokens: usize,
 }
 
 impl fmt::Debug for Memory {
@@ -146,6 +170,7 @@ impl fmt::Debug for Memory {
         f.debug_struct("Memory")
             .field("bucket", &self.store.name)
             .field("limit", &self.limit)
+            .field("tokens", &self.tokens)
             .finish()
     }
 }
@@ -160,7 +185,29 @@ impl Memory {
         Ok(Memory {
             store: bus.kv(&bus.names().memory_bucket).await?,
             limit: DEFAULT_MEMORY_LIMIT,
+            tokens: DEFAULT_MEMORY_TOKENS,
         })
+    }
+
+    /// Most tokens kept per session, approximately ([`approx_tokens`]; at least 100).
+    /// Default [`DEFAULT_MEMORY_TOKENS`].
+    pub fn tokens(mut self, tokens: usize) -> Self {
+        self.tokens = tokens.max(100);
+        self
+    }
+
+    /// What [`Memory::save`] would keep of `history`, and what it would drop (oldest
+    /// first, without a leading summary), so that an agent can summarize the dropped
+    /// part before it is gone.
+    pub fn split(&self, history: Vec<Message>) -> (Vec<Message>, Vec<Message>) {
+        let kept = trim(history.clone(), self.limit, self.tokens);
+        // `trim` keeps a leading summary and a suffix of the rest.
+        let summary =
+            |h: &[Message]| usize::from(h.first().is_some_and(|m| m.role == Role::System));
+        let body = &history[summary(&history)..];
+        let kept_body = kept.len() - summary(&kept);
+        let dropped = body[..body.len() - kept_body].to_vec();
+        (kept, dropped)
     }
 
     /// Most messages kept per session (at least 2). Default [`DEFAULT_MEMORY_LIMIT`].
@@ -200,7 +247,7 @@ impl Memory {
         history: Vec<Message>,
     ) -> weft_bus::Result<Vec<Message>> {
         let key = memory_key(agent, session);
-        let history = trim(history, self.limit);
+        let history = trim(history, self.limit, self.tokens);
         let bytes = serde_json::to_vec(&history)
             .map_err(|e| Error::new(ErrorKind::Other, format!("cannot encode {key}: {e}")))?;
         self.store.put(&key, bytes.into()).await.map_err(|e| {
@@ -284,17 +331,26 @@ impl Memory {
     }
 }
 
-/// Keeps the last `limit` messages, starting at a user message, within
-/// [`MAX_MEMORY_BYTES`].
-fn trim(mut history: Vec<Message>, limit: usize) -> Vec<Message> {
+/// Keeps the last `limit` messages, starting at a user message, within about
+/// `tokens` tokens and [`MAX_MEMORY_BYTES`]; a leading system message (a summary) stays
+/// in front.
+fn trim(mut history: Vec<Message>, limit: usize, tokens: usize) -> Vec<Message> {
+    let summary = match history.first() {
+        Some(m) if m.role == Role::System => Some(history.remove(0)),
+        _ => None,
+    };
     if history.len() > limit {
         history.drain(..history.len() - limit);
     }
     drop_to_next_user(&mut history, 0);
     while history.len() > 1
-        && serde_json::to_vec(&history).map_or(0, |b| b.len()) > MAX_MEMORY_BYTES
+        && (approx_tokens(&history) > tokens
+            || serde_json::to_vec(&history).map_or(0, |b| b.len()) > MAX_MEMORY_BYTES)
     {
         drop_to_next_user(&mut history, 1);
+    }
+    if let Some(s) = summary {
+        history.insert(0, s);
     }
     history
 }
@@ -339,12 +395,12 @@ mod tests {
             h.push(Message::tool("c", "{}"));
             h.push(Message::assistant(format!("a{i}"), vec![]));
         }
-        let t = trim(h.clone(), 6);
+        let t = trim(h.clone(), 6, usize::MAX);
         // The last 6 start mid-exchange; the cut moves on to the next user message.
         assert_eq!(t.len(), 4);
         assert_eq!(t[0].content, "q3");
-        assert_eq!(trim(h.clone(), 100).len(), 16);
-        assert_eq!(trim(h, 8)[0].content, "q2");
+        assert_eq!(trim(h.clone(), 100, usize::MAX).len(), 16);
+        assert_eq!(trim(h, 8, usize::MAX)[0].content, "q2");
     }
 
     #[test]
@@ -358,8 +414,23 @@ mod tests {
             Message::user("3"),
             Message::assistant(big, vec![]),
         ];
-        let t = trim(h, 50);
+        let t = trim(h, 50, usize::MAX);
         assert_eq!(t.len(), 4);
         assert_eq!(t[0].content, "2");
+    }
+
+    #[test]
+    fn tokens_bound_the_history_and_a_leading_summary_stays() {
+        let mut h = vec![Message::system("Summary: earlier talk")];
+        for i in 0..10 {
+            h.push(Message::user(format!("q{i} {}", "x".repeat(400))));
+            h.push(Message::assistant(format!("a{i}"), Vec::new()));
+        }
+        // ~105 tokens per exchange: 300 tokens keep the last two exchanges.
+        let t = trim(h.clone(), 100, 300);
+        assert_eq!(t[0].content, "Summary: earlier talk");
+        assert!(t[1].content.starts_with("q8"), "{:?}", t[1].content);
+        assert_eq!(t.len(), 5);
+        assert!(approx_tokens(&t[1..]) <= 300);
     }
 }

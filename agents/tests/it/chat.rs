@@ -525,3 +525,56 @@ async fn a_streaming_chat_sends_text_tool_calls_and_results_as_they_happen() {
         .unwrap();
     assert_eq!(out["reply"], reply);
 }
+
+#[tokio::test]
+async fn over_its_limits_memory_is_summarized_instead_of_dropped() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (_tickets, _) = tickets_service(&bus).await;
+    let script = r#"{"rules": [
+      {"match": "(?s)^Conversation to summarize:", "turns": [{"content": "the user said hello {{message}}"}]},
+      {"match": ".*", "turns": [{"content": "noted"}]}
+    ]}"#;
+    let _agent = Agent::new("summing")
+        .manages(["tickets"])
+        .model(Arc::new(ScriptedModel::from_json(script).unwrap()))
+        .memory_limit(4)
+        .summarize_memory(true)
+        .serve(&bus)
+        .await
+        .unwrap();
+    let target: Target = "summing".parse().unwrap();
+    for i in 0..3 {
+        bus.invoke(
+            &target,
+            json!({"message": format!("hello {i}"), "session_id": "m1"}),
+        )
+        .await
+        .unwrap();
+    }
+    let memory = weft_agents::Memory::open(&bus).await.unwrap();
+    let history = memory
+        .load("summing", &"m1".parse().unwrap())
+        .await
+        .unwrap();
+    // The summary note, then the last two exchanges.
+    assert_eq!(history[0].role, Role::System, "{history:#?}");
+    assert!(
+        history[0]
+            .content
+            .starts_with(weft_agents::agent::SUMMARY_PREFIX),
+        "{}",
+        history[0].content
+    );
+    assert!(
+        history[0].content.contains("user: hello 0"),
+        "the oldest turn is in the summary: {}",
+        history[0].content
+    );
+    let users: Vec<&str> = history
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(users, ["hello 1", "hello 2"]);
+}
