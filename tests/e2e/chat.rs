@@ -108,6 +108,32 @@ fn weft_chat_shows_tool_calls_and_the_streamed_reply() {
     ]);
     assert_eq!(plan, "agent support keeps no plan for session e2e-1\n");
 
+    // The gateway streams the same events as Server-Sent Events.
+    let http = up.http.clone();
+    let sse = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            crate::http_client()
+                .post(format!("http://{http}/v1/invoke/support/stream"))
+                .body(r#"{"message":"How many tickets are open?"}"#)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+    let deltas: Vec<serde_json::Value> = sse
+        .split("\n\n")
+        .filter(|e| e.contains("event: agent.response.delta"))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).unwrap()["payload"].clone())
+        .collect();
+    let kinds: Vec<&str> = deltas.iter().map(|d| d["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["tool_call", "tool_result", "text"], "{sse}");
+    assert_eq!(deltas[2]["text"], "I count 0 open ticket(s).");
+    assert!(sse.contains("event: agent.response.final"), "{sse}");
+
     // No such agent: the error says so.
     let (ok, _, err) = weft_chat(&nats, &["nobody", "-m", "hi"], "");
     assert!(!ok);
