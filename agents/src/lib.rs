@@ -36,6 +36,7 @@ pub mod guard;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod router;
 pub mod tool;
 
 pub use agent::{

@@ -37,24 +37,55 @@ pub struct ChatArgs {
     pub timeout: Duration,
 }
 
+/// Who answers: one agent, a router over several, or the model itself with every
+/// service's tools.
+enum Talk {
+    Agent(String),
+    Routed(Vec<weft_agents::AgentInfo>, weft_agents::router::Router),
+    Direct(Box<weft_agents::Agent>),
+}
+
+impl Talk {
+    fn describe(&self) -> String {
+        match self {
+            Talk::Agent(a) => a.clone(),
+            Talk::Routed(agents, _) => format!(
+                "the router over {}",
+                agents
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Talk::Direct(_) => "the model with every service's tools".into(),
+        }
+    }
+}
+
 pub async fn run(g: &Global, args: ChatArgs) -> anyhow::Result<()> {
     let bus = g.connect().await?;
-    let mut agent = match args.agent.clone() {
-        Some(a) => a,
-        None => only_agent(&bus).await?,
+    let mut talk = match args.agent.clone() {
+        Some(a) => Talk::Agent(a),
+        None => choose(&bus).await?,
     };
     let mut session = args.session.clone().unwrap_or_else(new_session);
     if let Some(message) = &args.message {
-        return turn(&bus, &agent, &session, message, args.timeout).await;
+        return say(&bus, &talk, &session, message, args.timeout).await;
     }
-    println!("chatting with {agent} (session {session}); /exit leaves, /help helps");
+    println!(
+        "chatting with {} (session {session}); /exit leaves, /help helps",
+        talk.describe()
+    );
     let mut editor = rustyline::DefaultEditor::new().context("cannot open the terminal")?;
     let history = history_file();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
     loop {
-        let prompt = format!("{agent}> ");
+        let prompt = match &talk {
+            Talk::Agent(a) => format!("{a}> "),
+            _ => "> ".to_owned(),
+        };
         // rustyline blocks: read on a blocking thread, keep the runtime free.
         let (back, line) = tokio::task::spawn_blocking(move || {
             let line = editor.readline(&prompt);
@@ -83,14 +114,14 @@ pub async fn run(g: &Global, args: ChatArgs) -> anyhow::Result<()> {
                 println!("new session {session}");
             }
             ("/agent", name) if !name.trim().is_empty() => {
-                agent = name.trim().to_owned();
-                println!("chatting with {agent} (session {session})");
+                talk = Talk::Agent(name.trim().to_owned());
+                println!("chatting with {} (session {session})", talk.describe());
             }
             (cmd, _) if cmd.starts_with('/') => {
                 println!("unknown command {cmd}; /help lists them")
             }
             _ => {
-                if let Err(e) = turn(&bus, &agent, &session, line, args.timeout).await {
+                if let Err(e) = say(&bus, &talk, &session, line, args.timeout).await {
                     println!();
                     weft::telemetry::say_error(&super::one_line(&e), super::hint(&e));
                 }
@@ -101,6 +132,49 @@ pub async fn run(g: &Global, args: ChatArgs) -> anyhow::Result<()> {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// One message, to whoever answers.
+async fn say(
+    bus: &Bus,
+    talk: &Talk,
+    session: &str,
+    message: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    match talk {
+        Talk::Agent(agent) => turn(bus, agent, session, message, timeout).await,
+        Talk::Routed(agents, router) => match router.route(agents, message).await? {
+            weft_agents::router::Route::Agent(agent) => {
+                println!("(→ {agent})");
+                turn(bus, &agent, session, message, timeout).await
+            }
+            weft_agents::router::Route::Answer(text) => {
+                println!("{text}");
+                Ok(())
+            }
+        },
+        Talk::Direct(agent) => {
+            let out = std::sync::Mutex::new(Printer::default());
+            let sink = |e: weft_agents::RunEvent| {
+                if let Ok(v) = serde_json::to_value(&e) {
+                    out.lock().unwrap_or_else(|p| p.into_inner()).event(&v);
+                }
+            };
+            let request = weft_agents::ChatRequest::new(message).session(session.parse()?);
+            let reply = tokio::time::timeout(timeout, agent.chat_streaming(bus, request, &sink))
+                .await
+                .map_err(|_| {
+                    anyhow!("no answer within {}", humantime::format_duration(timeout))
+                })??;
+            let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
+            if !out.wrote_text {
+                out.text(&reply.reply);
+            }
+            out.end_line();
+            Ok(())
+        }
+    }
 }
 
 /// One message to `agent`, its events printed as they come.
@@ -224,24 +298,40 @@ fn new_session() -> String {
     format!("chat-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// The only registered agent.
-async fn only_agent(bus: &Bus) -> anyhow::Result<String> {
-    let agents = weft_agents::agent::list(bus).await?;
-    match agents.as_slice() {
-        [one] => Ok(one.name.clone()),
-        [] => Err(anyhow!(
-            "no agent is registered on {} (weft ls shows what runs; weft up --demo starts `support`)",
-            bus.server_url()
-        )),
-        many => Err(anyhow!(
-            "several agents are registered ({}): name one, e.g. weft chat {}",
-            many.iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            many[0].name
-        )),
+/// Who answers when no agent is named: the only agent; with several, a router (the
+/// model of `WEFT_MODEL_PROVIDER`); with none, that model with every service's tools.
+async fn choose(bus: &Bus) -> anyhow::Result<Talk> {
+    let mut agents = weft_agents::agent::list(bus).await?;
+    if agents.len() == 1 {
+        return Ok(Talk::Agent(agents.remove(0).name));
     }
+    let model = weft_example_support_desk::model_from_env()
+        .map_err(|e| anyhow!("the chat needs a model to route or answer: {e}"))?;
+    if !agents.is_empty() {
+        return Ok(Talk::Routed(
+            agents,
+            weft_agents::router::Router::new(model),
+        ));
+    }
+    let services: Vec<String> = weft_bus::registry::Registry::open(bus)
+        .await?
+        .listing_kind(weft_bus::registry::Kind::Service)
+        .await?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    if services.is_empty() {
+        return Err(anyhow!(
+            "nothing is registered on {} to chat with (weft ls shows what runs; weft up --demo starts the support desk)",
+            bus.server_url()
+        ));
+    }
+    Ok(Talk::Direct(Box::new(
+        weft_agents::Agent::new("chat")
+            .description("weft chat: the model with every service's tools")
+            .manages(services)
+            .model(model),
+    )))
 }
 
 /// `~/.weft_chat_history`, when there is a home directory.
