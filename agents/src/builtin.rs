@@ -30,8 +30,9 @@ pub const DELEGATE: &str = "delegate";
 /// The A2A bridge endpoint `delegate` sends URLs to (DESIGN §14).
 pub const A2A_SEND: &str = "a2a.send";
 
-/// A built-in tool an agent may offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A built-in tool an agent may offer; `plan` or `delegate` in definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Builtin {
     /// `plan`: keep a plan of steps per session.
     Plan,

@@ -32,6 +32,7 @@
 
 pub mod agent;
 pub mod builtin;
+pub mod definition;
 pub mod guard;
 pub mod memory;
 pub mod metrics;
