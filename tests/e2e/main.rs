@@ -12,6 +12,7 @@ mod faults;
 mod mcp;
 pub mod otlp;
 mod processes;
+mod real_model;
 mod security;
 mod stream;
 mod telemetry;
