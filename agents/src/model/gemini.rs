@@ -661,7 +661,7 @@ impl Model for GeminiModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ToolSpec;
+    use crate::model::{Message, ToolSpec};
 
     #[test]
     fn signatures_and_ids_go_back_on_their_parts() {

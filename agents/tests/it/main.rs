@@ -2,5 +2,6 @@
 //! provider, a local HTTP server speaking the Chat Completions wire format).
 
 mod chat;
+mod conformance;
 mod openai;
 mod support;
