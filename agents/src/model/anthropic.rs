@@ -480,12 +480,10 @@ struct StartMessage {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Delta {
-    TextDelta {
-        text: String,
-    },
-    InputJsonDelta {
-        partial_json: String,
-    },
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }
@@ -618,13 +616,11 @@ impl Model for AnthropicModel {
                     open.insert(index, block);
                 }
                 Event::ContentBlockDelta { index, delta } => match (open.get_mut(&index), delta) {
-                    (Some(Open::Text), Delta::TextDelta { text: t }) => {
-                        if !t.is_empty() {
-                            on_text(&t);
-                            text.push_str(&t);
-                        }
+                    (Some(Open::Text), Delta::Text { text: t }) if !t.is_empty() => {
+                        on_text(&t);
+                        text.push_str(&t);
                     }
-                    (Some(Open::Tool { json, .. }), Delta::InputJsonDelta { partial_json }) => {
+                    (Some(Open::Tool { json, .. }), Delta::InputJson { partial_json }) => {
                         json.push_str(&partial_json);
                     }
                     (None, _) => {
