@@ -434,7 +434,7 @@ pub(crate) fn env_var(name: &str) -> Option<String> {
 /// the providers) or as [`from_provider`].
 pub fn from_env() -> Result<Arc<dyn Model>, ModelError> {
     match env_var("WEFT_MODEL_PROVIDER") {
-        Some(p) => from_provider(&p),
+        Some(p) => from_provider_in(&p, &env_var),
         None => Err(ModelError::new(
             ModelErrorKind::Config,
             format!(
@@ -464,21 +464,29 @@ pub fn from_env() -> Result<Arc<dyn Model>, ModelError> {
 /// `WEFT_MODEL_SCRIPT` for `scripted`), a base URL is not an `http(s)://` URL or a
 /// script does not load.
 pub fn from_provider(provider: &str) -> Result<Arc<dyn Model>, ModelError> {
+    from_provider_in(provider, &env_var)
+}
+
+/// As [`from_provider`], reading variables with `var` (`None` for unset or blank).
+fn from_provider_in(
+    provider: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Model>, ModelError> {
     match provider.trim().to_ascii_lowercase().as_str() {
         "openai" => {
-            if env_var("OPENAI_BASE_URL").is_none() && env_var("OPENAI_API_KEY").is_none() {
+            if var("OPENAI_BASE_URL").is_none() && var("OPENAI_API_KEY").is_none() {
                 return Err(ModelError::new(
                     ModelErrorKind::Config,
                     "the openai provider needs an API key for api.openai.com: set OPENAI_API_KEY \
                      (or OPENAI_BASE_URL for a local OpenAI-compatible server)",
                 ));
             }
-            Ok(Arc::new(openai::OpenAiModel::from_env()?))
+            Ok(Arc::new(openai::OpenAiModel::from_vars(var)?))
         }
-        "anthropic" => Ok(Arc::new(anthropic::AnthropicModel::from_env()?)),
-        "gemini" => Ok(Arc::new(gemini::GeminiModel::from_env()?)),
-        "ollama" => Ok(Arc::new(ollama::OllamaModel::from_env()?)),
-        "scripted" => match env_var("WEFT_MODEL_SCRIPT") {
+        "anthropic" => Ok(Arc::new(anthropic::AnthropicModel::from_vars(var)?)),
+        "gemini" => Ok(Arc::new(gemini::GeminiModel::from_vars(var)?)),
+        "ollama" => Ok(Arc::new(ollama::OllamaModel::from_vars(var)?)),
+        "scripted" => match var("WEFT_MODEL_SCRIPT") {
             Some(path) => Ok(Arc::new(scripted::ScriptedModel::from_file(path)?)),
             None => Err(ModelError::new(
                 ModelErrorKind::Config,
@@ -500,6 +508,74 @@ pub fn from_provider(provider: &str) -> Result<Arc<dyn Model>, ModelError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn vars(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs = pairs.to_vec();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn config_error(provider: &str, env: &[(&'static str, &'static str)]) -> String {
+        match from_provider_in(provider, &vars(env)) {
+            Ok(m) => panic!("{provider}: built {}", m.name()),
+            Err(e) => {
+                assert_eq!(e.kind(), ModelErrorKind::Config, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn providers_from_the_environment() {
+        let e = config_error("bedrock", &[]);
+        assert!(
+            e.contains("\"bedrock\"") && e.contains("openai, anthropic, gemini, ollama, scripted"),
+            "{e}"
+        );
+        assert!(config_error("anthropic", &[]).contains("ANTHROPIC_API_KEY"));
+        assert!(config_error("gemini", &[]).contains("GEMINI_API_KEY"));
+        assert!(config_error("openai", &[]).contains("OPENAI_API_KEY"));
+        assert!(config_error("scripted", &[]).contains("WEFT_MODEL_SCRIPT"));
+        assert!(
+            config_error("scripted", &[("WEFT_MODEL_SCRIPT", "/nonexistent.json")])
+                .contains("/nonexistent.json")
+        );
+        let e = config_error("ollama", &[("OLLAMA_HOST", "ftp://box")]);
+        assert!(e.contains("ftp://box"), "{e}");
+
+        let cases: [(&str, &[(&'static str, &'static str)], &str); 5] = [
+            (
+                "anthropic",
+                &[("ANTHROPIC_API_KEY", "k"), ("WEFT_MODEL", "claude-x")],
+                "claude-x",
+            ),
+            ("Gemini", &[("GEMINI_API_KEY", "k")], gemini::DEFAULT_MODEL),
+            (
+                "ollama",
+                &[("OLLAMA_HOST", "box:1234")],
+                ollama::DEFAULT_MODEL,
+            ),
+            (
+                "openai",
+                &[("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")],
+                openai::DEFAULT_MODEL,
+            ),
+            (
+                "openai",
+                &[("OPENAI_API_KEY", "k"), ("WEFT_MODEL", "gpt-x")],
+                "gpt-x",
+            ),
+        ];
+        for (provider, env, model) in cases {
+            let m = from_provider_in(provider, &vars(env)).unwrap();
+            assert_eq!(m.name(), provider.to_ascii_lowercase());
+            assert_eq!(m.model_id(), Some(model));
+        }
+    }
 
     #[test]
     fn messages_serialize_without_empty_fields() {

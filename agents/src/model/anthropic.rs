@@ -222,14 +222,21 @@ impl AnthropicModel {
     /// As [`AnthropicBuilder::build`]; the message of a missing key names
     /// `ANTHROPIC_API_KEY`.
     pub fn from_env() -> Result<AnthropicModel, ModelError> {
+        AnthropicModel::from_vars(&super::env_var)
+    }
+
+    /// As [`AnthropicModel::from_env`], reading variables with `var`.
+    pub(crate) fn from_vars(
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AnthropicModel, ModelError> {
         let mut b = AnthropicModel::builder();
-        if let Some(url) = super::env_var("ANTHROPIC_BASE_URL") {
+        if let Some(url) = var("ANTHROPIC_BASE_URL") {
             b = b.base_url(url);
         }
-        if let Some(key) = super::env_var("ANTHROPIC_API_KEY") {
+        if let Some(key) = var("ANTHROPIC_API_KEY") {
             b = b.api_key(key);
         }
-        if let Some(model) = super::env_var("WEFT_MODEL") {
+        if let Some(model) = var("WEFT_MODEL") {
             b = b.model(model);
         }
         b.build()

@@ -227,14 +227,21 @@ impl OllamaModel {
     /// # Errors
     /// As [`OllamaBuilder::build`].
     pub fn from_env() -> Result<OllamaModel, ModelError> {
+        OllamaModel::from_vars(&super::env_var)
+    }
+
+    /// As [`OllamaModel::from_env`], reading variables with `var`.
+    pub(crate) fn from_vars(
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OllamaModel, ModelError> {
         let mut b = OllamaModel::builder();
-        if let Some(host) = super::env_var("OLLAMA_HOST") {
+        if let Some(host) = var("OLLAMA_HOST") {
             b = b.host(host);
         }
-        if let Some(key) = super::env_var("OLLAMA_API_KEY") {
+        if let Some(key) = var("OLLAMA_API_KEY") {
             b = b.api_key(key);
         }
-        if let Some(model) = super::env_var("WEFT_MODEL") {
+        if let Some(model) = var("WEFT_MODEL") {
             b = b.model(model);
         }
         b.build()

@@ -206,7 +206,13 @@ impl OpenAiModel {
     /// # Errors
     /// As [`OpenAiBuilder::build`].
     pub fn from_env() -> Result<OpenAiModel, ModelError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        OpenAiModel::from_vars(&super::env_var)
+    }
+
+    /// As [`OpenAiModel::from_env`], reading variables with `var`.
+    pub(crate) fn from_vars(
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OpenAiModel, ModelError> {
         let mut b = OpenAiModel::builder();
         if let Some(url) = var("OPENAI_BASE_URL") {
             b = b.base_url(url);
