@@ -10,7 +10,7 @@
 //! | base URL | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
 //! | API key | `OPENAI_API_KEY` | none (local servers need none) |
 //! | model | `WEFT_MODEL` | `gpt-4o-mini` |
-//! | request timeout | — | 60 s per HTTP attempt (streams: 60 s to connect and between two reads) |
+//! | request timeout | — | 60 s per HTTP attempt (streams: 60 s for the response head, then between two chunks) |
 //!
 //! Tool call arguments arrive as JSON text; text that does not parse is kept raw in
 //! [`ToolCall::arguments`] with [`ToolCall::arguments_error`] set, and the tool loop
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
+use async_openai::error::{OpenAIError, StreamError};
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
@@ -76,8 +76,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
-    /// For streams: no overall timeout (a long answer keeps streaming), a connect and
-    /// a read timeout instead.
+    /// For streams: no overall timeout (a long answer keeps streaming); `stream`
+    /// bounds the head and each gap between chunks.
     stream_client: Client<OpenAIConfig>,
     base_url: String,
     model: String,
@@ -176,9 +176,10 @@ impl OpenAiBuilder {
             .timeout(self.timeout)
             .build()
             .map_err(cannot)?;
+        // Streams: no overall timeout (a long answer keeps streaming); `stream` bounds
+        // the head and each gap between chunks itself.
         let stream_http = reqwest::Client::builder()
             .connect_timeout(self.timeout)
-            .read_timeout(self.timeout)
             .build()
             .map_err(cannot)?;
         let mut config = OpenAIConfig::new().with_api_base(&base_url);
@@ -304,6 +305,17 @@ impl OpenAiModel {
                     excerpt(&body)
                 ),
             ),
+            OpenAIError::StreamError(e) => match *e {
+                // async-openai turns a broken body into text: "Transport error: …".
+                StreamError::EventStream(m) if m.starts_with("Transport error") => ModelError::new(
+                    ModelErrorKind::Connect,
+                    format!("{at}: the connection broke in the middle of the answer ({m})"),
+                ),
+                other => ModelError::new(
+                    ModelErrorKind::InvalidResponse,
+                    format!("{at} sent a malformed stream: {other}"),
+                ),
+            },
             OpenAIError::InvalidArgument(m) => {
                 ModelError::new(ModelErrorKind::Config, format!("{at}: {m}"))
             }
@@ -431,18 +443,36 @@ impl Model for OpenAiModel {
             include_usage: Some(true),
             include_obfuscation: None,
         });
-        let mut chunks = self
-            .stream_client
-            .chat()
-            .create_stream(wire)
-            .await
-            .map_err(|e| self.error(e))?;
+        let timed_out = |what: &str| {
+            ModelError::new(
+                ModelErrorKind::Timeout,
+                format!(
+                    "model {} at {} {what} within {} s",
+                    self.model,
+                    self.base_url,
+                    self.timeout.as_secs_f64()
+                ),
+            )
+        };
+        // The timeout bounds the wait for the response head, then each gap between
+        // two chunks (not the whole answer).
+        let mut chunks =
+            tokio::time::timeout(self.timeout, self.stream_client.chat().create_stream(wire))
+                .await
+                .map_err(|_| timed_out("did not answer"))?
+                .map_err(|e| self.error(e))?;
         let mut text = String::new();
         let mut refusal = String::new();
         // Tool calls by their `index`: id, name, argument text so far.
         let mut calls: BTreeMap<u32, (String, String, String)> = BTreeMap::new();
         let mut turn = ModelTurn::default();
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let Some(chunk) = tokio::time::timeout(self.timeout, chunks.next())
+                .await
+                .map_err(|_| timed_out("sent nothing more of its answer"))?
+            else {
+                break;
+            };
             let chunk = chunk.map_err(|e| self.error(e))?;
             if !chunk.model.is_empty() {
                 turn.response_model = Some(chunk.model.clone());

@@ -159,7 +159,10 @@ trait Fixture: Send + Sync + 'static {
     /// The provider name ([`Model::name`]).
     fn name(&self) -> &'static str;
     /// The adapter under test, pointed at the fixture at `base` (`http://127.0.0.1:N`).
-    fn model(&self, base: &str, retry: RetryPolicy) -> Arc<dyn Model>;
+    fn model(&self, base: &str, retry: RetryPolicy, timeout: Duration) -> Arc<dyn Model>;
+    /// A stream that hands on `text` and then fails with the provider's mid-stream
+    /// error (`message`, meaning "overloaded"), when the provider has one.
+    fn mid_stream_error(&self, text: &str, message: &str) -> Option<Answer>;
     /// Checks a request against the provider's documented format and decodes it.
     fn decode(&self, req: &Req) -> Result<Seen, String>;
     /// `reply` as the provider's answer to the `step`-th request (1-based).
@@ -187,6 +190,10 @@ enum Step {
     Raw(&'static str),
     /// Answer HTTP 200 and a body that never ends (a newline every 50 ms).
     Hang,
+    /// Answer HTTP 200 and then send nothing at all.
+    Stall,
+    /// Answer the fixture's [`Fixture::mid_stream_error`] stream.
+    MidStreamError,
 }
 
 /// A running fixture server. Steps are taken in order; the last one repeats.
@@ -237,7 +244,12 @@ impl Server {
     }
 
     fn model(&self, retry: RetryPolicy) -> Arc<dyn Model> {
-        self.fixture.model(&self.base(), retry)
+        self.fixture
+            .model(&self.base(), retry, Duration::from_secs(5))
+    }
+
+    fn model_with_timeout(&self, timeout: Duration) -> Arc<dyn Model> {
+        self.fixture.model(&self.base(), quick(), timeout)
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -310,6 +322,21 @@ async fn handle(
             .header("content-type", "application/json")
             .body(Body::from(text))
             .unwrap(),
+        Step::Stall => {
+            let body = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(body))
+                .unwrap()
+        }
+        Step::MidStreamError => {
+            let answer = s
+                .fixture
+                .mid_stream_error("Partial ", "overloaded")
+                .expect("the provider has mid-stream errors");
+            render(&s, answer)
+        }
         Step::Hang => {
             s.hung.notify_one();
             let guard = DropGuard(s.clone());
@@ -984,6 +1011,57 @@ static ERRORS: &[ErrorCase] = &[
         },
     },
     ErrorCase {
+        name: "slow answer is Timeout, not retried",
+        run: |f| {
+            async move {
+                let server = Server::start(f, vec![Step::Stall], None).await;
+                let model = server.model_with_timeout(Duration::from_millis(300));
+                for stream in [false, true] {
+                    let started = Instant::now();
+                    let e = if stream {
+                        model.stream(&hello(), &|_| {}).await.unwrap_err()
+                    } else {
+                        model.complete(&hello()).await.unwrap_err()
+                    };
+                    assert_eq!(e.kind(), ModelErrorKind::Timeout, "stream {stream}: {e}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(3),
+                        "{:?}",
+                        started.elapsed()
+                    );
+                }
+                assert_eq!(server.requests(), 2, "one attempt each");
+            }
+            .boxed()
+        },
+    },
+    ErrorCase {
+        name: "mid-stream error ends the stream",
+        run: |f| {
+            async move {
+                if f.mid_stream_error("", "").is_none() {
+                    return;
+                }
+                let server = Server::start(f, vec![Step::MidStreamError], None).await;
+                let got = Mutex::new(String::new());
+                let e = server
+                    .model(quick())
+                    .stream(&hello(), &|t| got.lock().unwrap().push_str(t))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), ModelErrorKind::Unavailable, "{e}");
+                assert!(e.to_string().contains("overloaded"), "{e}");
+                assert_eq!(
+                    *got.lock().unwrap(),
+                    "Partial ",
+                    "text before the error was handed on"
+                );
+                assert_eq!(server.requests(), 1, "a started stream is not retried");
+            }
+            .boxed()
+        },
+    },
+    ErrorCase {
         name: "dropped complete closes the request",
         run: |f| async move { dropped(f, Mode::Complete).await }.boxed(),
     },
@@ -1086,14 +1164,14 @@ impl Fixture for OpenAi {
         "openai"
     }
 
-    fn model(&self, base: &str, _retry: RetryPolicy) -> Arc<dyn Model> {
+    fn model(&self, base: &str, _retry: RetryPolicy, timeout: Duration) -> Arc<dyn Model> {
         // async-openai retries on its own (3 retries from 100 ms).
         Arc::new(
             OpenAiModel::builder()
                 .base_url(format!("{base}/v1"))
                 .api_key("sk-test")
                 .model("gpt-test")
-                .timeout(Duration::from_secs(5))
+                .timeout(timeout)
                 .build()
                 .unwrap(),
         )
@@ -1251,6 +1329,11 @@ impl Fixture for OpenAi {
         }
     }
 
+    fn mid_stream_error(&self, _text: &str, _message: &str) -> Option<Answer> {
+        // Chat Completions documents no error event inside a stream.
+        None
+    }
+
     fn error_body(&self, _status: u16, message: &str) -> Value {
         json!({"error": {"message": message, "type": "invalid_request_error", "code": null}})
     }
@@ -1266,13 +1349,13 @@ impl Fixture for Anthropic {
         "anthropic"
     }
 
-    fn model(&self, base: &str, retry: RetryPolicy) -> Arc<dyn Model> {
+    fn model(&self, base: &str, retry: RetryPolicy, timeout: Duration) -> Arc<dyn Model> {
         Arc::new(
             AnthropicModel::builder()
                 .base_url(base)
                 .api_key("sk-ant-test")
                 .model("claude-test")
-                .timeout(Duration::from_secs(5))
+                .timeout(timeout)
                 .retry(retry)
                 .build()
                 .unwrap(),
@@ -1499,6 +1582,36 @@ impl Fixture for Anthropic {
         }
     }
 
+    fn mid_stream_error(&self, text: &str, message: &str) -> Option<Answer> {
+        let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        Some(Answer::Stream {
+            content_type: "text/event-stream",
+            units: vec![
+                ev(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "msg_1",
+                    "type": "message", "role": "assistant", "model": "claude-test", "content": [],
+                    "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+                ),
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}}),
+                ),
+                ev(
+                    "error",
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": message}}),
+                ),
+            ],
+            first_text: None,
+        })
+    }
+
     fn error_body(&self, status: u16, message: &str) -> Value {
         let kind = match status {
             401 => "authentication_error",
@@ -1526,13 +1639,13 @@ impl Fixture for Gemini {
         "gemini"
     }
 
-    fn model(&self, base: &str, retry: RetryPolicy) -> Arc<dyn Model> {
+    fn model(&self, base: &str, retry: RetryPolicy, timeout: Duration) -> Arc<dyn Model> {
         Arc::new(
             GeminiModel::builder()
                 .base_url(base)
                 .api_key("gm-test")
                 .model("gemini-test")
-                .timeout(Duration::from_secs(5))
+                .timeout(timeout)
                 .retry(retry)
                 .build()
                 .unwrap(),
@@ -1737,6 +1850,18 @@ impl Fixture for Gemini {
         }
     }
 
+    fn mid_stream_error(&self, text: &str, message: &str) -> Option<Answer> {
+        let units = [
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}]}),
+            json!({"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}}),
+        ];
+        Some(Answer::Stream {
+            content_type: "text/event-stream",
+            units: units.iter().map(|u| format!("data: {u}\r\n\r\n")).collect(),
+            first_text: None,
+        })
+    }
+
     fn error_body(&self, status: u16, message: &str) -> Value {
         let s = match status {
             401 => "UNAUTHENTICATED",
@@ -1758,12 +1883,12 @@ impl Fixture for Ollama {
         "ollama"
     }
 
-    fn model(&self, base: &str, retry: RetryPolicy) -> Arc<dyn Model> {
+    fn model(&self, base: &str, retry: RetryPolicy, timeout: Duration) -> Arc<dyn Model> {
         Arc::new(
             OllamaModel::builder()
                 .host(base)
                 .model("llama-test")
-                .timeout(Duration::from_secs(5))
+                .timeout(timeout)
                 .retry(retry)
                 .build()
                 .unwrap(),
@@ -1892,6 +2017,19 @@ impl Fixture for Ollama {
             units: units.iter().map(|u| format!("{u}\n")).collect(),
             first_text,
         }
+    }
+
+    fn mid_stream_error(&self, text: &str, message: &str) -> Option<Answer> {
+        let units = [
+            json!({"model": "llama-test", "created_at": "2026-01-01T00:00:00Z",
+                   "message": {"role": "assistant", "content": text}, "done": false}),
+            json!({"error": message}),
+        ];
+        Some(Answer::Stream {
+            content_type: "application/x-ndjson",
+            units: units.iter().map(|u| format!("{u}\n")).collect(),
+            first_text: None,
+        })
     }
 
     fn error_body(&self, _status: u16, message: &str) -> Value {
