@@ -509,7 +509,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vars(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    /// Environment variables of a test: `(name, value)`.
+    type Env = [(&'static str, &'static str)];
+
+    fn vars(pairs: &Env) -> impl Fn(&str) -> Option<String> {
         let pairs = pairs.to_vec();
         move |k| {
             pairs
@@ -519,7 +522,7 @@ mod tests {
         }
     }
 
-    fn config_error(provider: &str, env: &[(&'static str, &'static str)]) -> String {
+    fn config_error(provider: &str, env: &Env) -> String {
         match from_provider_in(provider, &vars(env)) {
             Ok(m) => panic!("{provider}: built {}", m.name()),
             Err(e) => {
@@ -547,7 +550,7 @@ mod tests {
         let e = config_error("ollama", &[("OLLAMA_HOST", "ftp://box")]);
         assert!(e.contains("ftp://box"), "{e}");
 
-        let cases: [(&str, &[(&'static str, &'static str)], &str); 5] = [
+        let cases: [(&str, &Env, &str); 5] = [
             (
                 "anthropic",
                 &[("ANTHROPIC_API_KEY", "k"), ("WEFT_MODEL", "claude-x")],
