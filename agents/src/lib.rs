@@ -8,7 +8,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`model`] | the [`Model`] trait and its types; providers [`openai`](model::openai) (any OpenAI-compatible Chat Completions server) and [`scripted`](model::scripted) (a deterministic script for tests and the offline demo, **not an LLM**) |
+//! | [`model`] | the [`Model`] trait and its types; providers [`openai`](model::openai) (any OpenAI-compatible Chat Completions server), [`anthropic`](model::anthropic) (Messages API), [`gemini`](model::gemini) (Gemini API), [`ollama`](model::ollama) (native `/api/chat`) and [`scripted`](model::scripted) (a deterministic script for tests and the offline demo, **not an LLM**); [`model::from_env`] picks one from `WEFT_MODEL_PROVIDER` |
 //! | [`tool`] | tools from the endpoints of managed services, called over the bus |
 //! | [`memory`] | conversation history per agent and session in KV |
 //! | [`agent`] | the agent definition, the tool loop shared by every provider, serving |
@@ -16,13 +16,12 @@
 //!
 //! # Examples
 //! ```no_run
-//! use std::sync::Arc;
 //! use weft_agents::Agent;
-//! use weft_agents::model::openai::OpenAiModel;
 //! # async fn run(bus: weft_bus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! // WEFT_MODEL_PROVIDER=anthropic, ANTHROPIC_API_KEY=…, WEFT_MODEL=…
 //! let handle = Agent::new("support")
 //!     .manages(["tickets"])
-//!     .model(Arc::new(OpenAiModel::from_env()?))
+//!     .model(weft_agents::model::from_env()?)
 //!     .system_prompt("You answer questions about support tickets.")
 //!     .serve(&bus)
 //!     .await?;
@@ -44,6 +43,9 @@ pub use agent::{
     Agent, AgentError, AgentInfo, ChatReply, ChatRequest, EventSink, Run, RunEvent, ToolCallRecord,
 };
 pub use memory::{Memory, SessionId};
+pub use model::anthropic::AnthropicModel;
+pub use model::gemini::GeminiModel;
+pub use model::ollama::OllamaModel;
 pub use model::openai::OpenAiModel;
 pub use model::scripted::ScriptedModel;
 pub use model::{

@@ -3,16 +3,68 @@
 //! A model takes a [`ModelRequest`] (the conversation so far and the tools it may call)
 //! and answers one [`ModelTurn`]: text, tool calls, or both. The tool loop in
 //! [`crate::agent`] is the only caller and is shared by every provider, so a provider
-//! only translates these types to and from its wire format.
+//! only translates these types to and from its wire format (DESIGN §16). Every
+//! provider implements both [`Model::complete`] (one whole answer) and
+//! [`Model::stream`] (text handed on as the provider streams it, then the same whole
+//! turn).
 //!
-//! Providers:
-//! - [`openai::OpenAiModel`]: any OpenAI-compatible Chat Completions server (OpenAI,
-//!   Ollama, vLLM, llama.cpp, …);
-//! - [`scripted::ScriptedModel`]: a deterministic script of turns for tests and the
-//!   offline demo. **Not an LLM.**
+//! # Providers
+//!
+//! | provider ([`Model::name`]) | type | API | key | base URL | default model |
+//! |---|---|---|---|---|---|
+//! | `openai` | [`openai::OpenAiModel`] | Chat Completions (`/chat/completions`), any OpenAI-compatible server | `OPENAI_API_KEY` (optional for a local server) | `OPENAI_BASE_URL`, default `https://api.openai.com/v1` | `gpt-4o-mini` |
+//! | `anthropic` | [`anthropic::AnthropicModel`] | Anthropic Messages (`/v1/messages`) | `ANTHROPIC_API_KEY` (required) | `ANTHROPIC_BASE_URL`, default `https://api.anthropic.com` | `claude-haiku-4-5` |
+//! | `gemini` | [`gemini::GeminiModel`] | Gemini `generateContent` / `streamGenerateContent` (`/v1beta/models/…`) | `GEMINI_API_KEY` (required) | `GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com` | `gemini-2.5-flash` |
+//! | `ollama` | [`ollama::OllamaModel`] | Ollama native chat (`/api/chat`) | `OLLAMA_API_KEY` (optional) | `OLLAMA_HOST`, default `http://127.0.0.1:11434` | `llama3.2` |
+//! | `scripted` | [`scripted::ScriptedModel`] | none: a deterministic script, **not an LLM** | — | — (`WEFT_MODEL_SCRIPT`: the script file) | — |
+//!
+//! `WEFT_MODEL` sets the model id of every provider but `scripted`. [`from_env`]
+//! picks the provider from `WEFT_MODEL_PROVIDER`; [`from_provider`] takes its name
+//! from the caller (a CLI `--provider` flag) and the rest from the environment.
+//!
+//! Timeouts and retries: the native adapters (`anthropic`, `gemini`, `ollama`) share
+//! [`http`]: 60 s per attempt (for streams: until the response head, then between
+//! chunks), 3 attempts on HTTP 429, 5xx and connection failures with exponential
+//! back-off that honours `Retry-After`, and one mapping of HTTP failures onto
+//! [`ModelErrorKind`]. `openai` uses async-openai's client: 60 s per attempt, which
+//! retries 429, 5xx and connection failures 3 times (4 attempts) honouring
+//! `Retry-After` in seconds.
+//!
+//! ## `openai`
+//! Chat Completions with tool calling; [module docs](openai). Streams with
+//! `stream: true` and `stream_options.include_usage`, assembling tool call deltas by
+//! their `index`.
+//!
+//! ## `anthropic`
+//! Messages API, `anthropic-version: 2023-06-01`, `max_tokens` 4096 by default, the
+//! system prompt as top-level `system`, tool results of one turn as `tool_result`
+//! blocks of one user message; SSE streaming of `text_delta` and `input_json_delta`;
+//! [module docs](anthropic).
+//!
+//! ## `gemini`
+//! `systemInstruction`, roles `user`/`model`, `functionDeclarations` with
+//! `parametersJsonSchema`, `functionCall`/`functionResponse` parts, thought
+//! signatures kept in [`ToolCall::provider_data`] and sent back on their part; SSE
+//! streaming (`alt=sse`); [module docs](gemini).
+//!
+//! ## `ollama`
+//! Native `/api/chat`: `"stream": false` for whole answers, NDJSON lines for streams,
+//! tool call arguments as objects, tool results as `tool` messages with `tool_name`,
+//! `prompt_eval_count`/`eval_count` usage and `done_reason`; [module docs](ollama).
+//!
+//! ## `scripted`
+//! A deterministic script of turns for tests and the offline demo; [module
+//! docs](scripted). **Not an LLM.**
 
+pub mod anthropic;
+pub mod gemini;
+pub mod http;
+pub mod ollama;
 pub mod openai;
 pub mod scripted;
+mod wire;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -358,10 +410,175 @@ pub trait Model: Send + Sync {
 /// Where [`Model::stream`] sends text as it arrives: called once per piece, in order.
 pub type TextSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// The providers [`from_provider`] knows, in the order its errors list them.
+pub const PROVIDERS: [&str; 5] = ["openai", "anthropic", "gemini", "ollama", "scripted"];
+
+/// An environment variable's value, `None` when unset or blank.
+pub(crate) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The model named by `WEFT_MODEL_PROVIDER` (one of [`PROVIDERS`]), configured from
+/// the environment as [`from_provider`] does.
+///
+/// # Examples
+/// ```no_run
+/// // WEFT_MODEL_PROVIDER=anthropic ANTHROPIC_API_KEY=… WEFT_MODEL=claude-sonnet-4-5
+/// let model = weft_agents::model::from_env()?;
+/// println!("{} {:?}", model.name(), model.model_id());
+/// # Ok::<(), weft_agents::model::ModelError>(())
+/// ```
+///
+/// # Errors
+/// [`ModelErrorKind::Config`] when `WEFT_MODEL_PROVIDER` is unset (the message lists
+/// the providers) or as [`from_provider`].
+pub fn from_env() -> Result<Arc<dyn Model>, ModelError> {
+    match env_var("WEFT_MODEL_PROVIDER") {
+        Some(p) => from_provider_in(&p, &env_var),
+        None => Err(ModelError::new(
+            ModelErrorKind::Config,
+            format!(
+                "WEFT_MODEL_PROVIDER is not set: set it to one of {}",
+                PROVIDERS.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The model of `provider` (one of [`PROVIDERS`], case-insensitive), configured from
+/// the environment (the table in the [module docs](self)): `WEFT_MODEL`, the
+/// provider's key variable and its base URL override. For `scripted`,
+/// `WEFT_MODEL_SCRIPT` names the script file. Empty variables count as unset.
+///
+/// # Examples
+/// ```no_run
+/// // From a CLI flag: `--provider ollama`.
+/// let model = weft_agents::model::from_provider("ollama")?;
+/// # Ok::<(), weft_agents::model::ModelError>(())
+/// ```
+///
+/// # Errors
+/// [`ModelErrorKind::Config`] when the provider is unknown (the message lists the
+/// known ones), a required variable is missing (the message names it: the key of
+/// `anthropic` and `gemini`, `OPENAI_API_KEY` for `openai` at its default base URL,
+/// `WEFT_MODEL_SCRIPT` for `scripted`), a base URL is not an `http(s)://` URL or a
+/// script does not load.
+pub fn from_provider(provider: &str) -> Result<Arc<dyn Model>, ModelError> {
+    from_provider_in(provider, &env_var)
+}
+
+/// As [`from_provider`], reading variables with `var` (`None` for unset or blank).
+fn from_provider_in(
+    provider: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Model>, ModelError> {
+    match provider.trim().to_ascii_lowercase().as_str() {
+        "openai" => {
+            if var("OPENAI_BASE_URL").is_none() && var("OPENAI_API_KEY").is_none() {
+                return Err(ModelError::new(
+                    ModelErrorKind::Config,
+                    "the openai provider needs an API key for api.openai.com: set OPENAI_API_KEY \
+                     (or OPENAI_BASE_URL for a local OpenAI-compatible server)",
+                ));
+            }
+            Ok(Arc::new(openai::OpenAiModel::from_vars(var)?))
+        }
+        "anthropic" => Ok(Arc::new(anthropic::AnthropicModel::from_vars(var)?)),
+        "gemini" => Ok(Arc::new(gemini::GeminiModel::from_vars(var)?)),
+        "ollama" => Ok(Arc::new(ollama::OllamaModel::from_vars(var)?)),
+        "scripted" => match var("WEFT_MODEL_SCRIPT") {
+            Some(path) => Ok(Arc::new(scripted::ScriptedModel::from_file(path)?)),
+            None => Err(ModelError::new(
+                ModelErrorKind::Config,
+                "the scripted provider needs a script: set WEFT_MODEL_SCRIPT to a script file \
+                 (format in weft_agents::model::scripted)",
+            )),
+        },
+        other => Err(ModelError::new(
+            ModelErrorKind::Config,
+            format!(
+                "unknown model provider {other:?}: use one of {}",
+                PROVIDERS.join(", ")
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Environment variables of a test: `(name, value)`.
+    type Env = [(&'static str, &'static str)];
+
+    fn vars(pairs: &Env) -> impl Fn(&str) -> Option<String> {
+        let pairs = pairs.to_vec();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn config_error(provider: &str, env: &Env) -> String {
+        match from_provider_in(provider, &vars(env)) {
+            Ok(m) => panic!("{provider}: built {}", m.name()),
+            Err(e) => {
+                assert_eq!(e.kind(), ModelErrorKind::Config, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn providers_from_the_environment() {
+        let e = config_error("bedrock", &[]);
+        assert!(
+            e.contains("\"bedrock\"") && e.contains("openai, anthropic, gemini, ollama, scripted"),
+            "{e}"
+        );
+        assert!(config_error("anthropic", &[]).contains("ANTHROPIC_API_KEY"));
+        assert!(config_error("gemini", &[]).contains("GEMINI_API_KEY"));
+        assert!(config_error("openai", &[]).contains("OPENAI_API_KEY"));
+        assert!(config_error("scripted", &[]).contains("WEFT_MODEL_SCRIPT"));
+        assert!(
+            config_error("scripted", &[("WEFT_MODEL_SCRIPT", "/nonexistent.json")])
+                .contains("/nonexistent.json")
+        );
+        let e = config_error("ollama", &[("OLLAMA_HOST", "ftp://box")]);
+        assert!(e.contains("ftp://box"), "{e}");
+
+        let cases: [(&str, &Env, &str); 5] = [
+            (
+                "anthropic",
+                &[("ANTHROPIC_API_KEY", "k"), ("WEFT_MODEL", "claude-x")],
+                "claude-x",
+            ),
+            ("Gemini", &[("GEMINI_API_KEY", "k")], gemini::DEFAULT_MODEL),
+            (
+                "ollama",
+                &[("OLLAMA_HOST", "box:1234")],
+                ollama::DEFAULT_MODEL,
+            ),
+            (
+                "openai",
+                &[("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")],
+                openai::DEFAULT_MODEL,
+            ),
+            (
+                "openai",
+                &[("OPENAI_API_KEY", "k"), ("WEFT_MODEL", "gpt-x")],
+                "gpt-x",
+            ),
+        ];
+        for (provider, env, model) in cases {
+            let m = from_provider_in(provider, &vars(env)).unwrap();
+            assert_eq!(m.name(), provider.to_ascii_lowercase());
+            assert_eq!(m.model_id(), Some(model));
+        }
+    }
 
     #[test]
     fn messages_serialize_without_empty_fields() {

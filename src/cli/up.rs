@@ -17,7 +17,8 @@ use super::Global;
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Also run the support desk demo: service `tickets`, agent `support` (scripted
-    /// model unless WEFT_MODEL_PROVIDER=openai), flow `triage`.
+    /// model unless WEFT_MODEL_PROVIDER is openai, anthropic, gemini or ollama), flow
+    /// `triage`.
     #[arg(long)]
     pub demo: bool,
     /// Address of the HTTP gateway.

@@ -10,33 +10,47 @@
 //! | base URL | `OPENAI_BASE_URL` | `https://api.openai.com/v1` |
 //! | API key | `OPENAI_API_KEY` | none (local servers need none) |
 //! | model | `WEFT_MODEL` | `gpt-4o-mini` |
-//! | request timeout | — | 60 s per HTTP attempt |
+//! | request timeout | — | 60 s per HTTP attempt (streams: 60 s for the response head, then between two chunks) |
 //!
 //! Tool call arguments arrive as JSON text; text that does not parse is kept raw in
 //! [`ToolCall::arguments`] with [`ToolCall::arguments_error`] set, and the tool loop
 //! sends the parse error back to the model instead of calling the tool.
 //!
+//! [`Model::stream`] sends `"stream": true` with `stream_options: {"include_usage":
+//! true}` (OpenAI API reference, "Create chat completion" and "The chat completion
+//! chunk object"): text deltas (`choices[0].delta.content`) are handed on as they
+//! come; tool calls arrive as `delta.tool_calls[]` fragments keyed by `index` (the
+//! first fragment of a call has its `id` and `function.name`, later ones append to
+//! `function.arguments`) and are assembled per index; the last chunk has the `usage`
+//! and no choices. A server that ignores `stream_options` (some OpenAI-compatible
+//! ones) just gives no usage.
+//!
 //! TLS uses rustls with the `ring` crypto provider, installed as the process default
 //! the first time a model is built (unless the process installed another one before).
 
-use std::sync::Once;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
+use async_openai::error::{OpenAIError, StreamError};
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
     ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
-    ChatCompletionRequestUserMessageContent, ChatCompletionTool, ChatCompletionTools,
-    CreateChatCompletionRequest, FunctionCall, FunctionObject,
+    ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionTools, CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
+use futures::StreamExt;
 use serde_json::Value;
 
-use super::{Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, ToolCall};
+use super::http::install_crypto_provider;
+use super::wire::{excerpt, parse_arguments};
+use super::{
+    Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, TextSink, ToolCall,
+};
 
 /// Default base URL: OpenAI's API.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -62,6 +76,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
+    /// For streams: no overall timeout (a long answer keeps streaming); `stream`
+    /// bounds the head and each gap between chunks.
+    stream_client: Client<OpenAIConfig>,
     base_url: String,
     model: String,
     timeout: Duration,
@@ -148,37 +165,33 @@ impl OpenAiBuilder {
             ));
         }
         install_crypto_provider();
+        let cannot = |e| {
+            ModelError::with_source(
+                ModelErrorKind::Config,
+                "cannot build the HTTP client for the model",
+                e,
+            )
+        };
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .build()
-            .map_err(|e| {
-                ModelError::with_source(
-                    ModelErrorKind::Config,
-                    "cannot build the HTTP client for the model",
-                    e,
-                )
-            })?;
+            .map_err(cannot)?;
+        // Streams: no overall timeout (a long answer keeps streaming); `stream` bounds
+        // the head and each gap between chunks itself.
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .build()
+            .map_err(cannot)?;
         let mut config = OpenAIConfig::new().with_api_base(&base_url);
         config = config.with_api_key(self.api_key.unwrap_or_default());
         Ok(OpenAiModel {
-            client: Client::build(http, config),
+            client: Client::build(http, config.clone()),
+            stream_client: Client::build(stream_http, config),
             base_url,
             model: self.model,
             timeout: self.timeout,
         })
     }
-}
-
-/// Installs rustls' `ring` provider as the process default once, so reqwest (built
-/// with `rustls-no-provider`) can make TLS connections. Does nothing when another
-/// provider is installed already.
-fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-    });
 }
 
 impl OpenAiModel {
@@ -194,7 +207,13 @@ impl OpenAiModel {
     /// # Errors
     /// As [`OpenAiBuilder::build`].
     pub fn from_env() -> Result<OpenAiModel, ModelError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        OpenAiModel::from_vars(&super::env_var)
+    }
+
+    /// As [`OpenAiModel::from_env`], reading variables with `var`.
+    pub(crate) fn from_vars(
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OpenAiModel, ModelError> {
         let mut b = OpenAiModel::builder();
         if let Some(url) = var("OPENAI_BASE_URL") {
             b = b.base_url(url);
@@ -211,6 +230,30 @@ impl OpenAiModel {
     /// The base URL requests go to.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The Chat Completions request for `request`.
+    fn wire_request(&self, request: &ModelRequest) -> CreateChatCompletionRequest {
+        let tools: Vec<ChatCompletionTools> = request
+            .tools
+            .iter()
+            .map(|t| {
+                ChatCompletionTools::Function(ChatCompletionTool {
+                    function: FunctionObject {
+                        name: t.name.clone(),
+                        description: (!t.description.is_empty()).then(|| t.description.clone()),
+                        parameters: Some(t.parameters.clone()),
+                        strict: None,
+                    },
+                })
+            })
+            .collect();
+        CreateChatCompletionRequest {
+            model: self.model.clone(),
+            messages: request.messages.iter().map(to_wire).collect(),
+            tools: (!tools.is_empty()).then_some(tools),
+            ..Default::default()
+        }
     }
 
     fn error(&self, e: OpenAIError) -> ModelError {
@@ -262,6 +305,17 @@ impl OpenAiModel {
                     excerpt(&body)
                 ),
             ),
+            OpenAIError::StreamError(e) => match *e {
+                // async-openai turns a broken body into text: "Transport error: …".
+                StreamError::EventStream(m) if m.starts_with("Transport error") => ModelError::new(
+                    ModelErrorKind::Connect,
+                    format!("{at}: the connection broke in the middle of the answer ({m})"),
+                ),
+                other => ModelError::new(
+                    ModelErrorKind::InvalidResponse,
+                    format!("{at} sent a malformed stream: {other}"),
+                ),
+            },
             OpenAIError::InvalidArgument(m) => {
                 ModelError::new(ModelErrorKind::Config, format!("{at}: {m}"))
             }
@@ -271,16 +325,6 @@ impl OpenAiModel {
                 other,
             ),
         }
-    }
-}
-
-/// The first 300 characters of `text`, for error messages.
-fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None if text.is_empty() => "(empty body)".into(),
-        None => text.to_owned(),
     }
 }
 
@@ -328,21 +372,6 @@ fn to_wire(m: &Message) -> ChatCompletionRequestMessage {
     }
 }
 
-/// Parses a tool call's argument text; empty text means no arguments (`{}`).
-fn parse_arguments(id: String, name: String, text: &str) -> ToolCall {
-    if text.trim().is_empty() {
-        return ToolCall::new(id, name, Value::Object(Default::default()));
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(v) => ToolCall::new(id, name, v),
-        Err(e) => ToolCall {
-            arguments: Value::String(text.to_owned()),
-            arguments_error: Some(e.to_string()),
-            ..ToolCall::new(id, name, Value::Null)
-        },
-    }
-}
-
 #[async_trait::async_trait]
 impl Model for OpenAiModel {
     fn name(&self) -> &str {
@@ -354,26 +383,7 @@ impl Model for OpenAiModel {
     }
 
     async fn complete(&self, request: &ModelRequest) -> Result<ModelTurn, ModelError> {
-        let tools: Vec<ChatCompletionTools> = request
-            .tools
-            .iter()
-            .map(|t| {
-                ChatCompletionTools::Function(ChatCompletionTool {
-                    function: FunctionObject {
-                        name: t.name.clone(),
-                        description: (!t.description.is_empty()).then(|| t.description.clone()),
-                        parameters: Some(t.parameters.clone()),
-                        strict: None,
-                    },
-                })
-            })
-            .collect();
-        let wire = CreateChatCompletionRequest {
-            model: self.model.clone(),
-            messages: request.messages.iter().map(to_wire).collect(),
-            tools: (!tools.is_empty()).then_some(tools),
-            ..Default::default()
-        };
+        let wire = self.wire_request(request);
         let response = self
             .client
             .chat()
@@ -421,6 +431,98 @@ impl Model for OpenAiModel {
             finish_reason,
             response_model,
         })
+    }
+
+    async fn stream(
+        &self,
+        request: &ModelRequest,
+        on_text: TextSink<'_>,
+    ) -> Result<ModelTurn, ModelError> {
+        let mut wire = self.wire_request(request);
+        wire.stream_options = Some(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        });
+        let timed_out = |what: &str| {
+            ModelError::new(
+                ModelErrorKind::Timeout,
+                format!(
+                    "model {} at {} {what} within {} s",
+                    self.model,
+                    self.base_url,
+                    self.timeout.as_secs_f64()
+                ),
+            )
+        };
+        // The timeout bounds the wait for the response head, then each gap between
+        // two chunks (not the whole answer).
+        let mut chunks =
+            tokio::time::timeout(self.timeout, self.stream_client.chat().create_stream(wire))
+                .await
+                .map_err(|_| timed_out("did not answer"))?
+                .map_err(|e| self.error(e))?;
+        let mut text = String::new();
+        let mut refusal = String::new();
+        // Tool calls by their `index`: id, name, argument text so far.
+        let mut calls: BTreeMap<u32, (String, String, String)> = BTreeMap::new();
+        let mut turn = ModelTurn::default();
+        loop {
+            let Some(chunk) = tokio::time::timeout(self.timeout, chunks.next())
+                .await
+                .map_err(|_| timed_out("sent nothing more of its answer"))?
+            else {
+                break;
+            };
+            let chunk = chunk.map_err(|e| self.error(e))?;
+            if !chunk.model.is_empty() {
+                turn.response_model = Some(chunk.model.clone());
+            }
+            if let Some(u) = &chunk.usage {
+                turn.usage = Some(crate::model::Usage {
+                    input_tokens: u64::from(u.prompt_tokens),
+                    output_tokens: u64::from(u.completion_tokens),
+                });
+            }
+            let Some(choice) = chunk.choices.into_iter().next() else {
+                continue;
+            };
+            if let Some(t) = choice.delta.content.filter(|t| !t.is_empty()) {
+                on_text(&t);
+                text.push_str(&t);
+            }
+            if let Some(r) = choice.delta.refusal {
+                refusal.push_str(&r);
+            }
+            for c in choice.delta.tool_calls.unwrap_or_default() {
+                let entry = calls.entry(c.index).or_default();
+                if let Some(id) = c.id.filter(|i| !i.is_empty()) {
+                    entry.0 = id;
+                }
+                if let Some(f) = c.function {
+                    if let Some(name) = f.name.filter(|n| !n.is_empty()) {
+                        entry.1 = name;
+                    }
+                    if let Some(args) = f.arguments {
+                        entry.2.push_str(&args);
+                    }
+                }
+            }
+            if let Some(r) = choice.finish_reason {
+                turn.finish_reason = serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+            }
+        }
+        turn.tool_calls = calls
+            .into_values()
+            .map(|(id, name, args)| parse_arguments(id, name, &args))
+            .collect();
+        if text.is_empty() && !refusal.is_empty() {
+            on_text(&refusal);
+            text = refusal;
+        }
+        turn.content = (!text.is_empty()).then_some(text);
+        Ok(turn)
     }
 }
 

@@ -6,9 +6,10 @@
 //!   in KV bucket `<prefix>_tickets`;
 //! - agent **`support`**, managing `tickets`, answering questions by calling its
 //!   endpoints as tools. It runs on the **scripted model** (`support.script.json`, a
-//!   deterministic script, not an LLM) unless `WEFT_MODEL_PROVIDER=openai`, which uses
-//!   an OpenAI-compatible server configured by `OPENAI_BASE_URL`, `OPENAI_API_KEY` and
-//!   `WEFT_MODEL`;
+//!   deterministic script, not an LLM) unless `WEFT_MODEL_PROVIDER` names a real
+//!   provider (`openai`, `anthropic`, `gemini`, `ollama`), configured as
+//!   [`weft_agents::model::from_provider`] says (`WEFT_MODEL`, the provider's key and
+//!   base URL variables);
 //! - flow **`triage`** (`flows/triage.json`), triggered by `ticket.created`: invoke
 //!   `tickets.classify`, ask `support` for a first reply, publish `ticket.triaged`.
 
@@ -16,7 +17,7 @@ pub mod tickets;
 
 use std::sync::Arc;
 
-use weft_agents::{Agent, Model, OpenAiModel, ScriptedModel};
+use weft_agents::{Agent, Model, ScriptedModel};
 use weft_bus::Bus;
 use weft_bus::service::ServiceHandle;
 use weft_flows::worker::{self, WorkerConfig, WorkerHandle};
@@ -54,24 +55,29 @@ pub struct Demo {
     model: String,
 }
 
-/// The model of the `support` agent: `openai` when `WEFT_MODEL_PROVIDER=openai`,
-/// otherwise the scripted model.
+/// The model of the `support` agent: the demo script ([`SUPPORT_SCRIPT`]) when
+/// `WEFT_MODEL_PROVIDER` is unset, or is `scripted` without `WEFT_MODEL_SCRIPT`;
+/// otherwise [`weft_agents::model::from_provider`] with that provider (`openai`,
+/// `anthropic`, `gemini`, `ollama`, or `scripted` with a script file).
 ///
 /// # Errors
-/// [`DemoError::Model`] when the provider is unknown or misconfigured.
+/// [`DemoError::Model`] when the provider is unknown (the message lists the known
+/// ones) or misconfigured (e.g. a missing key: the message names the variable).
 pub fn model_from_env() -> Result<Arc<dyn Model>, DemoError> {
-    match std::env::var("WEFT_MODEL_PROVIDER").as_deref() {
-        Ok("openai") => Ok(Arc::new(
-            OpenAiModel::from_env().map_err(|e| DemoError::Model(e.to_string()))?,
-        )),
-        Ok("scripted") | Err(_) => Ok(Arc::new(
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let provider = var("WEFT_MODEL_PROVIDER");
+    let demo_script = match provider.as_deref() {
+        None => true,
+        Some(p) => p.trim().eq_ignore_ascii_case("scripted") && var("WEFT_MODEL_SCRIPT").is_none(),
+    };
+    if demo_script {
+        return Ok(Arc::new(
             ScriptedModel::from_json(SUPPORT_SCRIPT)
                 .map_err(|e| DemoError::Model(e.to_string()))?,
-        )),
-        Ok(other) => Err(DemoError::Model(format!(
-            "unknown WEFT_MODEL_PROVIDER {other:?}: use `scripted` or `openai`"
-        ))),
+        ));
     }
+    weft_agents::model::from_provider(provider.as_deref().unwrap_or_default())
+        .map_err(|e| DemoError::Model(e.to_string()))
 }
 
 /// Starts the demo's service, agent and flow on `bus` (whose streams and buckets must
