@@ -775,12 +775,12 @@ async fn run_scenario(fixture: Arc<dyn Fixture>, scenario: &Scenario, mode: Mode
                 Mode::Complete => inner,
                 Mode::Stream => streamed.clone(),
             };
-            let tools = Calc::default();
+            let tools = Arc::new(Calc::default());
             let run = Agent::new("conformance")
                 .model(model)
                 .system_prompt(PROMPT)
                 .max_steps(*max_steps)
-                .run(&tools, Vec::new(), message)
+                .run(tools.clone(), Vec::new(), message)
                 .await;
             assert_eq!(
                 server.violations(),
@@ -2071,11 +2071,11 @@ async fn live(provider: &str, var: &str) {
         return;
     }
     let model = weft_agents::model::from_provider(provider).expect("the provider is configured");
-    let tools = Calc::default();
+    let tools = Arc::new(Calc::default());
     let run = Agent::new("live")
         .model(model.clone())
         .system_prompt("Use the add tool for arithmetic. Answer with the number only.")
-        .run(&tools, Vec::new(), "What is 20 + 22?")
+        .run(tools.clone(), Vec::new(), "What is 20 + 22?")
         .await
         .unwrap_or_else(|e| panic!("{provider}: {e}"));
     assert!(
