@@ -434,7 +434,7 @@ pub(crate) fn env_var(name: &str) -> Option<String> {
 /// the providers) or as [`from_provider`].
 pub fn from_env() -> Result<Arc<dyn Model>, ModelError> {
     match env_var("WEFT_MODEL_PROVIDER") {
-        Some(p) => from_provider_in(&p, &env_var),
+        Some(p) => from_provider_with(&p, &env_var),
         None => Err(ModelError::new(
             ModelErrorKind::Config,
             format!(
@@ -464,11 +464,17 @@ pub fn from_env() -> Result<Arc<dyn Model>, ModelError> {
 /// `WEFT_MODEL_SCRIPT` for `scripted`), a base URL is not an `http(s)://` URL or a
 /// script does not load.
 pub fn from_provider(provider: &str) -> Result<Arc<dyn Model>, ModelError> {
-    from_provider_in(provider, &env_var)
+    from_provider_with(provider, &env_var)
 }
 
-/// As [`from_provider`], reading variables with `var` (`None` for unset or blank).
-fn from_provider_in(
+/// As [`from_provider`], reading the settings (`WEFT_MODEL`, the key, base URL and
+/// script variables) with `var` (`None` for unset or blank) instead of the process
+/// environment: an agent definition overrides `WEFT_MODEL` and `WEFT_MODEL_SCRIPT`
+/// this way and leaves the rest to the environment.
+///
+/// # Errors
+/// As [`from_provider`].
+pub fn from_provider_with(
     provider: &str,
     var: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn Model>, ModelError> {
@@ -523,7 +529,7 @@ mod tests {
     }
 
     fn config_error(provider: &str, env: &Env) -> String {
-        match from_provider_in(provider, &vars(env)) {
+        match from_provider_with(provider, &vars(env)) {
             Ok(m) => panic!("{provider}: built {}", m.name()),
             Err(e) => {
                 assert_eq!(e.kind(), ModelErrorKind::Config, "{e}");
@@ -574,7 +580,7 @@ mod tests {
             ),
         ];
         for (provider, env, model) in cases {
-            let m = from_provider_in(provider, &vars(env)).unwrap();
+            let m = from_provider_with(provider, &vars(env)).unwrap();
             assert_eq!(m.name(), provider.to_ascii_lowercase());
             assert_eq!(m.model_id(), Some(model));
         }

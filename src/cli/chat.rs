@@ -32,6 +32,10 @@ pub struct ChatArgs {
     /// Send this one message, print the answer and exit (for scripts).
     #[arg(short, long)]
     pub message: Option<String>,
+    /// The model that routes (several agents, none named) or answers (no agent):
+    /// openai, anthropic, gemini, ollama or scripted (docs/agents.md).
+    #[arg(long, env = "WEFT_MODEL_PROVIDER")]
+    pub provider: Option<String>,
     /// Longest wait for one answer (the whole stream), e.g. 2m.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -66,7 +70,7 @@ pub async fn run(g: &Global, args: ChatArgs) -> anyhow::Result<()> {
     let bus = g.connect().await?;
     let mut talk = match args.agent.clone() {
         Some(a) => Talk::Agent(a),
-        None => choose(&bus).await?,
+        None => choose(&bus, args.provider.as_deref()).await?,
     };
     let mut session = args.session.clone().unwrap_or_else(new_session);
     if let Some(message) = &args.message {
@@ -298,15 +302,25 @@ fn new_session() -> String {
     format!("chat-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Who answers when no agent is named: the only agent; with several, a router (the
-/// model of `WEFT_MODEL_PROVIDER`); with none, that model with every service's tools.
-async fn choose(bus: &Bus) -> anyhow::Result<Talk> {
+/// Who answers when no agent is named: the only agent; with several, a router on the
+/// model of `--provider` / `WEFT_MODEL_PROVIDER`; with none, that model with every
+/// service's tools.
+async fn choose(bus: &Bus, provider: Option<&str>) -> anyhow::Result<Talk> {
     let mut agents = weft_agents::agent::list(bus).await?;
     if agents.len() == 1 {
         return Ok(Talk::Agent(agents.remove(0).name));
     }
-    let model = weft_example_support_desk::model_from_env()
-        .map_err(|e| anyhow!("the chat needs a model to route or answer: {e}"))?;
+    let model = match provider {
+        Some(p) => weft_agents::model::from_provider(p),
+        None => weft_agents::model::from_env(),
+    }
+    .map_err(|e| {
+        anyhow!(
+            "{} agents are registered, so the chat needs a model to {}: {e} (or name an agent: weft chat AGENT)",
+            agents.len(),
+            if agents.is_empty() { "answer with every service's tools" } else { "route each message" }
+        )
+    })?;
     if !agents.is_empty() {
         return Ok(Talk::Routed(
             agents,

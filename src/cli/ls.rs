@@ -72,6 +72,14 @@ pub enum AgentCommand {
         #[arg(long)]
         session: Option<String>,
     },
+    /// Run an agent from a JSON or YAML definition until Ctrl-C (docs/agents.md).
+    Run {
+        /// The definition file (`.json`, `.yaml` or `.yml`).
+        file: std::path::PathBuf,
+        /// The model provider, over the file's `provider` and WEFT_MODEL_PROVIDER.
+        #[arg(long)]
+        provider: Option<String>,
+    },
     /// The plan an agent keeps for a session (its `plan` tool).
     Plan {
         /// The agent.
@@ -89,7 +97,56 @@ pub async fn agent(g: &Global, cmd: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Describe { name } => describe(g, &bus, &name).await,
         AgentCommand::History { name, session } => history(g, &bus, &name, session).await,
         AgentCommand::Plan { name, session } => plan(g, &bus, &name, &session).await,
+        AgentCommand::Run { file, provider } => run(&bus, &file, provider).await,
     }
+}
+
+async fn run(
+    bus: &weft_bus::Bus,
+    file: &std::path::Path,
+    provider: Option<String>,
+) -> anyhow::Result<()> {
+    let definition = weft_agents::definition::AgentDefinition::from_file(file)?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let provider = provider
+        .or_else(|| definition.provider.clone())
+        .or_else(|| env("WEFT_MODEL_PROVIDER"))
+        .with_context(|| {
+            format!(
+                "{}: no model provider: set `provider` in the file, --provider or WEFT_MODEL_PROVIDER ({})",
+                file.display(),
+                weft_agents::model::PROVIDERS.join(", ")
+            )
+        })?;
+    let (model_id, script) = (definition.model.clone(), definition.script.clone());
+    let var = |k: &str| match k {
+        "WEFT_MODEL" => model_id.clone().or_else(|| env(k)),
+        "WEFT_MODEL_SCRIPT" => script
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| env(k)),
+        _ => env(k),
+    };
+    let model = weft_agents::model::from_provider_with(&provider, &var)
+        .with_context(|| format!("{}: the model", file.display()))?;
+    let model_name = model.model_id().unwrap_or(model.name()).to_owned();
+    let agent = definition.into_agent(model);
+    let name = agent.name().to_owned();
+    let manages = agent.managed_services().join(", ");
+    let stop = super::up::shutdown_signal();
+    let handle = agent.serve(bus).await?;
+    println!(
+        "agent {name} runs (model {provider}: {model_name}; manages {}); Ctrl-C stops it",
+        if manages.is_empty() {
+            "nothing"
+        } else {
+            &manages
+        }
+    );
+    stop.await;
+    handle.stop().await?;
+    bus.drain().await.ok();
+    Ok(())
 }
 
 async fn list(g: &Global, bus: &weft_bus::Bus) -> anyhow::Result<()> {

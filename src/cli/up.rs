@@ -54,6 +54,11 @@ pub struct UpArgs {
     /// spaces; repeatable), e.g. --mcp-attach 'files=npx -y @modelcontextprotocol/server-filesystem /tmp'.
     #[arg(long = "mcp-attach", value_name = "NAME=COMMAND")]
     pub mcp_attach: Vec<String>,
+    /// The model provider of the demo's agent: openai, anthropic, gemini, ollama or
+    /// scripted (default: the demo's script). Configured by WEFT_MODEL, the provider's
+    /// key and base URL variables (docs/agents.md).
+    #[arg(long, env = "WEFT_MODEL_PROVIDER")]
+    pub provider: Option<String>,
     #[command(flatten)]
     pub resources: super::resources::ResourceArgs,
 }
@@ -155,7 +160,8 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     // 4. The demo.
     let demo = if args.demo {
         let attached: Vec<String> = attach.iter().map(|a| a.name.to_string()).collect();
-        Some(weft_example_support_desk::start_with(&bus, &attached).await?)
+        let model = weft_example_support_desk::model_for(args.provider.as_deref())?;
+        Some(weft_example_support_desk::start_with(&bus, &attached, model).await?)
     } else {
         None
     };

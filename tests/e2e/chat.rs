@@ -7,10 +7,21 @@ use std::process::{Command, Stdio};
 use crate::Up;
 
 fn weft_chat(nats: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    weft_chat_env(nats, args, stdin, &[])
+}
+
+fn weft_chat_env(
+    nats: &str,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["chat", "--server", nats])
         .args(args)
         .env_remove("NATS_URL")
+        .env_remove("WEFT_MODEL_PROVIDER")
+        .envs(env.iter().copied())
         .env("HOME", std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -141,4 +152,85 @@ fn weft_chat_shows_tool_calls_and_the_streamed_reply() {
         err.contains("no service is listening on weft.invoke.nobody"),
         "{err}"
     );
+}
+
+#[test]
+fn an_agent_from_a_yaml_file_runs_and_the_chat_routes_between_agents() {
+    let mut up = Up::start(&["--demo"]);
+    up.proc.banner();
+    let nats = format!("nats://127.0.0.1:{}", up.nats_port);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("helper.json"),
+        r#"{"rules": [
+          {"match": "(?i)^classify (?P<t>.+)$", "turns": [
+            {"tool_calls": [{"name": "tickets_classify", "arguments": {"title": "{{match.t}}"}}]},
+            {"content": "{{result.0./error/code}}"}]},
+          {"match": ".*", "turns": [{"content": "helper here"}]}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("helper.yaml"),
+        "name: helper\ndescription: Says hello\nmanages: [tickets]\nprovider: scripted\nscript: helper.json\nguardrails:\n  approve: [\"tickets_classify\"]\nbuiltins: [plan]\n",
+    )
+    .unwrap();
+    let file = dir.path().join("helper.yaml");
+    let mut helper = crate::Proc::weft(
+        "agent-run",
+        &["agent", "run", file.to_str().unwrap(), "--server", &nats],
+        dir.path(),
+    );
+    let line = {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(helper.child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    assert!(
+        line.starts_with("agent helper runs (model scripted: scripted; manages tickets)"),
+        "{line}"
+    );
+
+    // The file's guardrails hold: the listed tool is denied, and the model says so.
+    let out = crate::weft_output(&[
+        "call",
+        "helper",
+        r#"{"message":"classify printer"}"#,
+        "--server",
+        &nats,
+    ]);
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["reply"], "APPROVAL_REQUIRED", "{out}");
+
+    // Two agents, none named: a router on the scripted model picks one per message.
+    std::fs::write(
+        dir.path().join("router.json"),
+        r#"{"rules": [
+          {"match": "(?i)ticket", "turns": [
+            {"tool_calls": [{"name": "route_to_agent", "arguments": {"agent": "support"}}]}, {"content": "sent"}]},
+          {"match": ".*", "turns": [
+            {"tool_calls": [{"name": "route_to_agent", "arguments": {"agent": "helper"}}]}, {"content": "sent"}]}]}"#,
+    )
+    .unwrap();
+    let script = dir.path().join("router.json");
+    let env = [
+        ("WEFT_MODEL_PROVIDER", "scripted"),
+        ("WEFT_MODEL_SCRIPT", script.to_str().unwrap()),
+    ];
+    let (ok, out, err) = weft_chat_env(&nats, &["-m", "How many tickets are open?"], "", &env);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("(→ support)\n→ tickets_list"), "{out}");
+    let (ok, out, err) = weft_chat_env(&nats, &["-m", "hello"], "", &env);
+    assert!(ok, "{err}");
+    assert_eq!(out, "(→ helper)\nhelper here\n");
+    // Without a model the chat says what it needs.
+    let (ok, _, err) = weft_chat(&nats, &["-m", "hello"], "");
+    assert!(!ok);
+    assert!(
+        err.contains("2 agents are registered, so the chat needs a model to route each message"),
+        "{err}"
+    );
+    helper.interrupt(std::time::Duration::from_secs(10));
 }

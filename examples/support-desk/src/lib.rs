@@ -64,8 +64,19 @@ pub struct Demo {
 /// [`DemoError::Model`] when the provider is unknown (the message lists the known
 /// ones) or misconfigured (e.g. a missing key: the message names the variable).
 pub fn model_from_env() -> Result<Arc<dyn Model>, DemoError> {
+    model_for(None)
+}
+
+/// As [`model_from_env`], with `provider` (e.g. from `--provider`) in place of
+/// `WEFT_MODEL_PROVIDER` when given.
+///
+/// # Errors
+/// As [`model_from_env`].
+pub fn model_for(provider: Option<&str>) -> Result<Arc<dyn Model>, DemoError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let provider = var("WEFT_MODEL_PROVIDER");
+    let provider = provider
+        .map(str::to_owned)
+        .or_else(|| var("WEFT_MODEL_PROVIDER"));
     let demo_script = match provider.as_deref() {
         None => true,
         Some(p) => p.trim().eq_ignore_ascii_case("scripted") && var("WEFT_MODEL_SCRIPT").is_none(),
@@ -86,17 +97,21 @@ pub fn model_from_env() -> Result<Arc<dyn Model>, DemoError> {
 /// # Errors
 /// [`DemoError`] when a part cannot start.
 pub async fn start(bus: &Bus) -> Result<Demo, DemoError> {
-    start_with(bus, &[]).await
+    start_with(bus, &[], model_from_env()?).await
 }
 
-/// As [`start`], with the `support` agent also managing the services `also_manages`
+/// As [`start`], on `model` ([`model_for`]), with the `support` agent also managing the
+/// services `also_manages`
 /// (e.g. MCP servers attached with `weft up --demo --mcp-attach NAME=…`), whose tools
 /// it calls when asked "use `<tool>` with `<text>`".
 ///
 /// # Errors
 /// [`DemoError`] when a part cannot start.
-pub async fn start_with(bus: &Bus, also_manages: &[String]) -> Result<Demo, DemoError> {
-    let model = model_from_env()?;
+pub async fn start_with(
+    bus: &Bus,
+    also_manages: &[String],
+    model: Arc<dyn Model>,
+) -> Result<Demo, DemoError> {
     let model_name = model.name().to_owned();
     let tickets = tickets::start(bus).await?;
     let support = Agent::new("support")
