@@ -742,6 +742,31 @@ static SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "loop limit reached",
+        drive: Drive::Agent {
+            message: "Add 1 and 1, again and again.",
+            max_steps: 8,
+            replies: || {
+                let again = || calls(&[("add", json!({"a": 1, "b": 1}))]);
+                vec![again(), again(), again(), again(), text("I will stop.")]
+            },
+            check: |o| {
+                common(o);
+                assert_eq!(o.run().reply, "I will stop.");
+                assert_eq!(o.calls.len(), 3, "the fourth identical call is refused");
+                // The refusal reached the model as a tool error, in the provider's format.
+                let Some(Turn::Results(last)) = o.request(4).turns.last() else {
+                    panic!(
+                        "the last request ends with tool results: {:?}",
+                        o.request(4).turns
+                    );
+                };
+                assert!(last[0].is_error, "{last:?}");
+                assert_eq!(last[0].content["error"]["code"], "LOOP_LIMIT", "{last:?}");
+            },
+        },
+    },
+    Scenario {
         name: "streamed text",
         drive: Drive::Stream {
             reply: "Hello there, streaming world!",
