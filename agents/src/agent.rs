@@ -109,6 +109,9 @@ use crate::model::{
 };
 use crate::tool::{DEFAULT_TOOL_TIMEOUT, ServiceTools, ToolOutcome, Tools, error_content};
 
+/// Default longest served chat: 5 min ([`Agent::run_timeout`]).
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Default most model calls per run: 8.
 pub const DEFAULT_MAX_STEPS: usize = 8;
 
@@ -138,6 +141,7 @@ pub struct Agent {
     summarize_memory: bool,
     breaker: CircuitBreakerLayer,
     loop_limit: usize,
+    run_timeout: Duration,
     approval: Option<ApprovalPolicy>,
     tool_layers: Vec<ToolLayerFn>,
     builtins: Vec<Builtin>,
@@ -173,6 +177,7 @@ impl Agent {
             summarize_memory: false,
             breaker: CircuitBreakerLayer::default(),
             loop_limit: DEFAULT_LOOP_LIMIT,
+            run_timeout: DEFAULT_RUN_TIMEOUT,
             approval: None,
             tool_layers: Vec::new(),
             builtins: Vec::new(),
@@ -187,6 +192,15 @@ impl Agent {
                 self.builtins.push(b);
             }
         }
+        self
+    }
+
+    /// Longest a served chat may take, model calls and tools included; past it the run
+    /// is cancelled (its model request aborted) and the caller gets `AGENT_TIMEOUT`
+    /// (retryable). A caller that gives up sooner cancels a streaming chat itself.
+    /// Default [`DEFAULT_RUN_TIMEOUT`] (5 min).
+    pub fn run_timeout(mut self, timeout: Duration) -> Self {
+        self.run_timeout = timeout;
         self
     }
 
@@ -874,6 +888,7 @@ impl Agent {
         if let Some(id) = model.model_id() {
             service = service.metadata("model_id", json!(id));
         }
+        let run_timeout = self.run_timeout;
         // Every chat of this service shares the KV handles, opened on first use.
         let agent = Arc::new(self);
         let buckets = Arc::new(Buckets::default());
@@ -887,7 +902,8 @@ impl Agent {
                 Endpoint::streaming(CHAT_ENDPOINT, handler)
                     .description("Chat with the agent: send a message, get its reply and the tools it called")
                     .input_schema(chat_input_schema())
-                    .output_schema(chat_output_schema()),
+                    .output_schema(chat_output_schema())
+                    .timeout(run_timeout),
             )
             .default_endpoint(CHAT_ENDPOINT)
             .serve(bus)

@@ -578,3 +578,58 @@ async fn over_its_limits_memory_is_summarized_instead_of_dropped() {
         .collect();
     assert_eq!(users, ["hello 1", "hello 2"]);
 }
+
+/// A model that never answers; counts how many of its calls were dropped unfinished.
+struct Stuck(Arc<std::sync::atomic::AtomicUsize>);
+
+struct OnDrop(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Model for Stuck {
+    fn name(&self) -> &str {
+        "stuck"
+    }
+    async fn complete(&self, _request: &ModelRequest) -> Result<ModelTurn, ModelError> {
+        let _guard = OnDrop(self.0.clone());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(ModelTurn::default())
+    }
+}
+
+#[tokio::test]
+async fn the_run_timeout_bounds_the_whole_chat_and_aborts_the_model_call() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _agent = Agent::new("slow")
+        .model(Arc::new(Stuck(dropped.clone())))
+        .run_timeout(Duration::from_millis(300))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = bus
+        .invoke(&"slow".parse().unwrap(), json!({"message": "hi"}))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let remote = err.remote().expect("an error reply");
+    assert_eq!(remote.code, ErrorCode::AgentTimeout, "{err}");
+    assert!(remote.retryable);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the model call was aborted"
+    );
+}
