@@ -14,6 +14,7 @@
 //!   loop_limit: 3
 //!   approve: ["tickets_close*"]  # denied until runs can pause for a person
 //!   tool_timeout_ms: 30000
+//!   run_timeout_ms: 300000
 //! builtins: [plan, delegate]
 //! memory:
 //!   messages: 50
@@ -86,6 +87,8 @@ pub struct Guardrails {
     pub approve: Vec<String>,
     /// How long one tool call may take, in ms ([`Agent::tool_timeout`]).
     pub tool_timeout_ms: Option<u64>,
+    /// How long one served chat may take, in ms ([`Agent::run_timeout`]).
+    pub run_timeout_ms: Option<u64>,
 }
 
 /// The `memory` of an [`AgentDefinition`].
@@ -170,6 +173,9 @@ impl AgentDefinition {
         }
         if let Some(ms) = self.guardrails.tool_timeout_ms {
             agent = agent.tool_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.guardrails.run_timeout_ms {
+            agent = agent.run_timeout(Duration::from_millis(ms));
         }
         if let Some(n) = self.memory.messages {
             agent = agent.memory_limit(n);
