@@ -282,20 +282,10 @@ impl Agent {
                 current: std::sync::Mutex::new(None),
             }),
         };
-        let delegate = match (&self.model, self.builtins.contains(&Builtin::Delegate)) {
-            (Some(model), true) => Some(DelegateCtx {
-                bus: bus.clone(),
-                agent: self.name.clone(),
-                model: model.clone(),
-                max_steps: self.max_steps,
-                timeout: self.tool_timeout,
-            }),
-            _ => None,
-        };
         Ok(WithBuiltins {
             inner: tools,
             plan,
-            delegate,
+            delegate: self.delegate_ctx(Some(bus)),
         })
     }
 
@@ -612,6 +602,7 @@ impl Agent {
         history: Vec<Message>,
         message: &str,
     ) -> Result<Run, AgentError> {
+        let tools = self.local_builtins(tools);
         self.run_in(tools, history, message, None, None).await
     }
 
@@ -628,8 +619,39 @@ impl Agent {
         message: &str,
         on_event: EventSink<'_>,
     ) -> Result<Run, AgentError> {
+        let tools = self.local_builtins(tools);
         self.run_in(tools, history, message, None, Some(on_event))
             .await
+    }
+
+    /// `tools` with the built-ins a run without the bus can have: `plan` for the run
+    /// only, `delegate` to a sub-agent only.
+    fn local_builtins(&self, tools: Arc<dyn Tools>) -> Arc<dyn Tools> {
+        if self.builtins.is_empty() {
+            return tools;
+        }
+        Arc::new(WithBuiltins {
+            inner: tools,
+            plan: self.builtins.contains(&Builtin::Plan).then(|| PlanSlot {
+                stored: None,
+                current: std::sync::Mutex::new(None),
+            }),
+            delegate: self.delegate_ctx(None),
+        })
+    }
+
+    /// What `delegate` needs, when the agent offers it and has a model.
+    fn delegate_ctx(&self, bus: Option<&Bus>) -> Option<DelegateCtx> {
+        match (&self.model, self.builtins.contains(&Builtin::Delegate)) {
+            (Some(model), true) => Some(DelegateCtx {
+                bus: bus.cloned(),
+                agent: self.name.clone(),
+                model: model.clone(),
+                max_steps: self.max_steps,
+                timeout: self.tool_timeout,
+            }),
+            _ => None,
+        }
     }
 
     /// [`Agent::run`] in an `invoke_agent {agent}` span (OpenTelemetry GenAI

@@ -8,6 +8,9 @@
 //! | `delegate` | `{"agent"?, "url"?, "task"}` | `agent` a registered agent: invokes its `chat` with the task; `url` (`http(s)://…`): the A2A bridge service `a2a` (endpoint `send`, DESIGN §14), `NO_HANDLER` while it is not running; neither: an ephemeral sub-agent with the same model and the same service tools, no memory and no built-ins, so delegation never recurses |
 //!
 //! The names have no `_`, so they never clash with a service's tools (`<service>_<endpoint>`).
+//!
+//! In a run without the bus ([`Agent::run`](crate::Agent::run)), `plan` holds for the
+//! run and `delegate` reaches sub-agents only.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,7 +53,9 @@ pub(crate) struct PlanSlot {
 
 /// What `delegate` needs.
 pub(crate) struct DelegateCtx {
-    pub(crate) bus: Bus,
+    /// None in a run without the bus ([`Agent::run`](crate::Agent::run)): then only
+    /// the sub-agent form works.
+    pub(crate) bus: Option<Bus>,
     /// The delegating agent (it may not delegate to itself).
     pub(crate) agent: String,
     pub(crate) model: Arc<dyn Model>,
@@ -153,7 +158,16 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
         .ok_or_else(|| {
             ErrorPayload::invalid_request("delegate needs a task (a non-empty string)")
         })?;
+    let bus_or = |form: &str| {
+        ctx.bus.as_ref().ok_or_else(|| {
+            ErrorPayload::new(
+                ErrorCode::NoHandler,
+                format!("delegating to {form} needs the bus, and this run has none; delegate without `agent` and `url` to a sub-agent"),
+            )
+        })
+    };
     if let Some(url) = arguments["url"].as_str() {
+        let bus = bus_or("a URL")?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ErrorPayload::invalid_request(format!(
                 "delegate's url must be http(s)://…, not {url:?}"
@@ -162,7 +176,7 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
         let target: Target = A2A_SEND
             .parse()
             .map_err(|e| ErrorPayload::invalid_request(format!("{e}")))?;
-        return invoke(ctx, &target, json!({"url": url, "message": task}))
+        return invoke(bus, ctx, &target, json!({"url": url, "message": task}))
             .await
             .map_err(|e| match e.code {
                 ErrorCode::NoHandler | ErrorCode::AgentUnavailable => ErrorPayload::new(
@@ -176,13 +190,13 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
             });
     }
     if let Some(agent) = arguments["agent"].as_str() {
+        let bus = bus_or("an agent")?;
         if agent == ctx.agent {
             return Err(ErrorPayload::invalid_request(
                 "an agent cannot delegate to itself; do the task, or delegate without `agent` to a sub-agent",
             ));
         }
-        let registered = ctx
-            .bus
+        let registered = bus
             .registry_watch()
             .await
             .map(|r| r.newest(Kind::Agent, agent).is_some())
@@ -196,7 +210,7 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
         let target: Target = agent
             .parse()
             .map_err(|e| ErrorPayload::invalid_request(format!("{e}")))?;
-        let out = invoke(ctx, &target, json!({"message": task})).await?;
+        let out = invoke(bus, ctx, &target, json!({"message": task})).await?;
         return Ok(json!({"agent": agent, "reply": out["reply"]}));
     }
     // A sub-agent: same model and service tools, no memory, no built-ins.
@@ -215,11 +229,10 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
 }
 
 /// One request-reply to `target` with `payload`, as the delegating agent.
-async fn invoke(ctx: &DelegateCtx, target: &Target, payload: Value) -> ToolOutcome {
+async fn invoke(bus: &Bus, ctx: &DelegateCtx, target: &Target, payload: Value) -> ToolOutcome {
     let mut env = Envelope::request(target.to_string(), payload);
     env.from = Some(ctx.agent.clone());
-    ctx.bus
-        .request(target, env, ctx.timeout)
+    bus.request(target, env, ctx.timeout)
         .await
         .map(|reply| reply.payload.unwrap_or(Value::Null))
         .map_err(|e| ErrorPayload::from(&e))

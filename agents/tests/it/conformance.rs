@@ -35,6 +35,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use weft_agents::agent::AgentError;
+use weft_agents::builtin::Builtin;
 use weft_agents::model::anthropic::AnthropicModel;
 use weft_agents::model::gemini::GeminiModel;
 use weft_agents::model::http::RetryPolicy;
@@ -554,6 +555,8 @@ enum Drive {
     Agent {
         message: &'static str,
         max_steps: usize,
+        /// The agent's built-in tools (none for most scenarios).
+        builtins: &'static [Builtin],
         replies: fn() -> Vec<Reply>,
         check: fn(&Outcome),
     },
@@ -618,6 +621,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "What is 2 + 3?",
             max_steps: 8,
+            builtins: &[],
             replies: || vec![calls(&[("add", json!({"a": 2, "b": 3}))]), text("It is 5.")],
             check: |o| {
                 common(o);
@@ -645,6 +649,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "Look up x, then add 1 and 2.",
             max_steps: 8,
+            builtins: &[],
             replies: || {
                 vec![
                     calls(&[("lookup", json!({"key": "x"}))]),
@@ -675,6 +680,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "Add 1 and 2, and 3 and 4.",
             max_steps: 8,
+            builtins: &[],
             replies: || {
                 vec![
                     calls(&[
@@ -707,6 +713,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "Try the failing tool.",
             max_steps: 8,
+            builtins: &[],
             replies: || vec![calls(&[("fail", json!({}))]), text("The tool broke.")],
             check: |o| {
                 common(o);
@@ -728,6 +735,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "Loop forever.",
             max_steps: 2,
+            builtins: &[],
             replies: || vec![calls(&[("add", json!({"a": 1, "b": 1}))])],
             check: |o| {
                 common(o);
@@ -746,6 +754,7 @@ static SCENARIOS: &[Scenario] = &[
         drive: Drive::Agent {
             message: "Add 1 and 1, again and again.",
             max_steps: 8,
+            builtins: &[],
             replies: || {
                 let again = || calls(&[("add", json!({"a": 1, "b": 1}))]);
                 vec![again(), again(), again(), again(), text("I will stop.")]
@@ -767,6 +776,75 @@ static SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "plan",
+        drive: Drive::Agent {
+            message: "Plan it, then answer.",
+            max_steps: 8,
+            builtins: &[Builtin::Plan],
+            replies: || {
+                vec![
+                    calls(&[(
+                        "plan",
+                        json!({"steps": [{"task": "add", "status": "in_progress"}]}),
+                    )]),
+                    text("Planned."),
+                ]
+            },
+            check: |o| {
+                assert_eq!(o.run().reply, "Planned.");
+                assert_eq!(o.request(0).tools, ["add", "lookup", "fail", "plan"]);
+                assert!(o.calls.is_empty(), "plan is not a service tool");
+                let Some(Turn::Results(r)) = o.request(1).turns.last() else {
+                    panic!("{:?}", o.request(1).turns);
+                };
+                assert_eq!(r[0].name, "plan");
+                assert_eq!(
+                    r[0].content,
+                    json!({"steps": 1, "kept": "kept for this run only (no session)"})
+                );
+            },
+        },
+    },
+    Scenario {
+        name: "delegate",
+        drive: Drive::Agent {
+            message: "Have a sub-agent add 2 and 3.",
+            max_steps: 8,
+            builtins: &[Builtin::Delegate],
+            replies: || {
+                vec![
+                    calls(&[("delegate", json!({"task": "What is 2 + 3?"}))]),
+                    // The sub-agent's own two model calls, on the same model.
+                    calls(&[("add", json!({"a": 2, "b": 3}))]),
+                    text("5"),
+                    text("The sub-agent says 5."),
+                ]
+            },
+            check: |o| {
+                assert_eq!(o.run().reply, "The sub-agent says 5.");
+                assert_eq!(o.seen.len(), 4);
+                assert_eq!(o.request(0).tools, ["add", "lookup", "fail", "delegate"]);
+                // The sub-agent: its own prompt, the service tools only, the task.
+                let sub = o.request(1);
+                assert!(
+                    sub.system
+                        .as_deref()
+                        .is_some_and(|p| p.contains("sub-agent of conformance")),
+                    "{:?}",
+                    sub.system
+                );
+                assert_eq!(sub.tools, ["add", "lookup", "fail"]);
+                assert_eq!(sub.turns[0], user("What is 2 + 3?"));
+                assert_eq!(o.calls, [("add".to_owned(), json!({"a": 2, "b": 3}))]);
+                let Some(Turn::Results(r)) = o.request(3).turns.last() else {
+                    panic!("{:?}", o.request(3).turns);
+                };
+                assert_eq!(r[0].name, "delegate");
+                assert_eq!(r[0].content["reply"], "5");
+            },
+        },
+    },
+    Scenario {
         name: "streamed text",
         drive: Drive::Stream {
             reply: "Hello there, streaming world!",
@@ -781,6 +859,7 @@ async fn run_scenario(fixture: Arc<dyn Fixture>, scenario: &Scenario, mode: Mode
         Drive::Agent {
             message,
             max_steps,
+            builtins,
             replies,
             check,
         } => {
@@ -805,6 +884,7 @@ async fn run_scenario(fixture: Arc<dyn Fixture>, scenario: &Scenario, mode: Mode
                 .model(model)
                 .system_prompt(PROMPT)
                 .max_steps(*max_steps)
+                .builtins(builtins.iter().copied())
                 .run(tools.clone(), Vec::new(), message)
                 .await;
             assert_eq!(
@@ -1736,10 +1816,19 @@ impl Fixture for Gemini {
                         let sig = p.get("thoughtSignature").and_then(Value::as_str);
                         if first_call {
                             model_turns += 1;
-                            let want = signature(model_turns);
+                            // The call's id (`fc_<step>_<i>`) names the answer that gave
+                            // it, and with it the signature: a sub-agent's turns on the
+                            // same fixture come between a conversation's own.
+                            let step = fc["id"]
+                                .as_str()
+                                .and_then(|id| {
+                                    id.strip_prefix("fc_")?.split('_').next()?.parse().ok()
+                                })
+                                .unwrap_or(model_turns);
+                            let want = signature(step);
                             check(sig == Some(want.as_str()), || {
                                 format!(
-                                    "the first functionCall part of model turn {model_turns} must carry its thoughtSignature {want:?} back, got {sig:?}"
+                                    "the first functionCall part of model turn {model_turns} (from answer {step}) must carry its thoughtSignature {want:?} back, got {sig:?}"
                                 )
                             })?;
                         } else {
