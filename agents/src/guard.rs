@@ -14,7 +14,7 @@
 //!   `["tickets_*"]`). Until runs can pause for a person (the durable-execution
 //!   issue), a listed tool is denied with [`APPROVAL_REQUIRED`] and a reason the model
 //!   reads.
-//! - Tool layers: any tower [`Layer`](tower::Layer) over [`ToolService`] (logging,
+//! - Tool layers: any tower [`Layer`] over [`ToolService`] (logging,
 //!   retry, metrics of your own), the same shape the bus uses for handlers.
 //!
 //! A refused or failed call is not a failed run: its error goes back to the model as
