@@ -54,8 +54,8 @@ pub struct UpArgs {
     /// spaces; repeatable), e.g. --mcp-attach 'files=npx -y @modelcontextprotocol/server-filesystem /tmp'.
     #[arg(long = "mcp-attach", value_name = "NAME=COMMAND")]
     pub mcp_attach: Vec<String>,
-    /// The model provider of the demo's agent: openai, anthropic, gemini, ollama or
-    /// scripted (default: the demo's script). Configured by WEFT_MODEL, the provider's
+    /// With --demo: the model provider of the `support` agent, openai, anthropic,
+    /// gemini, ollama or scripted (default: the demo's script). Configured by WEFT_MODEL, the provider's
     /// key and base URL variables (docs/agents.md).
     #[arg(long, env = "WEFT_MODEL_PROVIDER")]
     pub provider: Option<String>,
