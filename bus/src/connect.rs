@@ -447,11 +447,16 @@ impl Bus {
     }
 
     /// Flushes pending publishes and closes the connection after in-flight
-    /// subscriptions have drained.
+    /// subscriptions have drained. The connection's registry watch
+    /// ([`Bus::registry_watch`]) stops first.
     ///
     /// # Errors
     /// [`ErrorKind::Other`] when the drain fails.
     pub async fn drain(&self) -> Result<()> {
+        // The registry watch would see its subscription end and start again.
+        if let Some(watch) = self.inner.registry.get() {
+            watch.stop();
+        }
         self.client()
             .drain()
             .await

@@ -495,6 +495,7 @@ impl WatchState {
 #[derive(Clone)]
 pub struct RegistryWatch {
     state: Arc<WatchState>,
+    cancel: CancellationToken,
     _stop: Arc<DropGuard>,
 }
 
@@ -547,8 +548,16 @@ impl RegistryWatch {
         ));
         Ok(RegistryWatch {
             state,
+            cancel: cancel.clone(),
             _stop: Arc::new(cancel.drop_guard()),
         })
+    }
+
+    /// Stops following the registry, for every clone; the view keeps its last entries.
+    /// [`Bus::drain`] calls it first, so a connection that drains does not report its
+    /// watch as broken and try to start it again.
+    pub fn stop(&self) {
+        self.cancel.cancel();
     }
 
     /// Number of live registrations.

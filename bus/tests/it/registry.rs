@@ -225,3 +225,45 @@ async fn a_watch_recovers_when_the_registry_bucket_is_recreated() {
         watch.list()
     );
 }
+
+#[tokio::test]
+async fn a_stopped_watch_keeps_its_view_and_follows_no_more() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let watch = bus.registry_watch().await.unwrap().clone();
+    let registry = Registry::open(&bus).await.unwrap();
+    let _first = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "first",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    let mut changes = watch.changes();
+    let seen = tokio::time::timeout(Duration::from_secs(2), async {
+        while watch.newest(Kind::Service, "first").is_none() {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch follows before it is stopped");
+    watch.stop();
+    let _second = registry
+        .register(weft_bus::registry::Registration::new(
+            Kind::Service,
+            "second",
+            "1.0.0",
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        watch.newest(Kind::Service, "first").is_some(),
+        "the view keeps what it had"
+    );
+    assert!(
+        watch.newest(Kind::Service, "second").is_none(),
+        "a stopped watch follows no more"
+    );
+}
