@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 use futures::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
+use weft_agents::RunEvent;
 use weft_bus::stream::StreamOptions;
 use weft_bus::{Bus, Envelope, FrameType, Target};
 
@@ -160,11 +161,7 @@ async fn say(
         },
         Talk::Direct(agent) => {
             let out = std::sync::Mutex::new(Printer::default());
-            let sink = |e: weft_agents::RunEvent| {
-                if let Ok(v) = serde_json::to_value(&e) {
-                    out.lock().unwrap_or_else(|p| p.into_inner()).event(&v);
-                }
-            };
+            let sink = |e: RunEvent| out.lock().unwrap_or_else(|p| p.into_inner()).event(&e);
             let request = weft_agents::ChatRequest::new(message).session(session.parse()?);
             let reply = tokio::time::timeout(timeout, agent.chat_streaming(bus, request, &sink))
                 .await
@@ -212,7 +209,13 @@ async fn turn(
         };
         let frame = frame.ok_or_else(|| anyhow!("the answer ended without a reply"))??;
         match frame.frame_type() {
-            FrameType::Delta => out.event(frame.payload()),
+            // A delta that is no run event (another kind of streaming endpoint) is
+            // not shown.
+            FrameType::Delta => {
+                if let Ok(event) = serde_json::from_value::<RunEvent>(frame.payload().clone()) {
+                    out.event(&event);
+                }
+            }
             FrameType::Final => {
                 if !out.wrote_text {
                     // A model that does not stream, or an old agent: the reply whole.
@@ -243,31 +246,24 @@ struct Printer {
 }
 
 impl Printer {
-    fn event(&mut self, event: &Value) {
-        match event["type"].as_str() {
-            Some("text") => self.text(event["text"].as_str().unwrap_or_default()),
-            Some("tool_call") => {
+    fn event(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::Text { text } => self.text(text),
+            RunEvent::ToolCall {
+                name, arguments, ..
+            } => {
                 self.end_line();
-                println!(
-                    "→ {}({})",
-                    event["name"].as_str().unwrap_or("?"),
-                    shorten(&event["arguments"].to_string())
-                );
+                println!("→ {name}({})", shorten(&arguments.to_string()));
             }
-            Some("tool_result") => {
+            RunEvent::ToolResult { result, error, .. } => {
                 self.end_line();
-                let shown = match (&event.get("result"), &event.get("error")) {
-                    (_, Some(e)) => format!(
-                        "error {}: {}",
-                        e["code"].as_str().unwrap_or("?"),
-                        e["message"].as_str().unwrap_or("")
-                    ),
-                    (Some(r), _) => r.to_string(),
-                    _ => "null".into(),
+                let shown = match (result, error) {
+                    (_, Some(e)) => format!("error {}: {}", e.code, e.message),
+                    (Some(r), None) => r.to_string(),
+                    (None, None) => "null".into(),
                 };
                 println!("← {}", shorten(&shown));
             }
-            _ => {}
         }
     }
 

@@ -53,7 +53,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, ErrorBody, Http, RetryPolicy};
+use super::http::{self, ErrorBody, Http, RetryPolicy, Settings};
 use super::wire::{self, ToolContent};
 use super::{
     Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, TextSink, ToolCall,
@@ -90,39 +90,19 @@ pub struct AnthropicModel {
     max_tokens: u32,
 }
 
-/// Settings of an [`AnthropicModel`]; every setter states its default.
-#[derive(Clone)]
+/// Settings of an [`AnthropicModel`]; every setter states its default. `Debug` prints
+/// the key as `***`.
+#[derive(Clone, Debug)]
 pub struct AnthropicBuilder {
-    base_url: String,
-    api_key: Option<String>,
-    model: String,
+    settings: Settings,
     max_tokens: u32,
-    timeout: Duration,
-    retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for AnthropicBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicBuilder")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("model", &self.model)
-            .field("max_tokens", &self.max_tokens)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .finish()
-    }
 }
 
 impl Default for AnthropicBuilder {
     fn default() -> Self {
         AnthropicBuilder {
-            base_url: DEFAULT_BASE_URL.into(),
-            api_key: None,
-            model: DEFAULT_MODEL.into(),
+            settings: Settings::new(DEFAULT_BASE_URL, DEFAULT_MODEL),
             max_tokens: DEFAULT_MAX_TOKENS,
-            timeout: http::DEFAULT_TIMEOUT,
-            retry: RetryPolicy::default(),
         }
     }
 }
@@ -130,19 +110,19 @@ impl Default for AnthropicBuilder {
 impl AnthropicBuilder {
     /// The API base URL, ending before `/v1/messages`. Default [`DEFAULT_BASE_URL`].
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.base_url = url.into();
+        self.settings.url = url.into();
         self
     }
 
     /// The API key, sent as `x-api-key`. Required.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.settings.api_key = Some(key.into());
         self
     }
 
     /// The model id, e.g. `claude-sonnet-4-5`. Default [`DEFAULT_MODEL`].
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = model.into();
+        self.settings.model = model.into();
         self
     }
 
@@ -154,13 +134,13 @@ impl AnthropicBuilder {
 
     /// Timeout of one HTTP attempt ([`super::http`]). Default 60 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// How failed requests are retried. Default [`RetryPolicy::default`] (3 attempts).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.settings.retry = retry;
         self
     }
 
@@ -171,30 +151,24 @@ impl AnthropicBuilder {
     /// header value, the base URL is not an `http(s)://` URL or the HTTP client cannot
     /// be built.
     pub fn build(self) -> Result<AnthropicModel, ModelError> {
-        let base = http::base_url(&self.base_url)?;
-        let Some(key) = self.api_key.filter(|k| !k.trim().is_empty()) else {
+        let s = self.settings;
+        let base = http::base_url(&s.url)?;
+        let Some(key) = s.key_header("Anthropic", "")? else {
             return Err(ModelError::new(
                 ModelErrorKind::Config,
                 "the anthropic provider needs an API key: set ANTHROPIC_API_KEY",
             ));
         };
         let mut headers = HeaderMap::new();
-        let mut key = HeaderValue::from_str(key.trim()).map_err(|_| {
-            ModelError::new(
-                ModelErrorKind::Config,
-                "the Anthropic API key is not a valid HTTP header value",
-            )
-        })?;
-        key.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-api-key"), key);
         headers.insert(
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(API_VERSION),
         );
         let http = Http::new(
-            format!("anthropic model {} at {base}", self.model),
-            self.timeout,
-            self.retry,
+            format!("anthropic model {} at {base}", s.model),
+            s.timeout,
+            s.retry,
             Some("ANTHROPIC_API_KEY"),
             read_error,
         )?;
@@ -202,7 +176,7 @@ impl AnthropicBuilder {
             http,
             url: format!("{base}/v1/messages"),
             headers,
-            model: self.model,
+            model: s.model,
             max_tokens: self.max_tokens,
         })
     }
@@ -229,17 +203,14 @@ impl AnthropicModel {
     pub(crate) fn from_vars(
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<AnthropicModel, ModelError> {
-        let mut b = AnthropicModel::builder();
-        if let Some(url) = var("ANTHROPIC_BASE_URL") {
-            b = b.base_url(url);
+        let b = AnthropicModel::builder();
+        AnthropicBuilder {
+            settings: b
+                .settings
+                .read(var, "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+            ..b
         }
-        if let Some(key) = var("ANTHROPIC_API_KEY") {
-            b = b.api_key(key);
-        }
-        if let Some(model) = var("WEFT_MODEL") {
-            b = b.model(model);
-        }
-        b.build()
+        .build()
     }
 
     /// The URL requests go to (`{base}/v1/messages`).

@@ -59,11 +59,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, ErrorBody, Http, RetryPolicy};
+use super::http::{self, ErrorBody, Http, RetryPolicy, Settings};
 use super::wire::{self, ToolContent};
 use super::{
     Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, TextSink, ToolCall, Usage,
@@ -93,36 +93,17 @@ pub struct GeminiModel {
     model: String,
 }
 
-/// Settings of a [`GeminiModel`]; every setter states its default.
-#[derive(Clone)]
+/// Settings of a [`GeminiModel`]; every setter states its default. `Debug` prints the
+/// key as `***`.
+#[derive(Clone, Debug)]
 pub struct GeminiBuilder {
-    base_url: String,
-    api_key: Option<String>,
-    model: String,
-    timeout: Duration,
-    retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for GeminiBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeminiBuilder")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("model", &self.model)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .finish()
-    }
+    settings: Settings,
 }
 
 impl Default for GeminiBuilder {
     fn default() -> Self {
         GeminiBuilder {
-            base_url: DEFAULT_BASE_URL.into(),
-            api_key: None,
-            model: DEFAULT_MODEL.into(),
-            timeout: http::DEFAULT_TIMEOUT,
-            retry: RetryPolicy::default(),
+            settings: Settings::new(DEFAULT_BASE_URL, DEFAULT_MODEL),
         }
     }
 }
@@ -130,32 +111,32 @@ impl Default for GeminiBuilder {
 impl GeminiBuilder {
     /// The API base URL, ending before `/v1beta`. Default [`DEFAULT_BASE_URL`].
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.base_url = url.into();
+        self.settings.url = url.into();
         self
     }
 
     /// The API key, sent as `x-goog-api-key`. Required.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.settings.api_key = Some(key.into());
         self
     }
 
     /// The model id, e.g. `gemini-2.5-pro` (a `models/` prefix is dropped). Default
     /// [`DEFAULT_MODEL`].
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = model.into();
+        self.settings.model = model.into();
         self
     }
 
     /// Timeout of one HTTP attempt ([`super::http`]). Default 60 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// How failed requests are retried. Default [`RetryPolicy::default`] (3 attempts).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.settings.retry = retry;
         self
     }
 
@@ -166,36 +147,30 @@ impl GeminiBuilder {
     /// header value, the model id is empty or has a `/` or `:`, the base URL is not an
     /// `http(s)://` URL or the HTTP client cannot be built.
     pub fn build(self) -> Result<GeminiModel, ModelError> {
-        let base = http::base_url(&self.base_url)?;
-        let model = self.model.trim().trim_start_matches("models/").to_owned();
+        let s = self.settings;
+        let base = http::base_url(&s.url)?;
+        let model = s.model.trim().trim_start_matches("models/").to_owned();
         if model.is_empty() || model.contains(['/', ':', '?', '#']) {
             return Err(ModelError::new(
                 ModelErrorKind::Config,
                 format!(
                     "Gemini model id {:?} is not a model name such as {DEFAULT_MODEL}",
-                    self.model
+                    s.model
                 ),
             ));
         }
-        let Some(key) = self.api_key.filter(|k| !k.trim().is_empty()) else {
+        let Some(key) = s.key_header("Gemini", "")? else {
             return Err(ModelError::new(
                 ModelErrorKind::Config,
                 "the gemini provider needs an API key: set GEMINI_API_KEY",
             ));
         };
-        let mut key = HeaderValue::from_str(key.trim()).map_err(|_| {
-            ModelError::new(
-                ModelErrorKind::Config,
-                "the Gemini API key is not a valid HTTP header value",
-            )
-        })?;
-        key.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(HeaderName::from_static("x-goog-api-key"), key);
         let http = Http::new(
             format!("gemini model {model} at {base}"),
-            self.timeout,
-            self.retry,
+            s.timeout,
+            s.retry,
             Some("GEMINI_API_KEY"),
             read_error,
         )?;
@@ -229,17 +204,11 @@ impl GeminiModel {
     pub(crate) fn from_vars(
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<GeminiModel, ModelError> {
-        let mut b = GeminiModel::builder();
-        if let Some(url) = var("GEMINI_BASE_URL") {
-            b = b.base_url(url);
+        let defaults = GeminiModel::builder().settings;
+        GeminiBuilder {
+            settings: defaults.read(var, "GEMINI_BASE_URL", "GEMINI_API_KEY"),
         }
-        if let Some(key) = var("GEMINI_API_KEY") {
-            b = b.api_key(key);
-        }
-        if let Some(model) = var("WEFT_MODEL") {
-            b = b.model(model);
-        }
-        b.build()
+        .build()
     }
 
     /// The base URL requests go to.

@@ -140,6 +140,92 @@ impl std::fmt::Debug for Http {
     }
 }
 
+/// What the builder of every provider on this module holds: where the API is, its
+/// key, the model, the time one attempt may take, how to retry. `Debug` prints the
+/// key as `***`.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) url: String,
+    pub(crate) api_key: Option<String>,
+    pub(crate) model: String,
+    pub(crate) timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// `url` and `model`, no key, [`DEFAULT_TIMEOUT`], the default retry policy.
+    pub(crate) fn new(url: &str, model: &str) -> Settings {
+        Settings {
+            url: url.into(),
+            api_key: None,
+            model: model.into(),
+            timeout: DEFAULT_TIMEOUT,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// These settings with `url_var`, `key_var` and `WEFT_MODEL` read with `var`
+    /// where set.
+    pub(crate) fn read(
+        mut self,
+        var: &dyn Fn(&str) -> Option<String>,
+        url_var: &str,
+        key_var: &str,
+    ) -> Settings {
+        if let Some(url) = var(url_var) {
+            self.url = url;
+        }
+        if let Some(key) = var(key_var) {
+            self.api_key = Some(key);
+        }
+        if let Some(model) = var("WEFT_MODEL") {
+            self.model = model;
+        }
+        self
+    }
+
+    /// The key, trimmed, after `prefix` (e.g. `Bearer `), as a sensitive header
+    /// value; `None` when unset or blank.
+    ///
+    /// # Errors
+    /// [`ModelErrorKind::Config`] naming `provider` when the key is no valid header
+    /// value.
+    pub(crate) fn key_header(
+        &self,
+        provider: &str,
+        prefix: &str,
+    ) -> Result<Option<HeaderValue>, ModelError> {
+        let Some(key) = self
+            .api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        else {
+            return Ok(None);
+        };
+        let mut value = HeaderValue::from_str(&format!("{prefix}{key}")).map_err(|_| {
+            ModelError::new(
+                ModelErrorKind::Config,
+                format!("the {provider} API key is not a valid HTTP header value"),
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+}
+
 /// Checks that `url` is an `http(s)://` URL and drops trailing slashes.
 pub(crate) fn base_url(url: &str) -> Result<String, ModelError> {
     let url = url.trim().trim_end_matches('/').to_owned();

@@ -44,11 +44,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, ErrorBody, Http, RetryPolicy};
+use super::http::{self, ErrorBody, Http, RetryPolicy, Settings};
 use super::wire;
 use super::{
     Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, Role, TextSink, ToolCall, Usage,
@@ -80,36 +80,18 @@ pub struct OllamaModel {
     model: String,
 }
 
-/// Settings of an [`OllamaModel`]; every setter states its default.
-#[derive(Clone)]
+/// Settings of an [`OllamaModel`]; every setter states its default. `Debug` prints the
+/// key as `***`.
+#[derive(Clone, Debug)]
 pub struct OllamaBuilder {
-    host: String,
-    api_key: Option<String>,
-    model: String,
-    timeout: Duration,
-    retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for OllamaBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OllamaBuilder")
-            .field("host", &self.host)
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("model", &self.model)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .finish()
-    }
+    /// `url` is the host as `OLLAMA_HOST` takes it.
+    settings: Settings,
 }
 
 impl Default for OllamaBuilder {
     fn default() -> Self {
         OllamaBuilder {
-            host: DEFAULT_HOST.into(),
-            api_key: None,
-            model: DEFAULT_MODEL.into(),
-            timeout: http::DEFAULT_TIMEOUT,
-            retry: RetryPolicy::default(),
+            settings: Settings::new(DEFAULT_HOST, DEFAULT_MODEL),
         }
     }
 }
@@ -118,33 +100,33 @@ impl OllamaBuilder {
     /// The server, as `OLLAMA_HOST` takes it: `http://host:port`, `host:port` or
     /// `host` ([module docs](self)). Default [`DEFAULT_HOST`].
     pub fn host(mut self, host: impl Into<String>) -> Self {
-        self.host = host.into();
+        self.settings.url = host.into();
         self
     }
 
     /// An API key, sent as `Authorization: Bearer <key>`. Default none (a local
     /// server needs none).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.settings.api_key = Some(key.into());
         self
     }
 
     /// The model name, e.g. `llama3.2` or `qwen3:8b`. Default [`DEFAULT_MODEL`].
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = model.into();
+        self.settings.model = model.into();
         self
     }
 
     /// Timeout of one HTTP attempt ([`super::http`]); a cold model's first answer
     /// includes loading it. Default 60 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// How failed requests are retried. Default [`RetryPolicy::default`] (3 attempts).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.settings.retry = retry;
         self
     }
 
@@ -155,22 +137,16 @@ impl OllamaBuilder {
     /// `https`, the key is not a valid header value or the HTTP client cannot be
     /// built.
     pub fn build(self) -> Result<OllamaModel, ModelError> {
-        let host = http::base_url(&host_url(&self.host))?;
+        let s = self.settings;
+        let host = http::base_url(&host_url(&s.url))?;
         let mut headers = HeaderMap::new();
-        if let Some(key) = self.api_key.filter(|k| !k.trim().is_empty()) {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-                ModelError::new(
-                    ModelErrorKind::Config,
-                    "the Ollama API key is not a valid HTTP header value",
-                )
-            })?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+        if let Some(key) = s.key_header("Ollama", "Bearer ")? {
+            headers.insert(AUTHORIZATION, key);
         }
         let http = Http::new(
-            format!("ollama model {} at {host}", self.model),
-            self.timeout,
-            self.retry,
+            format!("ollama model {} at {host}", s.model),
+            s.timeout,
+            s.retry,
             Some("OLLAMA_API_KEY"),
             read_error,
         )?;
@@ -178,7 +154,7 @@ impl OllamaBuilder {
             http,
             host,
             headers,
-            model: self.model,
+            model: s.model,
         })
     }
 }
@@ -234,17 +210,11 @@ impl OllamaModel {
     pub(crate) fn from_vars(
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<OllamaModel, ModelError> {
-        let mut b = OllamaModel::builder();
-        if let Some(host) = var("OLLAMA_HOST") {
-            b = b.host(host);
+        let defaults = OllamaModel::builder().settings;
+        OllamaBuilder {
+            settings: defaults.read(var, "OLLAMA_HOST", "OLLAMA_API_KEY"),
         }
-        if let Some(key) = var("OLLAMA_API_KEY") {
-            b = b.api_key(key);
-        }
-        if let Some(model) = var("WEFT_MODEL") {
-            b = b.model(model);
-        }
-        b.build()
+        .build()
     }
 
     /// The server's URL requests go to (`{host}/api/chat`).

@@ -634,9 +634,9 @@ impl McpServer {
     /// The span's parent: `_meta.traceparent`, else the HTTP request's context.
     fn set_parent(&self, span: &tracing::Span, context: &RequestContext<RoleServer>) {
         if let Some(tp) = context.meta.get_traceparent() {
-            let mut env = Envelope::request("x", Value::Null);
-            env.traceparent = Some(tp.to_owned());
-            weft_bus::trace::set_parent(span, None, Some(&env));
+            let mut carrier = async_nats::HeaderMap::new();
+            carrier.insert(weft_bus::trace::TRACEPARENT, tp);
+            weft_bus::trace::set_parent(span, Some(&carrier), None);
         } else if let Some(cx) = context
             .extensions
             .get::<axum::http::request::Parts>()
