@@ -53,6 +53,11 @@ pub struct Names {
     /// `<prefix>_failures`: per durable consumer and stream sequence, when a message
     /// first failed (see [`crate::consumer`]).
     pub failures_bucket: String,
+    /// `<prefix>_tasks`: A2A tasks by task id (DESIGN §14), kept
+    /// [`ResourceConfig::tasks_max_age`].
+    pub tasks_bucket: String,
+    /// `<prefix>_a2a_agents`: remote A2A agents added with `weft a2a add`, by name.
+    pub a2a_agents_bucket: String,
     prefix: String,
 }
 
@@ -68,6 +73,8 @@ impl Names {
             memory_bucket: format!("{p}_memory"),
             flows_bucket: format!("{p}_flows"),
             failures_bucket: format!("{p}_failures"),
+            tasks_bucket: format!("{p}_tasks"),
+            a2a_agents_bucket: format!("{p}_a2a_agents"),
             prefix: p.to_owned(),
         }
     }
@@ -107,6 +114,9 @@ pub struct ResourceConfig {
     /// after this long. Instances heartbeat every quarter of it, so it must outlast a
     /// heartbeat plus a leader election on a cluster (up to 9 s). Default 15 s.
     pub registry_ttl: Duration,
+    /// How long A2A tasks are kept in `<prefix>_tasks` after their last update.
+    /// Default 7 days.
+    pub tasks_max_age: Duration,
 }
 
 impl Default for ResourceConfig {
@@ -117,6 +127,7 @@ impl Default for ResourceConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: None,
             registry_ttl: Duration::from_secs(15),
+            tasks_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -258,6 +269,21 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             },
             false,
         ),
+        bucket_wanted(
+            kv::Config {
+                max_age: config.tasks_max_age,
+                ..bucket_config(&n.tasks_bucket, "Weft A2A tasks by task id", replicas)
+            },
+            false,
+        ),
+        bucket_wanted(
+            bucket_config(
+                &n.a2a_agents_bucket,
+                "Weft remote A2A agents by name",
+                replicas,
+            ),
+            false,
+        ),
     ];
     let mut notes = Vec::new();
     for w in &wanted {
@@ -273,6 +299,8 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             n.memory_bucket.clone(),
             n.flows_bucket.clone(),
             n.failures_bucket.clone(),
+            n.tasks_bucket.clone(),
+            n.a2a_agents_bucket.clone(),
         ],
         notes,
     })

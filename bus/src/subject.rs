@@ -345,6 +345,13 @@ impl Subjects {
         format!("{}.cancel.{}", self.prefix, request_event_id)
     }
 
+    /// `P.a2a.task.<task_id>`: the updates of one A2A task, as the gateway that runs
+    /// it stores them (DESIGN §14), so any gateway can re-attach a stream. A task id
+    /// is a UUID, so always one token.
+    pub fn a2a_task(&self, task_id: &str) -> String {
+        format!("{}.a2a.task.{}", self.prefix, task_id)
+    }
+
     /// `P.dlq.<event_type>`.
     pub fn dlq(&self, event_type: &EventType) -> String {
         format!("{}.dlq.{}", self.prefix, event_type)

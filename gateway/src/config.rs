@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     /// Only these services and agents are tools on `/mcp` (`--mcp-services a,b`).
     /// Default none: every registered service and agent ([`crate::mcp::server`]).
     pub mcp_services: Option<std::collections::BTreeSet<String>>,
+    /// The agent whose card `/.well-known/agent-card.json` serves (`--a2a-default`).
+    /// Default none: the only registered agent, if there is exactly one.
+    pub a2a_default: Option<String>,
 }
 
 /// The gateway's TLS certificate and key: paths of PEM files, read when the gateway
@@ -104,6 +107,7 @@ impl Default for GatewayConfig {
             allow_insecure: false,
             tls: None,
             mcp_services: None,
+            a2a_default: None,
         }
     }
 }
@@ -118,6 +122,7 @@ impl fmt::Debug for GatewayConfig {
             .field("allow_insecure", &self.allow_insecure)
             .field("tls", &self.tls)
             .field("mcp_services", &self.mcp_services)
+            .field("a2a_default", &self.a2a_default)
             .finish()
     }
 }

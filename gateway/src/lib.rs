@@ -62,6 +62,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod a2a;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -96,6 +97,7 @@ pub struct AppState {
     bus: Bus,
     config: Arc<GatewayConfig>,
     mcp: Option<McpServer>,
+    a2a: Option<a2a::A2aServer>,
     /// Cancelled when the gateway stops: ends the MCP sessions' open streams, so a
     /// graceful shutdown does not wait for them.
     shutdown: CancellationToken,
@@ -108,6 +110,7 @@ impl AppState {
             bus,
             config: Arc::new(config),
             mcp: None,
+            a2a: None,
             shutdown: CancellationToken::new(),
         }
     }
@@ -116,6 +119,17 @@ impl AppState {
     pub fn with_mcp(mut self, server: McpServer) -> Self {
         self.mcp = Some(server);
         self
+    }
+
+    /// The same state serving `server` at `/a2a`.
+    pub fn with_a2a(mut self, server: a2a::A2aServer) -> Self {
+        self.a2a = Some(server);
+        self
+    }
+
+    /// The A2A server mounted at `/a2a`, if any.
+    pub fn a2a(&self) -> Option<&a2a::A2aServer> {
+        self.a2a.as_ref()
     }
 
     /// The MCP server mounted at `/mcp`, if any.
@@ -148,6 +162,9 @@ pub struct Gateway {
     /// The TLS configuration, when serving HTTPS.
     tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
+    /// This instance's registry entry (registered while serving); its instance id
+    /// owns the A2A tasks this gateway runs.
+    registration: Registration,
 }
 
 impl Gateway {
@@ -174,6 +191,20 @@ impl Gateway {
                 None
             }
         };
+        let registration =
+            Registration::new(Kind::Gateway, REGISTRY_NAME, env!("CARGO_PKG_VERSION"));
+        let a2a_options = a2a::A2aOptions {
+            default_agent: config.a2a_default.clone(),
+            auth: config.auth_token.is_some(),
+            idle_timeout: config.invoke_timeout,
+        };
+        let a2a = match a2a::A2aServer::start(&bus, &registration.instance, a2a_options).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::warn!(error = %e, "serving without /a2a: the task bucket or the registry cannot be opened");
+                None
+            }
+        };
         let addr = config.addr;
         let listener = TcpListener::bind(addr)
             .await
@@ -187,8 +218,10 @@ impl Gateway {
             tls,
             state: AppState {
                 mcp,
+                a2a,
                 ..AppState::new(bus, config)
             },
+            registration,
         })
     }
 
@@ -228,9 +261,11 @@ impl Gateway {
             local_addr,
             tls,
             state,
+            registration,
         } = self;
         let url = base_url(local_addr, tls.is_some());
-        let registered = register(&state, local_addr, &url).await;
+        let a2a = state.a2a().cloned();
+        let registered = register(&state, registration, local_addr, &url).await;
         tracing::info!(addr = %local_addr, %url, auth = state.config().auth_token.is_some(), "gateway listening");
         let stop = state.shutdown.clone();
         let shutdown = async move {
@@ -256,6 +291,15 @@ impl Gateway {
                 .await
             }
         };
+        if let Some(a2a) = a2a {
+            let failed = a2a.shutdown().await;
+            if failed > 0 {
+                tracing::info!(
+                    tasks = failed,
+                    "failed the A2A tasks this gateway was running"
+                );
+            }
+        }
         if let Some(r) = registered
             && let Err(e) = r.deregister().await
         {
@@ -272,10 +316,13 @@ fn base_url(addr: SocketAddr, tls: bool) -> String {
 }
 
 /// Registers this instance, or logs why it cannot.
-async fn register(state: &AppState, addr: SocketAddr, url: &str) -> Option<Registered> {
-    let mut registration =
-        Registration::new(Kind::Gateway, REGISTRY_NAME, env!("CARGO_PKG_VERSION"));
-    registration.description = "HTTP gateway: events, invoke, metrics".into();
+async fn register(
+    state: &AppState,
+    mut registration: Registration,
+    addr: SocketAddr,
+    url: &str,
+) -> Option<Registered> {
+    registration.description = "HTTP gateway: events, invoke, MCP, A2A, metrics".into();
     registration
         .metadata
         .insert("addr".into(), json!(addr.to_string()));

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod a2a;
 mod bench;
 mod call;
 mod chat;
@@ -100,6 +101,10 @@ pub enum Command {
     /// MCP: serve the mesh's tools over stdio (for an MCP host), list them, or attach
     /// an external MCP server's tools as a service.
     Mcp(mcp::McpArgs),
+    /// A2A: call a remote A2A agent, add remote agents to the mesh, list agents with
+    /// their Agent Card URLs. The gateway serves every agent at /a2a/{agent}.
+    #[command(subcommand)]
+    A2a(a2a::A2aCommand),
     /// Replay stored events from a sequence or a time: print them, or deliver them
     /// again to one durable consumer.
     Replay(replay::ReplayArgs),
@@ -152,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq::run(g, cmd).await,
         Command::Replay(args) => replay::run(g, args).await,
         Command::Mcp(args) => mcp::run(g, args).await,
+        Command::A2a(cmd) => a2a::run(g, cmd).await,
         Command::Resources(cmd) => resources::run(g, cmd).await,
     }
 }

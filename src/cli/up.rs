@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// key and base URL variables (docs/agents.md).
     #[arg(long, env = "WEFT_MODEL_PROVIDER")]
     pub provider: Option<String>,
+    /// The agent whose card `/.well-known/agent-card.json` serves (default: the only
+    /// registered agent).
+    #[arg(long, value_name = "AGENT", env = "WEFT_A2A_DEFAULT")]
+    pub a2a_default: Option<String>,
     #[command(flatten)]
     pub resources: super::resources::ResourceArgs,
 }
@@ -146,6 +150,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
                 .mcp_services
                 .as_ref()
                 .map(|s| s.iter().map(|n| n.trim().to_owned()).collect()),
+            a2a_default: args.a2a_default.clone(),
             ..GatewayConfig::default()
         },
     )
@@ -157,7 +162,12 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
-    // 4. The demo.
+    // 4. The A2A bridge: remote agents for flows and agents, `weft a2a add` entries.
+    let a2a_bridge = weft_gateway::a2a::bridge::serve(&bus)
+        .await
+        .context("cannot start the A2A bridge service `a2a`")?;
+
+    // 5. The demo.
     let demo = if args.demo {
         let attached: Vec<String> = attach.iter().map(|a| a.name.to_string()).collect();
         let model = weft_example_support_desk::model_for(args.provider.as_deref())?;
@@ -166,7 +176,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         None
     };
 
-    // 5. Attached MCP servers, each a service of its tools.
+    // 6. Attached MCP servers, each a service of its tools.
     let bridges_stop = tokio_util::sync::CancellationToken::new();
     let mut bridges = Vec::new();
     for options in attach {
@@ -180,7 +190,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
         ));
     }
 
-    // 6. Tell the user what runs and what to try (Ctrl-C works from here on).
+    // 7. Tell the user what runs and what to try (Ctrl-C works from here on).
     let stop = shutdown_signal();
     println!("weft is up (prefix {})", bus.prefix());
     match &local {
@@ -194,7 +204,7 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  streams      {}", made.streams.join(", "));
     println!("  kv buckets   {}", made.buckets.join(", "));
-    println!("  gateway      {http}  (/v1/events, /v1/invoke, /mcp, /metrics, /healthz)");
+    println!("  gateway      {http}  (/v1/events, /v1/invoke, /mcp, /a2a, /metrics, /healthz)");
     for (described, _) in &bridges {
         println!("  mcp attach   {described}");
     }
@@ -214,12 +224,13 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     println!("  {env_hint}weft call support '{{\"message\":\"How many tickets are open?\"}}'");
     println!("(also: weft sub 'ticket.>', weft ls, curl {http}/metrics; Ctrl-C stops)");
 
-    // 7. Wait, then stop in order: MCP bridges, demo, gateway, connection, server.
+    // 8. Wait, then stop in order: MCP bridges, demo, A2A bridge, gateway, connection,
+    //    server.
     stop.await;
     say(
         Level::INFO,
         "",
-        "stopping: MCP bridges, demo, gateway, then nats-server",
+        "stopping: MCP bridges, demo, A2A bridge, gateway, then nats-server",
     );
     bridges_stop.cancel();
     for (described, join) in bridges {
@@ -241,6 +252,13 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
             Level::WARN,
             "warning",
             &format!("demo did not stop cleanly: {e}"),
+        );
+    }
+    if let Err(e) = a2a_bridge.stop().await {
+        say(
+            Level::WARN,
+            "warning",
+            &format!("A2A bridge did not stop cleanly: {e}"),
         );
     }
     let _ = stop_tx.send(());

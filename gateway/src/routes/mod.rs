@@ -55,6 +55,11 @@ pub fn router(state: AppState) -> Router {
         ));
     }
     routes
+        .route("/a2a/{agent}", post(crate::a2a::server::jsonrpc))
+        .route(
+            "/a2a/{agent}/{*rest}",
+            axum::routing::any(crate::a2a::server::rest),
+        )
         .route("/v1/events/{event_type}", post(events::publish))
         .route("/v1/invoke/{target}", post(invoke::invoke))
         .route("/v1/invoke/{target}/stream", post(stream::invoke_stream))
@@ -63,8 +68,18 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .fallback(ops::not_found)
         .layer(from_fn_with_state(state.clone(), auth::require_token))
-        // Added after the auth layer, so liveness probes need no token.
+        // Added after the auth layer, so liveness probes need no token, and Agent
+        // Cards are public (A2A 1.0 §8.2).
         .route("/healthz", get(ops::healthz))
+        .route("/a2a", get(crate::a2a::server::directory))
+        .route(
+            "/a2a/{agent}/.well-known/agent-card.json",
+            get(crate::a2a::server::agent_card),
+        )
+        .route(
+            "/.well-known/agent-card.json",
+            get(crate::a2a::server::default_card),
+        )
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(from_fn(metrics::track))
