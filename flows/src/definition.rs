@@ -16,7 +16,10 @@
 //! ```
 //!
 //! Step kinds: `invoke` (a service endpoint, `service` or `service.endpoint`), `agent`
-//! (an agent's `chat`), `publish` (a durable event); a step names exactly one. A step's
+//! (an agent's `chat`), `publish` (a durable event), `a2a` (a remote A2A agent at an
+//! `http(s)://` URL, through the bridge service `a2a`, DESIGN §14: the input is the
+//! message text, or `{"message", "context_id"?}`; the output `{reply, task_id,
+//! context_id, state}`); a step names exactly one. A step's
 //! `input` is a JSON template (see [`crate::template`]). Unknown fields, in the flow or
 //! in a step, are refused rather than ignored.
 //!
@@ -37,6 +40,9 @@ use weft_bus::subject::{EventPattern, EventType, ServiceName, Target, validate_t
 
 use crate::error::FlowError;
 
+/// The bridge endpoint `a2a` steps invoke (DESIGN §14).
+pub const A2A_SEND: &str = "a2a.send";
+
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,22 +55,26 @@ pub enum StepKind {
     /// Publish a durable event whose payload is the step input; the output is
     /// `{event_id, sequence}`.
     Publish(EventType),
+    /// Send the input to the remote A2A agent at this URL (`http(s)://…`) through the
+    /// bridge endpoint `a2a.send`; the output is `{reply, task_id, context_id, state}`.
+    A2a(String),
 }
 
 impl StepKind {
-    /// `invoke`, `agent` or `publish`.
+    /// `invoke`, `agent`, `publish` or `a2a`.
     pub fn as_str(&self) -> &'static str {
         match self {
             StepKind::Invoke(_) => "invoke",
             StepKind::Agent(_) => "agent",
             StepKind::Publish(_) => "publish",
+            StepKind::A2a(_) => "a2a",
         }
     }
 }
 
 /// One step of a flow.
 ///
-/// In JSON, a step names exactly one of `invoke`, `agent` or `publish`; any other
+/// In JSON, a step names exactly one of `invoke`, `agent`, `publish` or `a2a`; any other
 /// field than those below is refused (a misspelt `inputs` is an error, not a step
 /// without input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +114,8 @@ struct StepDefinition {
     #[serde(default)]
     publish: Option<EventType>,
     #[serde(default)]
+    a2a: Option<String>,
+    #[serde(default)]
     input: Value,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
@@ -117,15 +129,25 @@ impl TryFrom<StepDefinition> for Step {
     type Error = String;
 
     fn try_from(d: StepDefinition) -> Result<Self, String> {
-        let kind = match (d.invoke, d.agent, d.publish) {
-            (Some(t), None, None) => StepKind::Invoke(t),
-            (None, Some(a), None) => StepKind::Agent(a),
-            (None, None, Some(e)) => StepKind::Publish(e),
-            (i, a, p) => {
+        let kind = match (d.invoke, d.agent, d.publish, d.a2a) {
+            (Some(t), None, None, None) => StepKind::Invoke(t),
+            (None, Some(a), None, None) => StepKind::Agent(a),
+            (None, None, Some(e), None) => StepKind::Publish(e),
+            (None, None, None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "step {:?}: `a2a` is the URL of an A2A agent, http(s)://…, not {url:?}",
+                        d.name
+                    ));
+                }
+                StepKind::A2a(url)
+            }
+            (i, a, p, r) => {
                 let given: Vec<&str> = [
                     ("invoke", i.is_some()),
                     ("agent", a.is_some()),
                     ("publish", p.is_some()),
+                    ("a2a", r.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(k, set)| set.then_some(k))
@@ -136,7 +158,7 @@ impl TryFrom<StepDefinition> for Step {
                     format!("names {}", given.join(" and "))
                 };
                 return Err(format!(
-                    "step {:?} {what}: a step does exactly one of `invoke`, `agent` or `publish`",
+                    "step {:?} {what}: a step does exactly one of `invoke`, `agent`, `publish` or `a2a`",
                     d.name
                 ));
             }
@@ -190,6 +212,12 @@ impl Step {
     /// A step publishing `event_type` with `input` as the payload.
     pub fn publish(name: impl Into<String>, event_type: EventType, input: Value) -> Self {
         Step::new(name, StepKind::Publish(event_type), input)
+    }
+
+    /// A step sending `input` (the message text, or `{"message", "context_id"?}`) to
+    /// the remote A2A agent at `url`.
+    pub fn a2a(name: impl Into<String>, url: impl Into<String>, input: Value) -> Self {
+        Step::new(name, StepKind::A2a(url.into()), input)
     }
 
     /// Sets the per-attempt timeout. Default 30 s.

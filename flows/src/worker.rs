@@ -53,7 +53,7 @@ use weft_bus::retry::RetryPolicy;
 use weft_bus::{Bus, Envelope, ErrorKind, Target};
 
 use crate::checkpoint::RunStore;
-use crate::definition::{Flow, Step, StepKind};
+use crate::definition::{A2A_SEND, Flow, Step, StepKind};
 use crate::error::FlowError;
 use crate::metrics;
 use crate::run::{Run, RunStatus};
@@ -337,6 +337,18 @@ impl Engine {
             StepKind::Agent(agent) => {
                 self.invoke(&Target::service(agent.clone()), input, step, inherit)
                     .await
+            }
+            StepKind::A2a(url) => {
+                let request = match input {
+                    Value::String(message) => json!({"url": url, "message": message}),
+                    Value::Object(mut o) => {
+                        o.insert("url".into(), json!(url));
+                        Value::Object(o)
+                    }
+                    other => json!({"url": url, "message": other.to_string()}),
+                };
+                let target: Target = A2A_SEND.parse().expect("a valid target");
+                self.invoke(&target, request, step, inherit).await
             }
             StepKind::Publish(event_type) => {
                 let mut env = Envelope::event(event_type, input);

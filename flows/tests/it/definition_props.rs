@@ -267,7 +267,7 @@ proptest! {
     fn a_step_does_exactly_one_thing(
         value in valid_flow(),
         at in any::<Index>(),
-        kinds in prop::sample::subsequence(vec!["invoke", "agent", "publish"], 0..=3),
+        kinds in prop::sample::subsequence(vec!["invoke", "agent", "publish", "a2a"], 0..=4),
     ) {
         prop_assume!(kinds.len() != 1);
         let mut value = value;
@@ -275,7 +275,7 @@ proptest! {
         let i = at.index(steps.len());
         let step = steps[i].as_object_mut().unwrap();
         let name = step["name"].as_str().unwrap().to_owned();
-        for k in ["invoke", "agent", "publish"] {
+        for k in ["invoke", "agent", "publish", "a2a"] {
             step.shift_remove(k);
         }
         for k in &kinds {
@@ -283,7 +283,7 @@ proptest! {
         }
         let err = Flow::from_json(&value.to_string()).unwrap_err().to_string();
         prop_assert!(err.contains(&name), "{err}");
-        for k in ["invoke", "agent", "publish"] {
+        for k in ["invoke", "agent", "publish", "a2a"] {
             prop_assert!(err.contains(k), "{err}");
         }
     }
@@ -295,7 +295,7 @@ proptest! {
         in_step in any::<bool>(),
         field in prop_oneof![Just("inputs".to_owned()), Just("max_attempt".to_owned()), "[a-z_]{1,10}"],
     ) {
-        let known = ["name", "version", "description", "trigger", "steps", "invoke", "agent", "publish", "input", "timeout_ms", "max_attempts"];
+        let known = ["name", "version", "description", "trigger", "steps", "invoke", "agent", "publish", "a2a", "input", "timeout_ms", "max_attempts"];
         prop_assume!(!known.contains(&field.as_str()));
         let mut value = value;
         if in_step {
@@ -307,6 +307,31 @@ proptest! {
         }
         let err = Flow::from_json(&value.to_string()).unwrap_err().to_string();
         prop_assert!(err.contains(&format!("`{field}`")), "{err}");
+    }
+
+    #[test]
+    fn a2a_steps_need_an_http_url(
+        value in valid_flow(),
+        at in any::<Index>(),
+        scheme in prop_oneof![Just("http".to_owned()), Just("https".to_owned()), "[a-z]{1,5}"],
+    ) {
+        let url = format!("{scheme}://127.0.0.1:9/a2a/echo");
+        let mut value = value;
+        let steps = value["steps"].as_array_mut().unwrap();
+        let i = at.index(steps.len());
+        let step = steps[i].as_object_mut().unwrap();
+        for k in ["invoke", "agent", "publish"] {
+            step.shift_remove(k);
+        }
+        step.insert("a2a".into(), json!(url));
+        let parsed = Flow::from_json(&value.to_string());
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let flow = parsed.unwrap();
+            prop_assert_eq!(flow.steps[i].kind.as_str(), "a2a");
+        } else {
+            let err = parsed.unwrap_err().to_string();
+            prop_assert!(err.contains("http(s)://"), "{err}");
+        }
     }
 
     #[test]
