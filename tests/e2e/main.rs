@@ -191,6 +191,45 @@ pub fn weft_output(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `scripts/<script>` (an installer of test clients that prints `KEY=VALUE`
+/// lines, e.g. `scripts/install-mcp-clients`) once per test process and returns its
+/// variables.
+///
+/// # Panics
+/// With `hint` when the script fails.
+pub fn installed(script: &str, hint: &str) -> std::collections::BTreeMap<String, String> {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    type Vars = Result<BTreeMap<String, String>, String>;
+    static RUNS: OnceLock<Mutex<BTreeMap<String, Vars>>> = OnceLock::new();
+    let mut runs = RUNS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let vars = runs.entry(script.to_owned()).or_insert_with(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(script);
+        let out = Command::new("bash")
+            .arg(&path)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run scripts/{script}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("scripts/{script} failed ({})", out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    });
+    match vars {
+        Ok(v) => v.clone(),
+        Err(e) => panic!("{e}: {hint}; run scripts/{script} by hand to see why"),
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -37,32 +37,10 @@ struct Clients {
 /// # Panics
 /// With the install hint when the script fails.
 fn clients() -> Clients {
-    static CLIENTS: std::sync::OnceLock<Result<BTreeMap<String, String>, String>> =
-        std::sync::OnceLock::new();
-    let vars = CLIENTS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/install-mcp-clients"))
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run scripts/install-mcp-clients: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/install-mcp-clients failed ({})",
-                out.status
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect())
-    });
-    let vars = vars.as_ref().unwrap_or_else(|e| {
-        panic!(
-            "{e}: the MCP tests need Node 20 with npm and Python 3.11 with venv; run scripts/install-mcp-clients by hand to see why"
-        )
-    });
+    let vars = crate::installed(
+        "install-mcp-clients",
+        "the MCP tests need Node 20 with npm and Python 3.11 with venv",
+    );
     let get = |k: &str| {
         PathBuf::from(
             vars.get(k)

@@ -120,6 +120,7 @@ pub async fn start_with(
         .manages(std::iter::once("tickets".to_owned()).chain(also_manages.iter().cloned()))
         .model(model)
         .system_prompt(SUPPORT_PROMPT)
+        .builtins([weft_agents::builtin::Builtin::Delegate])
         .serve(bus)
         .await?;
     let triage = worker::start(

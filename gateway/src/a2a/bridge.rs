@@ -381,16 +381,23 @@ impl A2aClient {
                         t.status = u.status;
                     }
                     StreamResponse::ArtifactUpdate(u) => {
-                        on_text(&text_of(&u.artifact.parts));
                         let t = task.get_or_insert_with(|| empty_task(&u.task_id, &u.context_id));
                         let artifacts = t.artifacts.get_or_insert_with(Vec::new);
-                        match artifacts
+                        let known = artifacts
                             .iter_mut()
-                            .find(|a| a.artifact_id == u.artifact.artifact_id)
-                        {
-                            Some(a) if u.append == Some(true) => a.parts.extend(u.artifact.parts),
+                            .find(|a| a.artifact_id == u.artifact.artifact_id);
+                        // New text streams; a replacement of text already shown (a
+                        // final whole-text artifact) does not show again.
+                        match known {
+                            Some(a) if u.append == Some(true) => {
+                                on_text(&text_of(&u.artifact.parts));
+                                a.parts.extend(u.artifact.parts);
+                            }
                             Some(a) => *a = u.artifact,
-                            None => artifacts.push(u.artifact),
+                            None => {
+                                on_text(&text_of(&u.artifact.parts));
+                                artifacts.push(u.artifact);
+                            }
                         }
                     }
                 }
