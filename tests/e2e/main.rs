@@ -1,6 +1,7 @@
 //! End-to-end tests across crates, with real processes: the `weft` binary against a
 //! real nats-server.
 
+mod a2a;
 mod bench;
 mod chat;
 mod cluster;
