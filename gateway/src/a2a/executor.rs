@@ -94,6 +94,8 @@ struct Events {
     context_id: String,
     artifact_id: String,
     chunks: usize,
+    /// The text streamed so far.
+    streamed: String,
 }
 
 impl Events {
@@ -154,6 +156,7 @@ impl Events {
                 match p["type"].as_str() {
                     Some("text") => {
                         let text = p["text"].as_str().unwrap_or_default();
+                        self.streamed.push_str(text);
                         let append = self.chunks > 0;
                         (vec![self.artifact(text, append, false, None)], false)
                     }
@@ -178,8 +181,14 @@ impl Events {
                 if let Some(calls) = p.get("tool_calls") {
                     meta.insert("weft.tool_calls".to_owned(), calls.clone());
                 }
+                let mut done = self.agent_message(vec![Part::text(reply.clone())]);
+                done.metadata = Some(meta.clone());
+                let done = self.status(TaskState::Completed, Some(done));
+                if self.chunks > 0 && self.streamed == reply {
+                    // The artifact already holds the reply: one write less.
+                    return (vec![done], true);
+                }
                 let artifact = self.artifact(&reply, false, true, Some(meta));
-                let done = self.text_status(TaskState::Completed, &reply);
                 (vec![artifact, done], true)
             }
             FrameType::Error => {
@@ -218,11 +227,21 @@ impl ChatExecutor {
             context_id: ctx.context_id.clone(),
             artifact_id: a2a::new_artifact_id(),
             chunks: 0,
+            streamed: String::new(),
         };
-        // The task as the handler stored it (history included), now working.
-        let stored = match tasks.record(&ctx.task_id).await {
-            Ok(Some((r, _))) => Some(r.task),
-            _ => ctx.stored_task.clone(),
+        // The task as the handler stored it (history included), now working: a
+        // continued task is read (a stream's context holds the task before this
+        // message), a new one is the blocking send's snapshot or the message alone.
+        let continued = ctx.message.as_ref().is_some_and(|m| m.task_id.is_some());
+        let stored = if continued {
+            tasks
+                .record(&ctx.task_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|(r, _)| r.task)
+        } else {
+            ctx.stored_task.clone()
         };
         let mut task = stored.unwrap_or_else(|| Task {
             id: ctx.task_id.clone(),

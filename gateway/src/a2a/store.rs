@@ -56,6 +56,9 @@ pub const ORPHANED_REASON: &str =
 /// Compare-and-set attempts before a write gives up (another writer kept winning).
 const CAS_ATTEMPTS: usize = 16;
 
+/// Running tasks whose last written entry a process keeps (see [`Tasks::modify`]).
+const WRITTEN_CACHE_MAX: usize = 10_000;
+
 /// One task entry of `<prefix>_tasks` (see the [module docs](self)).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -106,6 +109,7 @@ pub struct Tasks {
     bus: Bus,
     kv: kv::Store,
     relay: Arc<Relay>,
+    written: Arc<Mutex<HashMap<String, (TaskRecord, u64)>>>,
 }
 
 /// Maps a KV failure onto an A2A internal error, logging the cause.
@@ -124,6 +128,7 @@ impl Tasks {
             kv: bus.kv(&bus.names().tasks_bucket).await?,
             bus: bus.clone(),
             relay: Arc::default(),
+            written: Arc::default(),
         })
     }
 
@@ -174,34 +179,24 @@ impl Tasks {
         record: &TaskRecord,
         revision: u64,
         event: Option<StreamResponse>,
-    ) -> Result<Result<(), ()>, A2AError> {
+    ) -> Result<Option<u64>, A2AError> {
         let bytes =
             Bytes::from(serde_json::to_vec(record).map_err(|e| kv_error("encode a task", e))?);
         let id = &record.task.id;
         let written = if revision == 0 {
-            self.kv
-                .create(id, bytes)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            self.kv
-                .update(id, bytes, revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = written {
-            // A revision mismatch (someone wrote first) reads as "wrong last sequence"
-            // or "key exists": the caller reads again and retries.
-            if e.contains("wrong last sequence")
-                || e.contains("already exists")
-                || e.contains("key exists")
-            {
-                return Ok(Err(()));
+            match self.kv.create(id, bytes).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
+                Err(e) => return Err(kv_error("write a task", e)),
             }
-            return Err(kv_error("write a task", e));
-        }
+        } else {
+            match self.kv.update(id, bytes, revision).await {
+                Ok(r) => r,
+                // Someone wrote first: the caller reads again and retries.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
+                Err(e) => return Err(kv_error("write a task", e)),
+            }
+        };
         let update = TaskUpdate {
             seq: record.seq,
             event: event.unwrap_or_else(|| StreamResponse::Task(record.task.clone())),
@@ -212,27 +207,59 @@ impl Tasks {
                 tracing::warn!(task = %id, error = %e, "cannot publish a task update; re-attached streams see it at the next one");
             }
         }
-        Ok(Ok(()))
+        Ok(Some(written))
     }
 
-    /// Reads the entry, lets `change` edit it, and writes it back with compare-and-set,
-    /// trying again when another writer came first. `change` returns `Ok(false)` to
-    /// leave the entry as it is.
+    /// The entry this process wrote last for `task_id`, with its revision: the first
+    /// compare-and-set of an update tries it without reading (a stale one fails and
+    /// the entry is read).
+    fn cached(&self, task_id: &str) -> Option<(TaskRecord, u64)> {
+        self.written.lock().ok()?.get(task_id).cloned()
+    }
+
+    fn remember(&self, record: &TaskRecord, revision: Option<u64>) {
+        let Ok(mut w) = self.written.lock() else {
+            return;
+        };
+        match revision {
+            Some(r) if !record.task.status.state.is_terminal() => {
+                if w.len() >= WRITTEN_CACHE_MAX {
+                    w.clear();
+                }
+                w.insert(record.task.id.clone(), (record.clone(), r));
+            }
+            _ => {
+                w.remove(&record.task.id);
+            }
+        }
+    }
+
+    /// Reads the entry (or takes the one this process wrote last), lets `change` edit
+    /// it, and writes it back with compare-and-set, reading again and retrying when
+    /// another writer came first. `change` returns `Ok(false)` to leave the entry as
+    /// it is.
     async fn modify(
         &self,
         task_id: &str,
         event: Option<StreamResponse>,
         mut change: impl FnMut(&mut TaskRecord) -> Result<bool, A2AError>,
     ) -> Result<Option<TaskRecord>, A2AError> {
+        let mut known = self.cached(task_id);
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut record, revision)) = self.record(task_id).await? else {
+            let current = match known.take() {
+                Some(c) => Some(c),
+                None => self.record(task_id).await?,
+            };
+            let Some((mut record, revision)) = current else {
                 return Ok(None);
             };
             if !change(&mut record)? {
                 return Ok(Some(record));
             }
             record.seq += 1;
-            if self.write(&record, revision, event.clone()).await?.is_ok() {
+            let written = self.write(&record, revision, event.clone()).await?;
+            self.remember(&record, written);
+            if written.is_some() {
                 return Ok(Some(record));
             }
         }
@@ -434,9 +461,11 @@ impl TaskStore for AgentTasks {
             task,
         };
         let event = self.tasks.relay.take(&record.task.id);
-        match self.tasks.write(&record, 0, event).await? {
-            Ok(()) => Ok(1),
-            Err(()) => Err(A2AError::invalid_request(format!(
+        let written = self.tasks.write(&record, 0, event).await?;
+        self.tasks.remember(&record, written);
+        match written {
+            Some(_) => Ok(1),
+            None => Err(A2AError::invalid_request(format!(
                 "task {} already exists",
                 record.task.id
             ))),

@@ -17,6 +17,7 @@
 //! and buckets, so it never touches a mesh's events; on an existing server they are
 //! deleted at the end.
 
+mod a2a;
 mod agent;
 mod durable_consume;
 mod durable_publish;
@@ -95,9 +96,12 @@ pub enum Scenario {
     /// MCP `tools/call` over Streamable HTTP to a no-op endpoint, beside a direct bus
     /// invoke of it: calls/s (16 in flight) and p50 µs.
     McpCall,
+    /// A2A `SendMessage` through the gateway to a no-op agent, beside a direct bus
+    /// invoke of its `chat`: sends/s (16 in flight) and p50 µs.
+    A2aSend,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Pubsub,
     Scenario::DurablePublish,
     Scenario::InvokeLatency,
@@ -107,6 +111,7 @@ const ALL: [Scenario; 9] = [
     Scenario::AgentChat,
     Scenario::AgentLoop,
     Scenario::McpCall,
+    Scenario::A2aSend,
 ];
 
 /// Which way a figure improves.
@@ -494,6 +499,7 @@ async fn run_scenarios(
                 Scenario::AgentChat => agent::run(b).await.map(|f| vec![f]),
                 Scenario::AgentLoop => agent::loop_latency(b).await,
                 Scenario::McpCall => mcp::run(b).await,
+                Scenario::A2aSend => a2a::run(b).await,
             };
             let got = got.with_context(|| format!("bench scenario {name}"))?;
             if rounds > 1 {

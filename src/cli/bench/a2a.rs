@@ -1,0 +1,151 @@
+//! `a2a_send` (sends/s with 16 in flight) and `a2a_send_p50` (sequential, µs): a
+//! blocking A2A 1.0 `SendMessage` over JSON-RPC to an in-process gateway's
+//! `/a2a/bench_a2a`, from the official client ([`a2a_client`]), beside a direct bus
+//! invoke of the same agent's `chat` in the same run. The twin in the `raw` column is
+//! that bus invoke, not raw async-nats: the figure is what the A2A bridge adds to a
+//! chat (HTTP, JSON-RPC, the task's lifecycle with one KV write and one update
+//! message per event, the streaming invoke under it).
+//!
+//! The agent `bench_a2a` manages nothing and its scripted model answers every message
+//! with `done` at once, so the chat itself costs as little as a chat can.
+
+use std::sync::Arc;
+
+use a2a::{Message, Part, Role, SendMessageConfiguration, SendMessageRequest};
+use a2a_client::A2AClientFactory;
+use a2a_client::agent_card::AgentCardResolver;
+use a2a_client::jsonrpc::JsonRpcTransportFactory;
+use serde_json::json;
+use weft_agents::{Agent, ScriptedModel};
+use weft_bus::Target;
+use weft_gateway::{Gateway, GatewayConfig};
+
+use super::{
+    Bench, Better, Counts, Figure, OpFuture, one_at_a_time, quantile_us, warm_and_measure,
+};
+
+/// Sends in flight for `a2a_send`.
+pub const IN_FLIGHT: usize = 16;
+
+const AGENT: &str = "bench_a2a";
+
+const SCRIPT: &str = r#"{"rules": [{"match": ".*", "turns": [{"content": "done"}]}]}"#;
+
+/// Measures `a2a_send` and `a2a_send_p50`.
+///
+/// # Errors
+/// When the agent, the gateway or the client cannot start, or the agent's card never
+/// appears.
+pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let agent_bus = b.connect("agent").await?;
+    let agent = Agent::new(AGENT)
+        .description("weft bench: answers done")
+        .model(Arc::new(ScriptedModel::from_json(SCRIPT)?))
+        .serve(&agent_bus)
+        .await?;
+    let gateway_bus = b.connect("gateway").await?;
+    let gateway = Gateway::bind(
+        gateway_bus.clone(),
+        GatewayConfig {
+            addr: "127.0.0.1:0".parse()?,
+            ..GatewayConfig::default()
+        },
+    )
+    .await?;
+    let url = format!("{}/a2a/{AGENT}", gateway.url());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    // The gateway's registry watch sees the agent within a moment.
+    let resolver = AgentCardResolver::new(None);
+    let mut card = None;
+    for _ in 0..50 {
+        if let Ok(c) = resolver.resolve(&url).await {
+            card = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let card = card.ok_or_else(|| anyhow::anyhow!("no Agent Card at {url}"))?;
+    let factory = A2AClientFactory::builder()
+        .no_defaults()
+        .register(Arc::new(JsonRpcTransportFactory::new(None)))
+        .build();
+    let client = Arc::new(factory.create_from_card(&card).await?);
+    let a2a = move || -> OpFuture {
+        let client = client.clone();
+        Box::pin(async move {
+            let request = SendMessageRequest {
+                message: Message::new(Role::User, vec![Part::text("ping")]),
+                configuration: Some(SendMessageConfiguration {
+                    accepted_output_modes: None,
+                    task_push_notification_config: None,
+                    history_length: Some(0),
+                    return_immediately: Some(false),
+                }),
+                metadata: None,
+                tenant: None,
+            };
+            match client
+                .send_message(&request)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                a2a::SendMessageResponse::Task(t)
+                    if t.status.state == a2a::TaskState::Completed =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("unexpected SendMessage answer: {other:?}")),
+            }
+        })
+    };
+    let caller = b.connect("caller").await?;
+    let chat = {
+        let shared = Arc::new((caller.clone(), AGENT.parse::<Target>()?));
+        move || -> OpFuture {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (bus, target) = &*shared;
+                bus.invoke(target, json!({"message": "ping"}))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }
+    };
+
+    let a2a_rate = warm_and_measure(b, IN_FLIGHT, a2a.clone())
+        .await
+        .require_ops("A2A sends")?;
+    let chat_rate = warm_and_measure(b, IN_FLIGHT, chat.clone())
+        .await
+        .require_ops("bus chats")?;
+    let (a2a_seq, mut a2a_times) = one_at_a_time(b.duration, async || a2a().await).await;
+    let (chat_seq, mut chat_times) = one_at_a_time(b.duration, async || chat().await).await;
+
+    let _ = stop_tx.send(());
+    let _ = served.await;
+    agent.stop().await?;
+
+    let note = "twin: a direct bus invoke of the agent's chat (not raw async-nats)";
+    let rate = Figure::rate("a2a_send", "sends/s", a2a_rate, chat_rate).note(format!(
+        "{note}; {IN_FLIGHT} in flight, blocking SendMessage"
+    ));
+    let p50 = Figure::compare(
+        "a2a_send_p50",
+        "µs",
+        Better::Lower,
+        (
+            quantile_us(&mut a2a_times, 0.5),
+            quantile_us(&mut chat_times, 0.5),
+        ),
+        Counts {
+            weft: a2a_seq.require_ops("A2A sends")?,
+            raw: Some(chat_seq.require_ops("bus chats")?),
+        },
+    )
+    .note(format!("{note}; one send at a time"));
+    Ok(vec![rate, p50])
+}
