@@ -364,7 +364,7 @@ impl AgentExecutor for ChatExecutor {
             self.bus.clone(),
             self.agent.clone(),
             self.tasks.clone(),
-            self.options.clone(),
+            self.options,
             ctx,
             tx,
         ));

@@ -15,7 +15,7 @@
 //! The JSON-RPC endpoint `POST /a2a/{agent}` routes on the method name: the 1.0 names
 //! (`SendMessage`, …) go to the crate's JSON-RPC binding, which also checks the
 //! `A2A-Version` header (absent or `0.3` with a 1.0 name: -32009); the 0.3 names
-//! (`message/send`, …) go to [`compat`](super::compat) whatever the header says; any
+//! (`message/send`, …) go to [`compat`](super::compat::dispatch) whatever the header says; any
 //! other method is -32601. Bad JSON is -32700 and a body that is not a JSON-RPC request
 //! -32600, with HTTP 200 as JSON-RPC over HTTP wants.
 
