@@ -1,8 +1,8 @@
 //! # weft-gateway
 //!
-//! The HTTP gateway of Weft (DESIGN §11): one [axum] server that bridges HTTP and MCP
-//! ([`mcp`], both ways) onto the bus, so one port and one auth setting cover every
-//! bridge.
+//! The HTTP gateway of Weft (DESIGN §11): one [axum] server that bridges HTTP, MCP
+//! ([`mcp`], both ways) and A2A ([`a2a`], both ways) onto the bus, so one port and one
+//! auth setting cover every bridge.
 //!
 //! ## Routes
 //!
@@ -12,6 +12,8 @@
 //! | `POST /v1/invoke/{target}` | request-reply to `service` or `service.endpoint`; body = payload JSON; optional `?timeout_ms=` ([`routes::invoke`]) | 200, body = the reply's payload | 400, 401, 413, 502, 503, 504, or the handler's own error |
 //! | `POST /v1/invoke/{target}/stream` | streaming invoke; same request; optional `?timeout_ms=`, `?idle_timeout_ms=` ([`routes::stream`]) | 200 `text/event-stream`, one event per frame (event name = the frame's `event_type`, data = the frame envelope) | before the stream starts: as above |
 //! | `POST`/`GET`/`DELETE /mcp` | MCP over Streamable HTTP: the registry's endpoints as tools ([`mcp::server`], `docs/mcp.md`) | 200 (JSON or `text/event-stream`), 202 for notifications | 400 / 413 with a JSON-RPC error, 401, 403 (DNS-rebinding check) |
+//! | `GET /a2a`, `GET /a2a/{agent}/.well-known/agent-card.json`, `GET /.well-known/agent-card.json` | the A2A directory and Agent Cards, public ([`a2a`], `docs/a2a.md`) | 200 JSON | 404, 503 |
+//! | `POST /a2a/{agent}`, `/a2a/{agent}/…` | A2A JSON-RPC (1.0 and 0.3) and HTTP+JSON ([`a2a::server`]) | 200 (JSON-RPC errors inside), SSE for streams | 401, 404, 413 |
 //! | `GET /metrics` | Prometheus text, `text/plain; version=0.0.4` ([`metrics`]) | 200 | 401 |
 //! | `GET /healthz` | liveness; never needs the token | 200 `{"status":"ok"}` | — |
 //! | `GET /readyz` | readiness: NATS connected, events stream and registry bucket present | 200 `{"status":"ready"}` | 401, 503 `NOT_READY` |

@@ -42,6 +42,8 @@ async fn bench_reports_every_figure_and_cleans_up() {
             "agent_loop_p99",
             "mcp_call",
             "mcp_call_p50",
+            "a2a_send",
+            "a2a_send_p50",
         ]
     );
     for f in figures {
@@ -52,6 +54,7 @@ async fn bench_reports_every_figure_and_cleans_up() {
         let expected = if name.starts_with("invoke_latency")
             || name.starts_with("agent_loop")
             || name == "mcp_call_p50"
+            || name == "a2a_send_p50"
         {
             "lower"
         } else {

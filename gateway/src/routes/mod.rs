@@ -34,6 +34,8 @@ pub const HTTP_CHANNEL: &str = "http";
 /// | `GET /metrics` | [`ops::metrics`] |
 /// | `GET /healthz` | [`ops::healthz`] (never needs the token) |
 /// | `GET /readyz` | [`ops::readyz`] |
+/// | `GET /a2a`, `GET /a2a/{agent}/.well-known/agent-card.json`, `GET /.well-known/agent-card.json` | the A2A directory and cards ([`crate::a2a::server`]; no token needed) |
+/// | `POST /a2a/{agent}`, `/a2a/{agent}/{*rest}` | A2A JSON-RPC and HTTP+JSON ([`crate::a2a::server::jsonrpc`], [`crate::a2a::server::rest`]) |
 /// | anything else | 404 / 405 with the JSON error body |
 ///
 /// Layers: the bearer-token check ([`auth::require_token`]) on every route but
