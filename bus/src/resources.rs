@@ -272,6 +272,8 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
         bucket_wanted(
             kv::Config {
                 max_age: config.tasks_max_age,
+                // Purge markers expire (the gateway's index of running tasks).
+                limit_markers: Some(Duration::from_secs(60)),
                 ..bucket_config(&n.tasks_bucket, "Weft A2A tasks by task id", replicas)
             },
             false,

@@ -172,10 +172,12 @@ async fn replicas_beyond_a_single_server_are_refused_clearly_and_update_changes_
         names,
         // Sorted by stream name: the buckets' `KV_…` first.
         [
+            "weft_a2a_agents",
             "weft_failures",
             "weft_flows",
             "weft_memory",
             "weft_registry",
+            "weft_tasks",
             "WEFT_DLQ",
             "WEFT_EVENTS"
         ]

@@ -223,22 +223,31 @@ fn base_of(url: &str) -> &str {
         .trim_end_matches("/.well-known/agent.json")
 }
 
+/// The HTTP client of A2A calls: connect timeout [`CONNECT_TIMEOUT`], read timeout
+/// [`READ_TIMEOUT`], HTTPS with the process's rustls provider (the CLI installs ring).
+///
+/// # Errors
+/// `TRANSPORT_FAILURE` when it cannot be built (no TLS provider installed).
+pub fn http_client() -> Result<reqwest::Client, ErrorPayload> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(|e| {
+            ErrorPayload::new(
+                ErrorCode::TransportFailure,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })
+}
+
 impl A2aClient {
     /// A client whose sends each take at most `timeout` (connect 5 s, read 60 s).
     ///
     /// # Errors
     /// `TRANSPORT_FAILURE` when the HTTP client cannot be built (no TLS provider).
     pub fn new(timeout: Duration) -> Result<A2aClient, ErrorPayload> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| {
-                ErrorPayload::new(
-                    ErrorCode::TransportFailure,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?;
+        let http = http_client()?;
         let factory = A2AClientFactory::builder()
             .no_defaults()
             .register(Arc::new(JsonRpcTransportFactory::new(Some(http.clone()))))

@@ -8,7 +8,7 @@
 //!
 //! # The entry
 //!
-//! The value of key `<task_id>` is a [`TaskRecord`]: the A2A task as the protocol shows
+//! The value of key `task.<task_id>` is a [`TaskRecord`]: the A2A task as the protocol shows
 //! it (`task`, ProtoJSON field names) and Weft's own fields beside it (`agent`, the
 //! gateway instance that runs it as `owner`, and `seq`, the number of updates so far),
 //! so nothing of Weft's leaks into the client-visible `task.metadata`.
@@ -29,7 +29,9 @@
 //!
 //! # Tasks whose gateway died
 //!
-//! A task still `SUBMITTED` or `WORKING` whose owner is no longer a registered gateway
+//! Tasks not finished yet are also indexed under `running.<task_id>` (value
+//! `{"owner"}`), so finding them reads only those. A task still `SUBMITTED` or
+//! `WORKING` whose owner is no longer a registered gateway
 //! instance (it stopped, or was killed and its registry entry expired) is failed by
 //! [`Tasks::reap`] with the status message [`ORPHANED_REASON`]; a gateway stopping
 //! cleanly fails its own running tasks at once ([`Tasks::fail_owned`]).
@@ -55,6 +57,27 @@ pub const ORPHANED_REASON: &str =
 
 /// Compare-and-set attempts before a write gives up (another writer kept winning).
 const CAS_ATTEMPTS: usize = 16;
+
+/// Key prefix of task entries: `task.<task_id>`.
+const TASK_PREFIX: &str = "task.";
+
+/// Key prefix of the index of tasks not yet finished: `running.<task_id>` →
+/// `{"owner"}`, so the reaper reads only those.
+const RUNNING_PREFIX: &str = "running.";
+
+/// The key of task `id`'s entry.
+fn task_key(id: &str) -> String {
+    format!("{TASK_PREFIX}{id}")
+}
+
+/// How long the purge marker of a removed index entry stays: 60 s.
+pub const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A `running.<task_id>` index entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Running {
+    owner: String,
+}
 
 /// Running tasks whose last written entry a process keeps (see [`Tasks::modify`]).
 const WRITTEN_CACHE_MAX: usize = 10_000;
@@ -156,7 +179,7 @@ impl Tasks {
         }
         let entry = self
             .kv
-            .entry(task_id)
+            .entry(task_key(task_id))
             .await
             .map_err(|e| kv_error("read a task", e))?;
         let Some(entry) = entry else { return Ok(None) };
@@ -184,19 +207,20 @@ impl Tasks {
             Bytes::from(serde_json::to_vec(record).map_err(|e| kv_error("encode a task", e))?);
         let id = &record.task.id;
         let written = if revision == 0 {
-            match self.kv.create(id, bytes).await {
+            match self.kv.create(task_key(id), bytes).await {
                 Ok(r) => r,
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
                 Err(e) => return Err(kv_error("write a task", e)),
             }
         } else {
-            match self.kv.update(id, bytes, revision).await {
+            match self.kv.update(task_key(id), bytes, revision).await {
                 Ok(r) => r,
                 // Someone wrote first: the caller reads again and retries.
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
                 Err(e) => return Err(kv_error("write a task", e)),
             }
         };
+        self.index(record, revision == 0).await;
         let update = TaskUpdate {
             seq: record.seq,
             event: event.unwrap_or_else(|| StreamResponse::Task(record.task.clone())),
@@ -270,7 +294,7 @@ impl Tasks {
 
     /// Every entry of the bucket (a scan: fine for thousands of tasks).
     async fn all(&self) -> Result<Vec<TaskRecord>, A2AError> {
-        weft_bus::kv::read_all::<TaskRecord>(&self.kv, "")
+        weft_bus::kv::read_all::<TaskRecord>(&self.kv, TASK_PREFIX)
             .await
             .map(|v| v.into_iter().map(|(_, r)| r).collect())
             .map_err(|e| kv_error("list tasks", e))
@@ -323,17 +347,8 @@ impl Tasks {
             .into_iter()
             .map(|r| r.instance)
             .collect();
-        let mut failed = 0;
-        for r in self.all().await? {
-            if is_running(&r.task.status.state)
-                && !live.contains(&r.owner)
-                && self.fail(&r.task.id, ORPHANED_REASON).await?
-            {
-                tracing::info!(task = %r.task.id, agent = %r.agent, owner = %r.owner, "failed an A2A task whose gateway is gone");
-                failed += 1;
-            }
-        }
-        Ok(failed)
+        self.fail_running(|owner| !live.iter().any(|l| l == owner))
+            .await
     }
 
     /// Fails every running task of gateway instance `owner` (a clean shutdown).
@@ -341,16 +356,64 @@ impl Tasks {
     /// # Errors
     /// As [`Tasks::reap`].
     pub async fn fail_owned(&self, owner: &str) -> Result<usize, A2AError> {
+        self.fail_running(|o| o == owner).await
+    }
+
+    /// Fails the running tasks (from the `running.` index) whose owner `orphaned`
+    /// says is gone; drops index entries of tasks that already ended.
+    async fn fail_running(&self, orphaned: impl Fn(&str) -> bool) -> Result<usize, A2AError> {
+        let running = weft_bus::kv::read_all::<Running>(&self.kv, RUNNING_PREFIX)
+            .await
+            .map_err(|e| kv_error("list running tasks", e))?;
         let mut failed = 0;
-        for r in self.all().await? {
-            if r.owner == owner
-                && is_running(&r.task.status.state)
-                && self.fail(&r.task.id, ORPHANED_REASON).await?
-            {
+        for (key, r) in running {
+            if !orphaned(&r.owner) {
+                continue;
+            }
+            let id = &key[RUNNING_PREFIX.len()..];
+            if self.fail(id, ORPHANED_REASON).await? {
+                tracing::info!(task = %id, owner = %r.owner, "failed an A2A task whose gateway is gone");
                 failed += 1;
+            } else {
+                // Ended, or gone, without its index entry being removed.
+                let _ = self.forget_running(&key).await;
             }
         }
         Ok(failed)
+    }
+
+    /// Removes an index entry: a purge whose marker expires after [`MARKER_TTL`], so
+    /// the index does not grow with every task that ever ran.
+    async fn forget_running(&self, key: &str) -> Result<(), String> {
+        self.kv
+            .purge_with_ttl(key, MARKER_TTL)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Keeps the `running.<task_id>` index: written when a task is created, removed
+    /// when it reaches a terminal state (best effort: [`Tasks::reap`] removes what a
+    /// crash left).
+    async fn index(&self, record: &TaskRecord, created: bool) {
+        let key = format!("{RUNNING_PREFIX}{}", record.task.id);
+        let result = if record.task.status.state.is_terminal() {
+            self.forget_running(&key).await
+        } else if created {
+            let value = serde_json::to_vec(&Running {
+                owner: record.owner.clone(),
+            })
+            .unwrap_or_default();
+            self.kv
+                .put(&key, value.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::debug!(task = %record.task.id, error = %e, "cannot update the running-task index");
+        }
     }
 
     /// The task's updates from now on, starting with a snapshot: `Task`, then each
@@ -418,13 +481,6 @@ pub fn ends_stream(event: &StreamResponse) -> bool {
         _ => return false,
     };
     state.is_terminal() || matches!(state, TaskState::InputRequired | TaskState::AuthRequired)
-}
-
-fn is_running(state: &TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::Submitted | TaskState::Working | TaskState::Unspecified
-    )
 }
 
 /// An agent message of `text` in `record`'s task and context.

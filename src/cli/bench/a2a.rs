@@ -58,7 +58,9 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         let _ = stop_rx.await;
     }));
     // The gateway's registry watch sees the agent within a moment.
-    let resolver = AgentCardResolver::new(None);
+    // Without TLS features of its own, the client takes the workspace's reqwest.
+    let http = weft_gateway::a2a::bridge::http_client().map_err(|e| anyhow::anyhow!(e.message))?;
+    let resolver = AgentCardResolver::new(Some(http.clone()));
     let mut card = None;
     for _ in 0..50 {
         if let Ok(c) = resolver.resolve(&url).await {
@@ -70,7 +72,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     let card = card.ok_or_else(|| anyhow::anyhow!("no Agent Card at {url}"))?;
     let factory = A2AClientFactory::builder()
         .no_defaults()
-        .register(Arc::new(JsonRpcTransportFactory::new(None)))
+        .register(Arc::new(JsonRpcTransportFactory::new(Some(http))))
         .build();
     let client = Arc::new(factory.create_from_card(&card).await?);
     let a2a = move || -> OpFuture {
