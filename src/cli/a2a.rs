@@ -155,6 +155,13 @@ async fn add(g: &Global, name: ServiceName, url: String) -> anyhow::Result<()> {
 
 async fn ls(g: &Global) -> anyhow::Result<()> {
     let bus = g.connect().await?;
+    let result = list_agents(g, &bus).await;
+    // Stops the registry watch first, so leaving logs no broken watch.
+    bus.drain().await.ok();
+    result
+}
+
+async fn list_agents(g: &Global, bus: &weft_bus::Bus) -> anyhow::Result<()> {
     let watch = bus.registry_watch().await?;
     let gateway = watch.newest_each(Kind::Gateway).into_iter().find_map(|r| {
         r.metadata
@@ -162,7 +169,7 @@ async fn ls(g: &Global) -> anyhow::Result<()> {
             .and_then(|u| u.as_str())
             .map(str::to_owned)
     });
-    let remote = RemoteAgents::open(&bus).await?.list().await?;
+    let remote = RemoteAgents::open(bus).await?.list().await?;
     let mut rows = Vec::new();
     for r in watch.newest_each(Kind::Agent) {
         let a2a_url = r
