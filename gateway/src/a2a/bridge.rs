@@ -362,19 +362,7 @@ impl A2aClient {
             .create_from_card(&card)
             .await
             .map_err(|e| error_of(&e))?;
-        let mut message = Message::new(Role::User, vec![Part::text(request.message.clone())]);
-        message.context_id = request.context_id.clone();
-        let send = a2a::SendMessageRequest {
-            message,
-            configuration: Some(a2a::SendMessageConfiguration {
-                accepted_output_modes: None,
-                task_push_notification_config: None,
-                history_length: Some(0),
-                return_immediately: Some(false),
-            }),
-            metadata: None,
-            tenant: None,
-        };
+        let send = text_request(&request.message, request.context_id.clone());
         let mut task: Option<Task> = None;
         if card.capabilities.streaming == Some(true) {
             let mut events = client
@@ -440,6 +428,24 @@ impl A2aClient {
             on_text(&reply_of(&task).map(|r| r.reply).unwrap_or_default());
         }
         reply_of(&task)
+    }
+}
+
+/// A blocking `SendMessage` of `text` in context `context_id` (a new one when `None`),
+/// asking for no history back.
+pub fn text_request(text: &str, context_id: Option<String>) -> a2a::SendMessageRequest {
+    let mut message = Message::new(Role::User, vec![Part::text(text)]);
+    message.context_id = context_id;
+    a2a::SendMessageRequest {
+        message,
+        configuration: Some(a2a::SendMessageConfiguration {
+            accepted_output_modes: None,
+            task_push_notification_config: None,
+            history_length: Some(0),
+            return_immediately: Some(false),
+        }),
+        metadata: None,
+        tenant: None,
     }
 }
 

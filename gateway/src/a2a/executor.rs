@@ -26,7 +26,7 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use weft_bus::stream::{Frame, StreamOptions};
-use weft_bus::{Bus, Envelope, FrameType, Target};
+use weft_bus::{Bus, Envelope, ErrorCode, ErrorPayload, FrameType, Target};
 
 use super::store::{TaskUpdate, Tasks};
 
@@ -119,6 +119,14 @@ impl Events {
         m
     }
 
+    /// `TASK_STATE_FAILED` with the message `CODE: message`.
+    fn failed(&self, e: &ErrorPayload) -> StreamResponse {
+        self.text_status(
+            TaskState::Failed,
+            &format!("{}: {}", e.code.as_str(), e.message),
+        )
+    }
+
     fn text_status(&self, state: TaskState, text: &str) -> StreamResponse {
         self.status(state, Some(self.agent_message(vec![Part::text(text)])))
     }
@@ -193,13 +201,9 @@ impl Events {
             }
             FrameType::Error => {
                 let e = frame.error().unwrap_or_else(|| {
-                    weft_bus::ErrorPayload::new(
-                        weft_bus::ErrorCode::AgentUnavailable,
-                        "the agent failed",
-                    )
+                    ErrorPayload::new(ErrorCode::AgentUnavailable, "the agent failed")
                 });
-                let text = format!("{}: {}", e.code.as_str(), e.message);
-                (vec![self.text_status(TaskState::Failed, &text)], true)
+                (vec![self.failed(&e)], true)
             }
             _ => (Vec::new(), false),
         }
@@ -268,49 +272,10 @@ impl ChatExecutor {
             .as_ref()
             .and_then(message_text)
             .unwrap_or_default();
-        // Cancellation may come from any gateway: it is an update on the task subject.
-        let mut updates = match bus
-            .client()
-            .subscribe(bus.subjects().a2a_task(&ctx.task_id))
-            .await
-        {
-            Ok(s) => s,
+        let (mut updates, mut frames) = match open_chat(&bus, &agent, &ctx, text, options).await {
+            Ok(opened) => opened,
             Err(e) => {
-                let _ = tx
-                    .send(ev.text_status(TaskState::Failed, &format!("TRANSPORT_FAILURE: {e}")))
-                    .await;
-                return;
-            }
-        };
-        let target: Target = match agent.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = tx
-                    .send(ev.text_status(TaskState::Failed, &format!("INVALID_REQUEST: {e}")))
-                    .await;
-                return;
-            }
-        };
-        let mut request = Envelope::request(
-            target.to_string(),
-            json!({"message": text, "session_id": session_for(&ctx.context_id)}),
-        );
-        request.session_id = Some(session_for(&ctx.context_id));
-        request.channel = Some(A2A_CHANNEL.to_owned());
-        request.from = Some("a2a".to_owned());
-        request
-            .metadata
-            .insert("weft.a2a.task_id".into(), json!(ctx.task_id));
-        let mut frames = match bus.invoke_stream(&target, request, options).await {
-            Ok(f) => f,
-            Err(e) => {
-                let e = weft_bus::ErrorPayload::from(&e);
-                let _ = tx
-                    .send(ev.text_status(
-                        TaskState::Failed,
-                        &format!("{}: {}", e.code.as_str(), e.message),
-                    ))
-                    .await;
+                let _ = tx.send(ev.failed(&e)).await;
                 return;
             }
         };
@@ -319,10 +284,7 @@ impl ChatExecutor {
                 frame = frames.next() => {
                     let events = match frame {
                         Some(Ok(frame)) => ev.of_frame(&frame),
-                        Some(Err(e)) => {
-                            let e = weft_bus::ErrorPayload::from(&e);
-                            (vec![ev.text_status(TaskState::Failed, &format!("{}: {}", e.code.as_str(), e.message))], true)
-                        }
+                        Some(Err(e)) => (vec![ev.failed(&ErrorPayload::from(&e))], true),
                         None => (vec![ev.text_status(TaskState::Failed, "CODEC_FAILURE: the agent's stream ended without a reply")], true),
                     };
                     let (events, done) = events;
@@ -350,6 +312,43 @@ impl ChatExecutor {
             }
         }
     }
+}
+
+/// Subscribes to the task's updates (a cancel may come from any gateway, as an update
+/// on the task's subject), then starts the streaming `chat` of `agent` with `text`.
+async fn open_chat(
+    bus: &Bus,
+    agent: &str,
+    ctx: &ExecutorContext,
+    text: String,
+    options: StreamOptions,
+) -> Result<(async_nats::Subscriber, weft_bus::stream::FrameStream), ErrorPayload> {
+    let updates = bus
+        .client()
+        .subscribe(bus.subjects().a2a_task(&ctx.task_id))
+        .await
+        .map_err(|e| ErrorPayload::new(ErrorCode::TransportFailure, e.to_string()))?;
+    let target: Target = agent
+        .parse()
+        .map_err(|e: weft_bus::subject::SubjectError| {
+            ErrorPayload::invalid_request(e.to_string())
+        })?;
+    let session = session_for(&ctx.context_id);
+    let mut request = Envelope::request(
+        target.to_string(),
+        json!({"message": text, "session_id": session}),
+    );
+    request.session_id = Some(session);
+    request.channel = Some(A2A_CHANNEL.to_owned());
+    request.from = Some(A2A_CHANNEL.to_owned());
+    request
+        .metadata
+        .insert("weft.a2a.task_id".into(), json!(ctx.task_id));
+    let frames = bus
+        .invoke_stream(&target, request, options)
+        .await
+        .map_err(|e| ErrorPayload::from(&e))?;
+    Ok((updates, frames))
 }
 
 impl AgentExecutor for ChatExecutor {

@@ -220,7 +220,9 @@ impl Tasks {
                 Err(e) => return Err(kv_error("write a task", e)),
             }
         };
-        self.index(record, revision == 0).await;
+        // Off the task's path: a late index write only makes the reaper look once more.
+        let (tasks, indexed) = (self.clone(), record.clone());
+        tokio::spawn(async move { tasks.index(&indexed, revision == 0).await });
         let update = TaskUpdate {
             seq: record.seq,
             event: event.unwrap_or_else(|| StreamResponse::Task(record.task.clone())),
@@ -392,8 +394,8 @@ impl Tasks {
     }
 
     /// Keeps the `running.<task_id>` index: written when a task is created, removed
-    /// when it reaches a terminal state (best effort: [`Tasks::reap`] removes what a
-    /// crash left).
+    /// when it reaches a terminal state (best effort, in the background: [`Tasks::reap`]
+    /// removes what a crash or a late write left).
     async fn index(&self, record: &TaskRecord, created: bool) {
         let key = format!("{RUNNING_PREFIX}{}", record.task.id);
         let result = if record.task.status.state.is_terminal() {

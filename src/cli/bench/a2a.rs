@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use a2a::{Message, Part, Role, SendMessageConfiguration, SendMessageRequest};
 use a2a_client::A2AClientFactory;
 use a2a_client::agent_card::AgentCardResolver;
 use a2a_client::jsonrpc::JsonRpcTransportFactory;
@@ -20,9 +19,7 @@ use weft_agents::{Agent, ScriptedModel};
 use weft_bus::Target;
 use weft_gateway::{Gateway, GatewayConfig};
 
-use super::{
-    Bench, Better, Counts, Figure, OpFuture, one_at_a_time, quantile_us, warm_and_measure,
-};
+use super::{Bench, Figure, OpFuture, bridge_beside_twin};
 
 /// Sends in flight for `a2a_send`.
 pub const IN_FLIGHT: usize = 16;
@@ -78,17 +75,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     let a2a = move || -> OpFuture {
         let client = client.clone();
         Box::pin(async move {
-            let request = SendMessageRequest {
-                message: Message::new(Role::User, vec![Part::text("ping")]),
-                configuration: Some(SendMessageConfiguration {
-                    accepted_output_modes: None,
-                    task_push_notification_config: None,
-                    history_length: Some(0),
-                    return_immediately: Some(false),
-                }),
-                metadata: None,
-                tenant: None,
-            };
+            let request = weft_gateway::a2a::bridge::text_request("ping", None);
             match client
                 .send_message(&request)
                 .await
@@ -118,36 +105,19 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         }
     };
 
-    let a2a_rate = warm_and_measure(b, IN_FLIGHT, a2a.clone())
-        .await
-        .require_ops("A2A sends")?;
-    let chat_rate = warm_and_measure(b, IN_FLIGHT, chat.clone())
-        .await
-        .require_ops("bus chats")?;
-    let (a2a_seq, mut a2a_times) = one_at_a_time(b.duration, async || a2a().await).await;
-    let (chat_seq, mut chat_times) = one_at_a_time(b.duration, async || chat().await).await;
+    let figures = bridge_beside_twin(
+        b,
+        ("a2a_send", "a2a_send_p50"),
+        "sends/s",
+        IN_FLIGHT,
+        ("A2A sends", a2a),
+        ("bus chats", chat),
+        "twin: a direct bus invoke of the agent's chat (not raw async-nats); blocking SendMessage",
+    )
+    .await;
 
     let _ = stop_tx.send(());
     let _ = served.await;
     agent.stop().await?;
-
-    let note = "twin: a direct bus invoke of the agent's chat (not raw async-nats)";
-    let rate = Figure::rate("a2a_send", "sends/s", a2a_rate, chat_rate).note(format!(
-        "{note}; {IN_FLIGHT} in flight, blocking SendMessage"
-    ));
-    let p50 = Figure::compare(
-        "a2a_send_p50",
-        "µs",
-        Better::Lower,
-        (
-            quantile_us(&mut a2a_times, 0.5),
-            quantile_us(&mut chat_times, 0.5),
-        ),
-        Counts {
-            weft: a2a_seq.require_ops("A2A sends")?,
-            raw: Some(chat_seq.require_ops("bus chats")?),
-        },
-    )
-    .note(format!("{note}; one send at a time"));
-    Ok(vec![rate, p50])
+    figures
 }

@@ -13,9 +13,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use weft_gateway::{Gateway, GatewayConfig};
 
 use super::invoke::{serve_noop, weft_caller};
-use super::{
-    Bench, Better, Counts, Figure, OpFuture, one_at_a_time, quantile_us, warm_and_measure,
-};
+use super::{Bench, Figure, OpFuture, bridge_beside_twin};
 
 /// Calls in flight for `mcp_call`.
 pub const IN_FLIGHT: usize = 16;
@@ -79,36 +77,20 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     let caller = b.connect("caller").await?;
     let invoke = weft_caller(&caller, b)?;
 
-    let mcp_rate = warm_and_measure(b, IN_FLIGHT, mcp.clone())
-        .await
-        .require_ops("MCP tool calls")?;
-    let invoke_rate = warm_and_measure(b, IN_FLIGHT, invoke.clone())
-        .await
-        .require_ops("bus invokes")?;
-    let (mcp_seq, mut mcp_times) = one_at_a_time(b.duration, async || mcp().await).await;
-    let (invoke_seq, mut invoke_times) = one_at_a_time(b.duration, async || invoke().await).await;
+    let figures = bridge_beside_twin(
+        b,
+        ("mcp_call", "mcp_call_p50"),
+        "calls/s",
+        IN_FLIGHT,
+        ("MCP tool calls", mcp),
+        ("bus invokes", invoke),
+        "twin: a direct bus invoke of the same endpoint (not raw async-nats); one MCP session",
+    )
+    .await;
 
     let _ = client.cancel().await;
     let _ = stop_tx.send(());
     let _ = served.await;
     service.stop().await?;
-
-    let note = "twin: a direct bus invoke of the same endpoint (not raw async-nats)";
-    let rate = Figure::rate("mcp_call", "calls/s", mcp_rate, invoke_rate)
-        .note(format!("{note}; {IN_FLIGHT} in flight, one MCP session"));
-    let p50 = Figure::compare(
-        "mcp_call_p50",
-        "µs",
-        Better::Lower,
-        (
-            quantile_us(&mut mcp_times, 0.5),
-            quantile_us(&mut invoke_times, 0.5),
-        ),
-        Counts {
-            weft: mcp_seq.require_ops("MCP tool calls")?,
-            raw: Some(invoke_seq.require_ops("bus invokes")?),
-        },
-    )
-    .note(format!("{note}; one call at a time"));
-    Ok(vec![rate, p50])
+    figures
 }

@@ -776,6 +776,52 @@ where
     closed_loop(in_flight, b.duration, op).await
 }
 
+/// A bridge beside its twin on the bus, as `mcp_call` and `a2a_send` measure it: the
+/// rate `names.0` with `in_flight` operations in flight, then `names.1`, the p50 of one
+/// operation at a time; `what` names the operations of each side in errors.
+///
+/// # Errors
+/// When a side completes no operation.
+pub async fn bridge_beside_twin<F, G>(
+    b: &Bench,
+    names: (&'static str, &'static str),
+    unit: &'static str,
+    in_flight: usize,
+    (what, bridge): (&str, F),
+    (twin_what, twin): (&str, G),
+    note: &str,
+) -> anyhow::Result<Vec<Figure>>
+where
+    F: Fn() -> OpFuture + Clone + Send + Sync + 'static,
+    G: Fn() -> OpFuture + Clone + Send + Sync + 'static,
+{
+    let rate = warm_and_measure(b, in_flight, bridge.clone())
+        .await
+        .require_ops(what)?;
+    let twin_rate = warm_and_measure(b, in_flight, twin.clone())
+        .await
+        .require_ops(twin_what)?;
+    let (seq, mut times) = one_at_a_time(b.duration, async || bridge().await).await;
+    let (twin_seq, mut twin_times) = one_at_a_time(b.duration, async || twin().await).await;
+    let rate =
+        Figure::rate(names.0, unit, rate, twin_rate).note(format!("{note}; {in_flight} in flight"));
+    let p50 = Figure::compare(
+        names.1,
+        "µs",
+        Better::Lower,
+        (
+            quantile_us(&mut times, 0.5),
+            quantile_us(&mut twin_times, 0.5),
+        ),
+        Counts {
+            weft: seq.require_ops(what)?,
+            raw: Some(twin_seq.require_ops(twin_what)?),
+        },
+    )
+    .note(format!("{note}; one at a time"));
+    Ok(vec![rate, p50])
+}
+
 /// Runs `op` one at a time until `duration` has passed; returns the run and the time
 /// of every successful operation.
 pub async fn one_at_a_time(
