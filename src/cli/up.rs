@@ -222,6 +222,9 @@ pub async fn run(g: &Global, args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  {env_hint}weft flow runs triage");
     println!("  {env_hint}weft call support '{{\"message\":\"How many tickets are open?\"}}'");
+    if demo.is_some() {
+        println!("  weft a2a call {http}/a2a/support \"How many tickets are open?\" --stream");
+    }
     println!("(also: weft sub 'ticket.>', weft ls, curl {http}/metrics; Ctrl-C stops)");
 
     // 8. Wait, then stop in order: MCP bridges, demo, A2A bridge, gateway, connection,
