@@ -280,7 +280,7 @@ fn go_micro_send(method: &str, text: &str) -> Value {
 }
 
 #[tokio::test]
-async fn a2a_0_3_requests_in_go_micros_shape_get_0_3_answers() {
+async fn a2a_0_3_requests_in_go_micros_shape_get_0_3_answers_and_http_json_works_too() {
     let mut up = Up::start(&["--demo"]);
     up.proc.banner();
     let url = format!("http://{}/a2a/support", up.http);
@@ -388,6 +388,33 @@ async fn a2a_0_3_requests_in_go_micros_shape_get_0_3_answers() {
         .unwrap();
     let answer: Value = raw.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // The HTTP+JSON binding at the same base: a task by id, and a send.
+    let rest: Value = http_client()
+        .get(format!("{url}/tasks/{id}?historyLength=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (rest["id"].as_str(), rest["status"]["state"].as_str()),
+        (Some(id), Some("TASK_STATE_COMPLETED")),
+        "{rest:#}"
+    );
+    let sent: Value = http_client()
+        .post(format!("{url}/message:send"))
+        .json(&json!({"message": {"role": "ROLE_USER", "messageId": "r1", "parts": [{"text": "How many tickets are open?"}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        sent["task"]["status"]["state"], "TASK_STATE_COMPLETED",
+        "{sent:#}"
+    );
     // An agent that is not registered is a 404 with the gateway's error shape.
     let (status, answer) = rpc(
         &format!("http://{}/a2a/ghost", up.http),
