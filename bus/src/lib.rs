@@ -27,6 +27,7 @@ pub mod replay;
 mod reply;
 pub mod resources;
 pub mod retry;
+pub mod runs;
 pub mod server;
 pub mod service;
 pub mod stream;

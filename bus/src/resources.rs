@@ -44,6 +44,8 @@ pub struct Names {
     pub events_stream: String,
     /// `<PREFIX>_DLQ`.
     pub dlq_stream: String,
+    /// `<PREFIX>_RUNS`: the journal of durable runs (DESIGN §15).
+    pub runs_stream: String,
     /// `<prefix>_registry`.
     pub registry_bucket: String,
     /// `<prefix>_memory`.
@@ -69,6 +71,7 @@ impl Names {
         Names {
             events_stream: format!("{up}_EVENTS"),
             dlq_stream: format!("{up}_DLQ"),
+            runs_stream: format!("{up}_RUNS"),
             registry_bucket: format!("{p}_registry"),
             memory_bucket: format!("{p}_memory"),
             flows_bucket: format!("{p}_flows"),
@@ -90,6 +93,7 @@ impl Names {
     pub fn is_mesh_stream(&self, stream: &str) -> bool {
         stream == self.events_stream
             || stream == self.dlq_stream
+            || stream == self.runs_stream
             || stream
                 .strip_prefix("KV_")
                 .and_then(|b| b.strip_prefix(self.prefix.as_str()))
@@ -117,6 +121,9 @@ pub struct ResourceConfig {
     /// How long A2A tasks are kept in `<prefix>_tasks` after their last update.
     /// Default 7 days.
     pub tasks_max_age: Duration,
+    /// How long the journal of durable runs (`<PREFIX>_RUNS`) keeps entries. Default
+    /// 30 days.
+    pub runs_max_age: Duration,
 }
 
 impl Default for ResourceConfig {
@@ -128,6 +135,7 @@ impl Default for ResourceConfig {
             replicas: None,
             registry_ttl: Duration::from_secs(15),
             tasks_max_age: Duration::from_secs(7 * 24 * 3600),
+            runs_max_age: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -229,6 +237,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             vec![s.all_dlq()],
             config.dlq_max_age,
         ),
+        runs_stream(&n.runs_stream, s.all_runs(), config, replicas),
         bucket_wanted(
             kv::Config {
                 bucket: n.registry_bucket.clone(),
@@ -295,7 +304,11 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
         tracing::info!("{note}");
     }
     Ok(Ensured {
-        streams: vec![n.events_stream.clone(), n.dlq_stream.clone()],
+        streams: vec![
+            n.events_stream.clone(),
+            n.dlq_stream.clone(),
+            n.runs_stream.clone(),
+        ],
         buckets: vec![
             n.registry_bucket.clone(),
             n.memory_bucket.clone(),
@@ -306,6 +319,36 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
         ],
         notes,
     })
+}
+
+/// The journal stream: like the events stream, with direct gets (a run's entries are
+/// read by subject) and the runs' own max age.
+fn runs_stream(name: &str, subjects: String, config: &ResourceConfig, replicas: usize) -> Wanted {
+    let stream = stream::Config {
+        name: name.to_owned(),
+        description: Some("Weft journal of durable runs".into()),
+        subjects: vec![subjects.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: config.runs_max_age,
+        duplicate_window: config.duplicate_window,
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    Wanted {
+        what: format!("stream {name}"),
+        stream: name.to_owned(),
+        subjects: vec![subjects],
+        retention: stream.retention,
+        storage: stream.storage,
+        max_age: config.runs_max_age,
+        history: None,
+        duplicate_window: Some(config.duplicate_window),
+        markers: None,
+        recreatable: false,
+        create: Create::Stream(Box::new(stream)),
+    }
 }
 
 fn bucket_wanted(config: kv::Config, recreatable: bool) -> Wanted {

@@ -352,6 +352,17 @@ impl Subjects {
         format!("{}.a2a.task.{}", self.prefix, task_id)
     }
 
+    /// `P.runs.<kind>.<name>.<run_id>`: the journal entries of one durable run
+    /// (DESIGN §15).
+    pub fn runs(&self, run: &crate::runs::RunRef) -> String {
+        format!("{}.runs.{run}", self.prefix)
+    }
+
+    /// `P.runs.>`: every run's entries.
+    pub fn all_runs(&self) -> String {
+        format!("{}.runs.>", self.prefix)
+    }
+
     /// `P.dlq.<event_type>`.
     pub fn dlq(&self, event_type: &EventType) -> String {
         format!("{}.dlq.{}", self.prefix, event_type)

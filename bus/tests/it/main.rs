@@ -9,6 +9,7 @@ mod middleware;
 mod registry;
 mod replay;
 mod resources;
+mod runs;
 mod security;
 mod stream;
 mod subject_props;

@@ -1,0 +1,81 @@
+//! Durable runs (DESIGN §15): the one journal flows and agent runs share, the fold of a
+//! run's entries into its state, and the run and step state machines.
+//!
+//! - [`entry`]: one journal entry, `{v, run, step, attempt, event, data, at, by}`, and
+//!   its `Nats-Msg-Id`;
+//! - [`journal`]: stream `<PREFIX>_RUNS`, subjects `P.runs.<kind>.<name>.<run_id>`;
+//!   appends with de-duplication and optimistic concurrency, reads;
+//! - [`fold`]: a run's state from its entries;
+//! - [`machine`]: the states, inputs and transition tables (with their diagrams).
+//!
+//! Flows and agents both use this module and never link each other.
+//!
+//! **Status:** this is the foundation of the durable-execution issue. Flows still keep
+//! their runs in KV `<prefix>_flows`, and agent runs are not journaled yet.
+
+pub mod entry;
+pub mod fold;
+pub mod journal;
+pub mod machine;
+
+use serde::{Deserialize, Serialize};
+
+use crate::subject::{SubjectError, validate_token};
+
+pub use entry::{Entry, EntryEvent};
+pub use fold::RunState;
+pub use journal::{AppendError, Appended, Journal};
+pub use machine::{RunStatus, StepStatus};
+
+/// What kind of thing runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// A flow run.
+    Flow,
+    /// An agent run.
+    Agent,
+}
+
+impl RunKind {
+    /// `flow` or `agent`: the subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Flow => "flow",
+            RunKind::Agent => "agent",
+        }
+    }
+}
+
+/// One run: its kind, the flow's or agent's name, and its id (each one subject token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunRef {
+    /// Flow or agent.
+    pub kind: RunKind,
+    /// The flow's or agent's name.
+    pub name: String,
+    /// The run id (a UUID).
+    pub id: String,
+}
+
+impl RunRef {
+    /// The run `id` of `kind` `name`.
+    ///
+    /// # Errors
+    /// [`SubjectError`] when the name or the id is not one subject token.
+    pub fn new(kind: RunKind, name: &str, id: &str) -> Result<RunRef, SubjectError> {
+        validate_token("run name", name)?;
+        validate_token("run id", id)?;
+        Ok(RunRef {
+            kind,
+            name: name.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for RunRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.kind.as_str(), self.name, self.id)
+    }
+}
