@@ -19,7 +19,9 @@
 //! (an agent's `chat`), `publish` (a durable event), `a2a` (a remote A2A agent at an
 //! `http(s)://` URL, through the bridge service `a2a`, DESIGN §14: the input is the
 //! message text, or `{"message", "context_id"?}`; the output `{reply, task_id,
-//! context_id, state}`); a step names exactly one. A step's
+//! context_id, state}`), `transform` (a jq expression over the run context `{run,
+//! trigger, steps, input}`, checked when the flow is loaded: see [`crate::expr`]); a
+//! step names exactly one. A step's
 //! `input` is a JSON template (see [`crate::template`]). Unknown fields, in the flow or
 //! in a step, are refused rather than ignored.
 //!
@@ -58,6 +60,10 @@ pub enum StepKind {
     /// Send the input to the remote A2A agent at this URL (`http(s)://…`) through the
     /// bridge endpoint `a2a.send`; the output is `{reply, task_id, context_id, state}`.
     A2a(String),
+    /// Compute the output with a jq expression over the run context (`{run, trigger,
+    /// steps, input}`, `input` being the step's rendered input), e.g.
+    /// `[.steps.lines.output[] | .price * .qty] | add` ([`crate::expr`]).
+    Transform(crate::expr::Expr),
 }
 
 impl StepKind {
@@ -68,13 +74,15 @@ impl StepKind {
             StepKind::Agent(_) => "agent",
             StepKind::Publish(_) => "publish",
             StepKind::A2a(_) => "a2a",
+            StepKind::Transform(_) => "transform",
         }
     }
 }
 
 /// One step of a flow.
 ///
-/// In JSON, a step names exactly one of `invoke`, `agent`, `publish` or `a2a`; any other
+/// In JSON, a step names exactly one of `invoke`, `agent`, `publish`, `a2a` or
+/// `transform`; any other
 /// field than those below is refused (a misspelt `inputs` is an error, not a step
 /// without input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +124,8 @@ struct StepDefinition {
     #[serde(default)]
     a2a: Option<String>,
     #[serde(default)]
+    transform: Option<crate::expr::Expr>,
+    #[serde(default)]
     input: Value,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
@@ -129,11 +139,12 @@ impl TryFrom<StepDefinition> for Step {
     type Error = String;
 
     fn try_from(d: StepDefinition) -> Result<Self, String> {
-        let kind = match (d.invoke, d.agent, d.publish, d.a2a) {
-            (Some(t), None, None, None) => StepKind::Invoke(t),
-            (None, Some(a), None, None) => StepKind::Agent(a),
-            (None, None, Some(e), None) => StepKind::Publish(e),
-            (None, None, None, Some(url)) => {
+        let kind = match (d.invoke, d.agent, d.publish, d.a2a, d.transform) {
+            (Some(t), None, None, None, None) => StepKind::Invoke(t),
+            (None, Some(a), None, None, None) => StepKind::Agent(a),
+            (None, None, Some(e), None, None) => StepKind::Publish(e),
+            (None, None, None, None, Some(x)) => StepKind::Transform(x),
+            (None, None, None, Some(url), None) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(format!(
                         "step {:?}: `a2a` is the URL of an A2A agent, http(s)://…, not {url:?}",
@@ -142,12 +153,13 @@ impl TryFrom<StepDefinition> for Step {
                 }
                 StepKind::A2a(url)
             }
-            (i, a, p, r) => {
+            (i, a, p, r, x) => {
                 let given: Vec<&str> = [
                     ("invoke", i.is_some()),
                     ("agent", a.is_some()),
                     ("publish", p.is_some()),
                     ("a2a", r.is_some()),
+                    ("transform", x.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(k, set)| set.then_some(k))
@@ -158,7 +170,7 @@ impl TryFrom<StepDefinition> for Step {
                     format!("names {}", given.join(" and "))
                 };
                 return Err(format!(
-                    "step {:?} {what}: a step does exactly one of `invoke`, `agent`, `publish` or `a2a`",
+                    "step {:?} {what}: a step does exactly one of `invoke`, `agent`, `publish`, `a2a` or `transform`",
                     d.name
                 ));
             }
@@ -218,6 +230,11 @@ impl Step {
     /// the remote A2A agent at `url`.
     pub fn a2a(name: impl Into<String>, url: impl Into<String>, input: Value) -> Self {
         Step::new(name, StepKind::A2a(url.into()), input)
+    }
+
+    /// A step computing its output with `expr` over the run context.
+    pub fn transform(name: impl Into<String>, expr: crate::expr::Expr) -> Self {
+        Step::new(name, StepKind::Transform(expr), Value::Null)
     }
 
     /// Sets the per-attempt timeout. Default 30 s.

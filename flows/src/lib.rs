@@ -28,6 +28,7 @@
 pub mod checkpoint;
 pub mod definition;
 pub mod error;
+pub mod expr;
 pub mod metrics;
 pub mod run;
 pub mod template;

@@ -350,6 +350,30 @@ impl Engine {
                 let target: Target = A2A_SEND.parse().expect("a valid target");
                 self.invoke(&target, request, step, inherit).await
             }
+            StepKind::Transform(expr) => {
+                let mut context = run.context();
+                context["input"] = input;
+                let expr = expr.clone();
+                // Off the async threads: jq may compute for a while.
+                let evaluation = tokio::task::spawn_blocking(move || expr.run(&context));
+                match tokio::time::timeout(step.timeout_duration(), evaluation).await {
+                    Ok(Ok(result)) => result.map_err(|message| StepFailure {
+                        message,
+                        retryable: false,
+                    }),
+                    Ok(Err(e)) => Err(StepFailure {
+                        message: format!("the jq evaluation failed: {e}"),
+                        retryable: false,
+                    }),
+                    Err(_) => Err(StepFailure {
+                        message: format!(
+                            "the jq expression took longer than the step's {} ms",
+                            step.timeout_ms
+                        ),
+                        retryable: false,
+                    }),
+                }
+            }
             StepKind::Publish(event_type) => {
                 let mut env = Envelope::event(event_type, input);
                 inherit(&mut env);

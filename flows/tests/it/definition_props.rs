@@ -295,7 +295,7 @@ proptest! {
         in_step in any::<bool>(),
         field in prop_oneof![Just("inputs".to_owned()), Just("max_attempt".to_owned()), "[a-z_]{1,10}"],
     ) {
-        let known = ["name", "version", "description", "trigger", "steps", "invoke", "agent", "publish", "a2a", "input", "timeout_ms", "max_attempts"];
+        let known = ["name", "version", "description", "trigger", "steps", "invoke", "agent", "publish", "a2a", "transform", "input", "timeout_ms", "max_attempts"];
         prop_assume!(!known.contains(&field.as_str()));
         let mut value = value;
         if in_step {

@@ -392,3 +392,59 @@ fn definitions_are_validated() {
     let dup = json!({"name": "f", "trigger": "a", "steps": [{"name": "s", "publish": "x"}, {"name": "s", "publish": "y"}]});
     assert!(Flow::from_json(&dup.to_string()).is_err());
 }
+
+#[tokio::test]
+async fn a_transform_step_computes_over_the_run_context_and_a_bad_one_fails_the_run() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let _svc = Service::new("shop", "1.0.0")
+        .endpoint(Endpoint::new("lines", |_r: Request| async move {
+            Ok(json!([{"price": 2, "qty": 3}, {"price": 1.5, "qty": 2}]))
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::from_json(
+        &json!({
+            "name": "bill",
+            "trigger": "order.placed",
+            "steps": [
+                {"name": "lines", "invoke": "shop.lines"},
+                {"name": "total", "transform": "{order: .trigger.payload.id, total: ([.steps.lines.output[] | .price * .qty] | add), note: .input}",
+                 "input": "from ${trigger.payload.id}"},
+                {"name": "broken", "transform": ".steps.total.output.total.nope", "max_attempts": 3}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    bus.publish(&"order.placed".parse().unwrap(), json!({"id": "o-1"}))
+        .await
+        .unwrap();
+    let store = RunStore::open(&bus).await.unwrap();
+    let run = wait_for_run(&store, "bill", RunStatus::Failed).await;
+    assert_eq!(
+        run.steps[1].output,
+        Some(json!({"order": "o-1", "total": 9.0, "note": "from o-1"}))
+    );
+    // A jq error is not retried: the expression gives the same answer every time.
+    assert_eq!(run.steps[2].status, StepStatus::Failed);
+    assert_eq!(run.steps[2].attempts, 1, "{:?}", run.steps[2]);
+    let error = run.steps[2].error.as_deref().unwrap_or_default();
+    assert!(error.contains("cannot"), "{error}");
+    handle.stop().await;
+}
+
+#[test]
+fn transform_expressions_are_checked_when_the_flow_loads() {
+    let bad = json!({"name": "f", "trigger": "a", "steps": [{"name": "t", "transform": "[.a |"}]});
+    let err = Flow::from_json(&bad.to_string()).unwrap_err().to_string();
+    assert!(err.contains("does not parse"), "{err}");
+    let unknown =
+        json!({"name": "f", "trigger": "a", "steps": [{"name": "t", "transform": "env.HOME"}]});
+    assert!(
+        Flow::from_json(&unknown.to_string()).is_err(),
+        "env is not offered"
+    );
+}
