@@ -11,6 +11,7 @@
 //! | `POST /v1/events/{event_type}` | publish an event; body = payload JSON ([`routes::events`]) | 202 `{event_id, stream, sequence, duplicate}` after the JetStream ack | 400, 401, 413, 503 |
 //! | `POST /v1/invoke/{target}` | request-reply to `service` or `service.endpoint`; body = payload JSON; optional `?timeout_ms=` ([`routes::invoke`]) | 200, body = the reply's payload | 400, 401, 413, 502, 503, 504, or the handler's own error |
 //! | `POST /v1/invoke/{target}/stream` | streaming invoke; same request; optional `?timeout_ms=`, `?idle_timeout_ms=` ([`routes::stream`]) | 200 `text/event-stream`, one event per frame (event name = the frame's `event_type`, data = the frame envelope) | before the stream starts: as above |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of the `/v1` routes, generated from their handlers with utoipa ([`routes::openapi`]) | 200 JSON | 401 |
 //! | `POST`/`GET`/`DELETE /mcp` | MCP over Streamable HTTP: the registry's endpoints as tools ([`mcp::server`], `docs/mcp.md`) | 200 (JSON or `text/event-stream`), 202 for notifications | 400 / 413 with a JSON-RPC error, 401, 403 (DNS-rebinding check) |
 //! | `GET /a2a`, `GET /a2a/{agent}/.well-known/agent-card.json`, `GET /.well-known/agent-card.json` | the A2A directory and Agent Cards, public ([`a2a`], `docs/a2a.md`) | 200 JSON | 404, 503 |
 //! | `POST /a2a/{agent}`, `/a2a/{agent}/…` | A2A JSON-RPC (1.0 and 0.3) and HTTP+JSON ([`a2a::server`]) | 200 (JSON-RPC errors inside), SSE for streams | 401, 404, 413 |

@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The 202 body of `POST /v1/events/{event_type}`: what JetStream acked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// The event's id (UUIDv7), also its `Nats-Msg-Id`.
     pub event_id: String,
@@ -41,6 +41,22 @@ pub struct Accepted {
 ///
 /// # Errors
 /// [`ApiError`]: 400, 413 or 503 as listed in the module docs.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event_type}",
+    tag = "events",
+    summary = "Publish an event durably",
+    description = "The body is the event's payload (any JSON; empty means null). Answers once JetStream stored it. Headers traceparent, X-Session-Id, X-Tenant-Id and X-User-Id map onto the envelope.",
+    params(("event_type" = String, Path, description = "dot-separated tokens, e.g. ticket.created")),
+    request_body(content = serde_json::Value, description = "the payload"),
+    responses(
+        (status = 202, description = "stored", body = Accepted),
+        (status = 400, description = "bad event type, body or header", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong token", body = crate::error::ErrorBody),
+        (status = 413, description = "body over the limit", body = crate::error::ErrorBody),
+        (status = 503, description = "JetStream unavailable", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn publish(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -31,7 +31,8 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The query string of `POST /v1/invoke/{target}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvokeQuery {
     /// Wait at most this many milliseconds (1 or more), capped at the gateway's
     /// `invoke_timeout`.
@@ -43,6 +44,24 @@ pub struct InvokeQuery {
 /// # Errors
 /// [`ApiError`]: 400, 413, 502, 503, 504 or the handler's status, as listed in the
 /// module docs.
+#[utoipa::path(
+    post,
+    path = "/v1/invoke/{target}",
+    tag = "invoke",
+    summary = "Invoke a service endpoint or an agent (request-reply)",
+    description = "The body is the request payload; the answer is the reply's payload.",
+    params(("target" = String, Path, description = "service or service.endpoint, e.g. tickets.classify"), InvokeQuery),
+    request_body(content = serde_json::Value, description = "the request payload"),
+    responses(
+        (status = 200, description = "the reply's payload", body = serde_json::Value),
+        (status = 400, description = "bad target, body, header or query", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong token", body = crate::error::ErrorBody),
+        (status = 413, description = "body over the limit", body = crate::error::ErrorBody),
+        (status = 502, description = "a reply that is not an envelope", body = crate::error::ErrorBody),
+        (status = 503, description = "nothing serves the target", body = crate::error::ErrorBody),
+        (status = 504, description = "no reply in time", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn invoke(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -30,6 +30,7 @@ pub const HTTP_CHANNEL: &str = "http";
 /// | `POST /v1/events/{event_type}` | [`events::publish`] |
 /// | `POST /v1/invoke/{target}` | [`invoke::invoke`] |
 /// | `POST /v1/invoke/{target}/stream` | [`stream::invoke_stream`] (Server-Sent Events) |
+/// | `GET /v1/openapi.json` | the OpenAPI 3.1 document of these `/v1` routes, generated from the handlers ([`openapi`]) |
 /// | `/mcp` (`POST`, `GET`, `DELETE`) | the MCP server, Streamable HTTP ([`crate::mcp::server::http_service`]), when the state has one |
 /// | `GET /metrics` | [`ops::metrics`] |
 /// | `GET /healthz` | [`ops::healthz`] (never needs the token) |
@@ -62,9 +63,8 @@ pub fn router(state: AppState) -> Router {
             "/a2a/{agent}/{*rest}",
             axum::routing::any(crate::a2a::server::rest),
         )
-        .route("/v1/events/{event_type}", post(events::publish))
-        .route("/v1/invoke/{target}", post(invoke::invoke))
-        .route("/v1/invoke/{target}/stream", post(stream::invoke_stream))
+        .merge(v1())
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(ops::metrics))
         .route("/readyz", get(ops::readyz))
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -90,6 +90,49 @@ pub fn router(state: AppState) -> Router {
             crate::trace::http_span,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 description of the `/v1` API (`GET /v1/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Weft gateway",
+        description = "The HTTP API of the Weft gateway (DESIGN §11). Every error has the body {code, message}. With a gateway token, every route needs `Authorization: Bearer <token>`.",
+    ),
+    tags(
+        (name = "events", description = "durable events"),
+        (name = "invoke", description = "request-reply to services and agents"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `/v1` routes, registered with their documentation ([`ApiDoc`]).
+fn v1_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(utoipa_axum::routes!(events::publish))
+        .routes(utoipa_axum::routes!(invoke::invoke))
+        .routes(utoipa_axum::routes!(stream::invoke_stream))
+        .split_for_parts()
+}
+
+fn v1() -> Router<AppState> {
+    v1_parts().0
+}
+
+/// The OpenAPI document of the `/v1` routes, generated from their handlers.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = v1_parts().1;
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc
+    })
+}
+
+/// `GET /v1/openapi.json`: [`openapi`] as JSON.
+async fn openapi_json() -> axum::Json<&'static utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
 }
 
 /// The request body as JSON: the extractor of every route that takes a payload.

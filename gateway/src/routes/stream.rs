@@ -59,7 +59,8 @@ use crate::error::ApiError;
 pub const ORIGIN_METADATA_KEY: &str = "weft.origin";
 
 /// The query string of `POST /v1/invoke/{target}/stream`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Overall budget in milliseconds (1 or more), capped at
     /// [`DEFAULT_STREAM_TIMEOUT`].
@@ -74,6 +75,22 @@ pub struct StreamQuery {
 /// # Errors
 /// [`ApiError`] before the stream starts: 400, 413, 502, 503, 504 or the handler's
 /// status, as listed in the module docs.
+#[utoipa::path(
+    post,
+    path = "/v1/invoke/{target}/stream",
+    tag = "invoke",
+    summary = "Invoke with a streamed reply (Server-Sent Events)",
+    description = "One SSE event per frame: the event name is the frame's event_type, the id its seq, the data the frame envelope. The last event is agent.response.final or agent.response.error.",
+    params(("target" = String, Path, description = "service or service.endpoint"), StreamQuery),
+    request_body(content = serde_json::Value, description = "the request payload"),
+    responses(
+        (status = 200, description = "the frames", content_type = "text/event-stream", body = String),
+        (status = 400, description = "bad target, body, header or query", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong token", body = crate::error::ErrorBody),
+        (status = 503, description = "nothing serves the target", body = crate::error::ErrorBody),
+        (status = 504, description = "no first frame in time", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn invoke_stream(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
