@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::json;
 use weft_bus::ServiceName;
-use weft_bus::registry::Kind;
+use weft_bus::registry::{Kind, Registry, newest_each};
 use weft_gateway::a2a::bridge::{A2aClient, RemoteAgent, RemoteAgents, SendRequest};
 
 use super::Global;
@@ -155,23 +155,19 @@ async fn add(g: &Global, name: ServiceName, url: String) -> anyhow::Result<()> {
 
 async fn ls(g: &Global) -> anyhow::Result<()> {
     let bus = g.connect().await?;
-    let result = list_agents(g, &bus).await;
-    // Stops the registry watch first, so leaving logs no broken watch.
-    bus.drain().await.ok();
-    result
-}
-
-async fn list_agents(g: &Global, bus: &weft_bus::Bus) -> anyhow::Result<()> {
-    let watch = bus.registry_watch().await?;
-    let gateway = watch.newest_each(Kind::Gateway).into_iter().find_map(|r| {
-        r.metadata
-            .get("url")
-            .and_then(|u| u.as_str())
-            .map(str::to_owned)
-    });
-    let remote = RemoteAgents::open(bus).await?.list().await?;
+    let registry = Registry::open(&bus).await?;
+    let gateway = newest_each(registry.list_kind(Kind::Gateway, None).await?)
+        .into_iter()
+        .find_map(|r| {
+            r.metadata
+                .get("url")
+                .and_then(|u| u.as_str())
+                .map(str::to_owned)
+        });
+    let agents = newest_each(registry.list_kind(Kind::Agent, None).await?);
+    let remote = RemoteAgents::open(&bus).await?.list().await?;
     let mut rows = Vec::new();
-    for r in watch.newest_each(Kind::Agent) {
+    for r in agents {
         let a2a_url = r
             .metadata
             .get("a2a_url")

@@ -157,6 +157,18 @@ async fn rpc(url: &str, version: Option<&str>, token: Option<&str>, body: Value)
     )
 }
 
+/// GETs `url` and returns its JSON body.
+async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn nats_url(up: &Up) -> String {
     format!("nats://127.0.0.1:{}", up.nats_port)
 }
@@ -229,14 +241,7 @@ async fn with_a_token_cards_stay_public_and_everything_else_needs_it() {
         "unauthorized",
     ])
     .await;
-    let card: Value = http_client()
-        .get(format!("{url}/.well-known/agent-card.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let card: Value = get_json(format!("{url}/.well-known/agent-card.json")).await;
     assert_eq!(
         card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"],
         "Bearer"
@@ -259,14 +264,7 @@ async fn with_a_token_cards_stay_public_and_everything_else_needs_it() {
         .await
         .unwrap();
     assert_eq!(root.status(), 200);
-    let dir: Value = http_client()
-        .get(format!("{base}/a2a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dir: Value = get_json(format!("{base}/a2a")).await;
     assert_eq!(dir["agents"][0]["name"], "support", "{dir}");
 }
 
@@ -359,6 +357,18 @@ async fn a2a_0_3_requests_in_go_micros_shape_get_0_3_answers_and_http_json_works
         rpc(&url, None, None, cancel).await.1["error"]["code"],
         -32002
     );
+    // Re-attaching to a finished task is -32004, to an unknown one -32001.
+    let resub =
+        json!({"jsonrpc": "2.0", "id": 10, "method": "tasks/resubscribe", "params": {"id": id}});
+    assert_eq!(
+        rpc(&url, None, None, resub).await.1["error"]["code"],
+        -32004
+    );
+    let resub = json!({"jsonrpc": "2.0", "id": 11, "method": "tasks/resubscribe", "params": {"id": "nope"}});
+    assert_eq!(
+        rpc(&url, None, None, resub).await.1["error"]["code"],
+        -32001
+    );
     let unknown =
         json!({"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"id": "nope"}});
     assert_eq!(
@@ -389,14 +399,7 @@ async fn a2a_0_3_requests_in_go_micros_shape_get_0_3_answers_and_http_json_works
     let answer: Value = raw.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32700, "{answer}");
     // The HTTP+JSON binding at the same base: a task by id, and a send.
-    let rest: Value = http_client()
-        .get(format!("{url}/tasks/{id}?historyLength=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest: Value = get_json(format!("{url}/tasks/{id}?historyLength=0")).await;
     assert_eq!(
         (rest["id"].as_str(), rest["status"]["state"].as_str()),
         (Some(id), Some("TASK_STATE_COMPLETED")),
@@ -556,17 +559,11 @@ async fn flows_weft_a2a_call_delegate_and_remote_agents_reach_a_python_a2a_agent
         "{local}"
     );
     // And the gateway serves it over A2A like any agent.
-    let card: Value = http_client()
-        .get(format!(
-            "http://{}/a2a/echo/.well-known/agent-card.json",
-            up.http
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let card: Value = get_json(format!(
+        "http://{}/a2a/echo/.well-known/agent-card.json",
+        up.http
+    ))
+    .await;
     assert_eq!(card["name"], "echo");
     // A URL with nothing behind it is a clear error.
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))

@@ -565,14 +565,15 @@ impl RemoteAgents {
     /// # Errors
     /// [`weft_bus::ErrorKind::Kv`] when the bucket cannot be read or written.
     pub async fn remove(&self, name: &str) -> weft_bus::Result<bool> {
-        let there = self.list().await?.iter().any(|a| a.name == name);
+        let kv_error = |e: &dyn std::fmt::Display| {
+            weft_bus::Error::new(
+                weft_bus::ErrorKind::Kv,
+                format!("cannot remove remote agent {name}: {e}"),
+            )
+        };
+        let there = self.kv.get(name).await.map_err(|e| kv_error(&e))?.is_some();
         if there {
-            self.kv.delete(name).await.map_err(|e| {
-                weft_bus::Error::new(
-                    weft_bus::ErrorKind::Kv,
-                    format!("cannot remove remote agent {name}: {e}"),
-                )
-            })?;
+            self.kv.delete(name).await.map_err(|e| kv_error(&e))?;
         }
         Ok(there)
     }

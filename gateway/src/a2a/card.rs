@@ -56,27 +56,22 @@ pub fn card(registration: &Registration, base: &str, auth: bool) -> AgentCard {
     } else {
         registration.description.clone()
     };
-    let mut skills = vec![AgentSkill {
-        id: "chat".into(),
-        name: "chat".into(),
-        description: description.clone(),
-        tags: vec!["chat".into()],
+    let skill = |id: &str, description: String| AgentSkill {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        description,
+        tags: vec![id.to_owned()],
         examples: None,
         input_modes: None,
         output_modes: None,
         security_requirements: None,
-    }];
+    };
+    let mut skills = vec![skill("chat", description.clone())];
     for service in manages(registration) {
-        skills.push(AgentSkill {
-            id: service.clone(),
-            name: service.clone(),
-            description: format!("Uses the tools of the {service} service"),
-            tags: vec![service],
-            examples: None,
-            input_modes: None,
-            output_modes: None,
-            security_requirements: None,
-        });
+        skills.push(skill(
+            &service,
+            format!("Uses the tools of the {service} service"),
+        ));
     }
     let mut compat = AgentInterface::new(url.clone(), TRANSPORT_PROTOCOL_JSONRPC);
     compat.protocol_version = COMPAT_VERSION.into();

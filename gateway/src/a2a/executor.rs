@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use weft_bus::stream::{Frame, StreamOptions};
 use weft_bus::{Bus, Envelope, ErrorCode, ErrorPayload, FrameType, Target};
 
-use super::store::{TaskUpdate, Tasks};
+use super::store::{STATE_HEADER, Tasks, state_name};
 
 /// The envelope `channel` of chats that come in over A2A.
 pub const A2A_CHANNEL: &str = "a2a";
@@ -210,12 +210,6 @@ impl Events {
     }
 }
 
-/// Whether `update` (from the task's subject) says the task was canceled.
-fn is_cancel(update: &TaskUpdate) -> bool {
-    matches!(&update.event, StreamResponse::StatusUpdate(u) if u.status.state == TaskState::Canceled)
-        || matches!(&update.event, StreamResponse::Task(t) if t.status.state == TaskState::Canceled)
-}
-
 impl ChatExecutor {
     /// The run of one task, sending its events to `tx` until it ends or `tx` closes.
     async fn run(
@@ -279,6 +273,7 @@ impl ChatExecutor {
                 return;
             }
         };
+        let canceled = state_name(&TaskState::Canceled);
         loop {
             tokio::select! {
                 frame = frames.next() => {
@@ -299,7 +294,8 @@ impl ChatExecutor {
                     }
                 }
                 Some(m) = updates.next() => {
-                    if serde_json::from_slice::<TaskUpdate>(&m.payload).is_ok_and(|u| is_cancel(&u)) {
+                    let state = m.headers.as_ref().and_then(|h| h.get(STATE_HEADER));
+                    if state.is_some_and(|v| v.as_str() == canceled) {
                         frames.cancel().await;
                         let _ = tx.send(ev.text_status(TaskState::Canceled, "canceled by the client")).await;
                         return;

@@ -113,22 +113,7 @@ impl RequestHandler for AgentHandler {
         _params: &ServiceParams,
         req: a2a::SubscribeToTaskRequest,
     ) -> Result<BoxStream<'static, Result<StreamResponse, A2AError>>, A2AError> {
-        let record = self.tasks.record(&req.id).await?;
-        match record {
-            Some((r, _)) if r.agent == self.agent => {
-                if r.task.status.state.is_terminal() {
-                    return Err(A2AError::unsupported_operation(format!(
-                        "task {} has already reached a terminal state",
-                        req.id
-                    )));
-                }
-            }
-            _ => return Err(A2AError::task_not_found(&req.id)),
-        }
-        self.tasks
-            .follow(&self.agent, &req.id)
-            .await?
-            .ok_or_else(|| A2AError::task_not_found(&req.id))
+        self.tasks.follow(&self.agent, &req.id).await
     }
 
     async fn create_push_config(

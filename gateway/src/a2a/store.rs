@@ -20,7 +20,8 @@
 //!
 //! # The updates subject
 //!
-//! After each write the store publishes `{"seq", "event"}` on `P.a2a.task.<task_id>`:
+//! After each write the store publishes `{"seq", "event"}` on `P.a2a.task.<task_id>`
+//! (with the task's state in the header [`STATE_HEADER`]):
 //! `event` is the A2A `StreamResponse` that caused the write (the executor hands it over
 //! through the [`Relay`]), or a `task` snapshot when the write had no event. A
 //! subscriber subscribes first, then reads the entry, and skips updates with
@@ -93,6 +94,19 @@ pub struct TaskRecord {
     pub seq: u64,
     /// The task as A2A shows it.
     pub task: Task,
+}
+
+/// The header of each update on `P.a2a.task.<task_id>` naming the task's state after
+/// it (`TASK_STATE_CANCELED`, …), so a reader that only watches the state (the running
+/// gateway, for cancels) need not decode the update.
+pub const STATE_HEADER: &str = "Weft-A2A-State";
+
+/// The A2A name of `state`, e.g. `TASK_STATE_CANCELED`.
+pub fn state_name(state: &TaskState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// One update on `P.a2a.task.<task_id>`: `{"seq", "event"}`.
@@ -220,16 +234,26 @@ impl Tasks {
                 Err(e) => return Err(kv_error("write a task", e)),
             }
         };
-        // Off the task's path: a late index write only makes the reaper look once more.
-        let (tasks, indexed) = (self.clone(), record.clone());
-        tokio::spawn(async move { tasks.index(&indexed, revision == 0).await });
+        // Off the task's path, and only when the index changes (created, ended): a late
+        // index write only makes the reaper look once more.
+        if revision == 0 || record.task.status.state.is_terminal() {
+            let (tasks, indexed) = (self.clone(), record.clone());
+            tokio::spawn(async move { tasks.index(&indexed, revision == 0).await });
+        }
         let update = TaskUpdate {
             seq: record.seq,
             event: event.unwrap_or_else(|| StreamResponse::Task(record.task.clone())),
         };
         if let Ok(payload) = serde_json::to_vec(&update) {
             let subject = self.bus.subjects().a2a_task(id);
-            if let Err(e) = self.bus.client().publish(subject, payload.into()).await {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(STATE_HEADER, state_name(&record.task.status.state));
+            let sent = self
+                .bus
+                .client()
+                .publish_with_headers(subject, headers, payload.into())
+                .await;
+            if let Err(e) = sent {
                 tracing::warn!(task = %id, error = %e, "cannot publish a task update; re-attached streams see it at the next one");
             }
         }
@@ -418,19 +442,21 @@ impl Tasks {
         }
     }
 
-    /// The task's updates from now on, starting with a snapshot: `Task`, then each
-    /// later event, ending after the first terminal (or interrupted) state. `None` when
-    /// the task does not exist for `agent`.
+    /// The updates of `agent`'s running task `task_id` from now on, starting with a
+    /// snapshot: `Task`, then each later event, ending after the first terminal (or
+    /// interrupted) state (`SubscribeToTask`).
     ///
     /// # Errors
-    /// An internal [`A2AError`] when the subject or the bucket cannot be read.
+    /// -32001 when the task does not exist for `agent`; -32004 when it already ended;
+    /// an internal [`A2AError`] when the subject or the bucket cannot be read.
     pub async fn follow(
         &self,
         agent: &str,
         task_id: &str,
-    ) -> Result<Option<BoxStream<'static, Result<StreamResponse, A2AError>>>, A2AError> {
+    ) -> Result<BoxStream<'static, Result<StreamResponse, A2AError>>, A2AError> {
+        let not_found = || A2AError::task_not_found(task_id);
         if weft_bus::subject::validate_token("task id", task_id).is_err() {
-            return Ok(None);
+            return Err(not_found());
         }
         // Subscribe first, then read: no update falls between the two.
         let subscriber = self
@@ -439,11 +465,14 @@ impl Tasks {
             .subscribe(self.bus.subjects().a2a_task(task_id))
             .await
             .map_err(|e| kv_error("subscribe to task updates", e))?;
-        let Some((record, _)) = self.record(task_id).await? else {
-            return Ok(None);
+        let record = match self.record(task_id).await? {
+            Some((r, _)) if r.agent == agent => r,
+            _ => return Err(not_found()),
         };
-        if record.agent != agent {
-            return Ok(None);
+        if record.task.status.state.is_terminal() {
+            return Err(A2AError::unsupported_operation(format!(
+                "task {task_id} has already reached a terminal state"
+            )));
         }
         let start = record.seq;
         let snapshot = StreamResponse::Task(record.task);
@@ -453,7 +482,7 @@ impl Tasks {
             (update.seq > start).then_some(update.event)
         });
         let events = futures::stream::once(async move { snapshot }).chain(later);
-        Ok(Some(Box::pin(take_until_end(events, done).map(Ok))))
+        Ok(Box::pin(take_until_end(events, done).map(Ok)))
     }
 }
 

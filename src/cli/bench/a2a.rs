@@ -17,9 +17,8 @@ use a2a_client::jsonrpc::JsonRpcTransportFactory;
 use serde_json::json;
 use weft_agents::{Agent, ScriptedModel};
 use weft_bus::Target;
-use weft_gateway::{Gateway, GatewayConfig};
 
-use super::{Bench, Figure, OpFuture, bridge_beside_twin};
+use super::{Bench, BenchGateway, Figure, OpFuture, bridge_beside_twin};
 
 /// Sends in flight for `a2a_send`.
 pub const IN_FLIGHT: usize = 16;
@@ -40,20 +39,8 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         .model(Arc::new(ScriptedModel::from_json(SCRIPT)?))
         .serve(&agent_bus)
         .await?;
-    let gateway_bus = b.connect("gateway").await?;
-    let gateway = Gateway::bind(
-        gateway_bus.clone(),
-        GatewayConfig {
-            addr: "127.0.0.1:0".parse()?,
-            ..GatewayConfig::default()
-        },
-    )
-    .await?;
-    let url = format!("{}/a2a/{AGENT}", gateway.url());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(gateway.serve(async move {
-        let _ = stop_rx.await;
-    }));
+    let gateway = BenchGateway::start(b).await?;
+    let url = format!("{}/a2a/{AGENT}", gateway.url);
     // The gateway's registry watch sees the agent within a moment.
     // Without TLS features of its own, the client takes the workspace's reqwest.
     let http = weft_gateway::a2a::bridge::http_client().map_err(|e| anyhow::anyhow!(e.message))?;
@@ -116,8 +103,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     )
     .await;
 
-    let _ = stop_tx.send(());
-    let _ = served.await;
+    gateway.stop().await;
     agent.stop().await?;
     figures
 }

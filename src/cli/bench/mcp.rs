@@ -10,10 +10,9 @@ use std::sync::Arc;
 use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
-use weft_gateway::{Gateway, GatewayConfig};
 
 use super::invoke::{serve_noop, weft_caller};
-use super::{Bench, Figure, OpFuture, bridge_beside_twin};
+use super::{Bench, BenchGateway, Figure, OpFuture, bridge_beside_twin};
 
 /// Calls in flight for `mcp_call`.
 pub const IN_FLIGHT: usize = 16;
@@ -29,20 +28,8 @@ const TOOL: &str = "bench_noop";
 pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     let service_bus = b.connect("service").await?;
     let service = serve_noop(&service_bus, None).await?;
-    let gateway_bus = b.connect("gateway").await?;
-    let gateway = Gateway::bind(
-        gateway_bus.clone(),
-        GatewayConfig {
-            addr: "127.0.0.1:0".parse()?,
-            ..GatewayConfig::default()
-        },
-    )
-    .await?;
-    let url = format!("{}/mcp", gateway.url());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(gateway.serve(async move {
-        let _ = stop_rx.await;
-    }));
+    let gateway = BenchGateway::start(b).await?;
+    let url = format!("{}/mcp", gateway.url);
     let client = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await?;
     // The gateway's registry watch sees `bench` within a moment.
     let mut listed = false;
@@ -89,8 +76,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     .await;
 
     let _ = client.cancel().await;
-    let _ = stop_tx.send(());
-    let _ = served.await;
+    gateway.stop().await;
     service.stop().await?;
     figures
 }

@@ -776,6 +776,44 @@ where
     closed_loop(in_flight, b.duration, op).await
 }
 
+/// An in-process gateway on a free port, serving until [`BenchGateway::stop`]: the
+/// bridges' benches (`mcp_call`, `a2a_send`) measure through it.
+pub struct BenchGateway {
+    /// Its base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), weft_gateway::Error>>,
+}
+
+impl BenchGateway {
+    /// Binds and serves a gateway over a connection of its own.
+    ///
+    /// # Errors
+    /// When connecting or binding fails.
+    pub async fn start(b: &Bench) -> anyhow::Result<BenchGateway> {
+        let gateway = weft_gateway::Gateway::bind(
+            b.connect("gateway").await?,
+            weft_gateway::GatewayConfig {
+                addr: "127.0.0.1:0".parse()?,
+                ..weft_gateway::GatewayConfig::default()
+            },
+        )
+        .await?;
+        let url = gateway.url();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Ok(BenchGateway { url, stop, served })
+    }
+
+    /// Stops it and waits until it stopped.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+    }
+}
+
 /// A bridge beside its twin on the bus, as `mcp_call` and `a2a_send` measure it: the
 /// rate `names.0` with `in_flight` operations in flight, then `names.1`, the p50 of one
 /// operation at a time; `what` names the operations of each side in errors.
