@@ -1,4 +1,5 @@
 //! Durable subscribers (DESIGN §6): a named durable pull consumer on `<PREFIX>_EVENTS`
+//! (or another stream of envelopes: [`DurableConfig::on_stream`], e.g. the run queue)
 //! with explicit ack, shared by every instance of the same name, so work spreads and
 //! each message is handled by one instance at a time.
 //!
@@ -154,6 +155,9 @@ pub struct DurableConfig {
     /// How often this instance samples the consumer's pending counts into
     /// `weft_consumer_pending`. Default 5 s.
     pub stats_interval: Duration,
+    /// Another stream than the events stream, and its subjects to consume
+    /// ([`DurableConfig::on_stream`]); `filters` are then unused.
+    source: Option<(String, Vec<String>)>,
     layers: Vec<LayerFn>,
 }
 
@@ -191,7 +195,24 @@ impl DurableConfig {
             handler_timeout: None,
             deliver_all: false,
             stats_interval: Duration::from_secs(5),
+            source: None,
             layers: Vec::new(),
+        }
+    }
+
+    /// A config for consumer `name` of the envelopes on `subjects` (full subjects,
+    /// wildcards allowed) of `stream` instead of the events stream, e.g. the run
+    /// queue's wakes. It receives everything stored (`deliver_all`, as a work-queue
+    /// stream requires). Replays to it are not offered (they go to the events stream).
+    pub fn on_stream(
+        name: impl Into<String>,
+        stream: impl Into<String>,
+        subjects: Vec<String>,
+    ) -> Self {
+        DurableConfig {
+            source: Some((stream.into(), subjects)),
+            deliver_all: true,
+            ..DurableConfig::new(name, Vec::new())
         }
     }
 
@@ -222,7 +243,7 @@ impl DurableConfig {
                 format!("durable consumer {}: {what}", self.name),
             ))
         };
-        if self.filters.is_empty() {
+        if self.filters.is_empty() && self.source.as_ref().is_none_or(|(_, s)| s.is_empty()) {
             return bad("needs at least one filter".into());
         }
         if self.max_deliver < 1 {
@@ -454,7 +475,10 @@ pub async fn start(
 }
 
 async fn create_or_join(bus: &Bus, config: &DurableConfig) -> Result<Consumer<pull::Config>> {
-    let stream_name = bus.names().events_stream.clone();
+    let stream_name = match &config.source {
+        Some((stream, _)) => stream.clone(),
+        None => bus.names().events_stream.clone(),
+    };
     let stream = bus
         .jetstream()
         .get_stream(&stream_name)
@@ -472,7 +496,9 @@ async fn create_or_join(bus: &Bus, config: &DurableConfig) -> Result<Consumer<pu
         .iter()
         .map(|f| s.events_matching(f))
         .collect();
-    if stream
+    if let Some((_, subjects)) = &config.source {
+        filter_subjects = subjects.clone();
+    } else if stream
         .cached_info()
         .config
         .subjects

@@ -46,6 +46,9 @@ pub struct Names {
     pub dlq_stream: String,
     /// `<PREFIX>_RUNS`: the journal of durable runs (DESIGN §15).
     pub runs_stream: String,
+    /// `<PREFIX>_RUNQ`: the run queue, wakes and timers of durable runs (see
+    /// [`crate::runs::queue`]).
+    pub runq_stream: String,
     /// `<prefix>_registry`.
     pub registry_bucket: String,
     /// `<prefix>_memory`.
@@ -72,6 +75,7 @@ impl Names {
             events_stream: format!("{up}_EVENTS"),
             dlq_stream: format!("{up}_DLQ"),
             runs_stream: format!("{up}_RUNS"),
+            runq_stream: format!("{up}_RUNQ"),
             registry_bucket: format!("{p}_registry"),
             memory_bucket: format!("{p}_memory"),
             flows_bucket: format!("{p}_flows"),
@@ -94,6 +98,7 @@ impl Names {
         stream == self.events_stream
             || stream == self.dlq_stream
             || stream == self.runs_stream
+            || stream == self.runq_stream
             || stream
                 .strip_prefix("KV_")
                 .and_then(|b| b.strip_prefix(self.prefix.as_str()))
@@ -238,6 +243,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             config.dlq_max_age,
         ),
         runs_stream(&n.runs_stream, s.all_runs(), config, replicas),
+        runq_stream(&n.runq_stream, s.all_runq(), config, replicas),
         bucket_wanted(
             kv::Config {
                 bucket: n.registry_bucket.clone(),
@@ -308,6 +314,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             n.events_stream.clone(),
             n.dlq_stream.clone(),
             n.runs_stream.clone(),
+            n.runq_stream.clone(),
         ],
         buckets: vec![
             n.registry_bucket.clone(),
@@ -334,6 +341,37 @@ fn runs_stream(name: &str, subjects: String, config: &ResourceConfig, replicas: 
         duplicate_window: config.duplicate_window,
         num_replicas: replicas,
         allow_direct: true,
+        ..Default::default()
+    };
+    Wanted {
+        what: format!("stream {name}"),
+        stream: name.to_owned(),
+        subjects: vec![subjects],
+        retention: stream.retention,
+        storage: stream.storage,
+        max_age: config.runs_max_age,
+        history: None,
+        duplicate_window: Some(config.duplicate_window),
+        markers: None,
+        recreatable: false,
+        create: Create::Stream(Box::new(stream)),
+    }
+}
+
+/// The run queue: a work queue (a wake is gone once a worker acked it) that holds
+/// message schedules (durable timers and cron ticks, nats-server 2.12 and later for
+/// `@at`, 2.14 for cron), kept as long as the journal.
+fn runq_stream(name: &str, subjects: String, config: &ResourceConfig, replicas: usize) -> Wanted {
+    let stream = stream::Config {
+        name: name.to_owned(),
+        description: Some("Weft run queue: wakes and timers of durable runs".into()),
+        subjects: vec![subjects.clone()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: config.runs_max_age,
+        duplicate_window: config.duplicate_window,
+        num_replicas: replicas,
+        allow_message_schedules: true,
         ..Default::default()
     };
     Wanted {

@@ -363,6 +363,29 @@ impl Subjects {
         format!("{}.runs.>", self.prefix)
     }
 
+    /// `P.runs.<kind>.<name>.*`: the entries of every run of one flow or agent.
+    pub fn runs_of(&self, kind: crate::runs::RunKind, name: &str) -> String {
+        format!("{}.runs.{}.{name}.*", self.prefix, kind.as_str())
+    }
+
+    /// `P.runq.>`: the run queue ([`crate::runs::queue`]).
+    pub fn all_runq(&self) -> String {
+        format!("{}.runq.>", self.prefix)
+    }
+
+    /// `P.runq.<kind>.<name>.<what>`: the run queue of one flow or agent; `what` is
+    /// `wake` or `cron`.
+    pub fn runq(&self, kind: crate::runs::RunKind, name: &str, what: &str) -> String {
+        format!("{}.runq.{}.{name}.{what}", self.prefix, kind.as_str())
+    }
+
+    /// `P.runq.sched.<kind>.<name>.<key>`: a message schedule of the run queue (a
+    /// run's timer, `<run_id>_<step>`, or a flow's cron schedule, `_cron`). One
+    /// schedule per subject: publishing again replaces it.
+    pub fn runq_schedule(&self, kind: crate::runs::RunKind, name: &str, key: &str) -> String {
+        format!("{}.runq.sched.{}.{name}.{key}", self.prefix, kind.as_str())
+    }
+
     /// `P.dlq.<event_type>`.
     pub fn dlq(&self, event_type: &EventType) -> String {
         format!("{}.dlq.{}", self.prefix, event_type)

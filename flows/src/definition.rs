@@ -42,6 +42,18 @@ use weft_bus::subject::{EventPattern, EventType, ServiceName, Target, validate_t
 
 use crate::error::FlowError;
 
+/// The step kinds, as their JSON fields.
+pub const STEP_KINDS: [&str; 8] = [
+    "invoke",
+    "agent",
+    "publish",
+    "a2a",
+    "transform",
+    "sleep",
+    "wait_for_event",
+    "approval",
+];
+
 /// The bridge endpoint `a2a` steps invoke (DESIGN §14).
 pub const A2A_SEND: &str = "a2a.send";
 
@@ -64,10 +76,114 @@ pub enum StepKind {
     /// steps, input}`, `input` being the step's rendered input), e.g.
     /// `[.steps.lines.output[] | .price * .qty] | add` ([`crate::expr`]).
     Transform(crate::expr::Expr),
+    /// Wait this long on a durable timer (`"1h"`, `"90s"`, or ms), holding no worker;
+    /// the timer survives restarts of every process. The output is `{"until"}`.
+    Sleep(#[serde(with = "duration_text")] Duration),
+    /// Wait for an event ([`WaitForEvent`]); the output is the event's envelope.
+    WaitForEvent(WaitForEvent),
+    /// Wait for a person's decision ([`Approval`]); the output is `{approved, by,
+    /// reason}`. A denial fails the step (not retried), and its `on_failure` decides.
+    Approval(Approval),
+}
+
+/// A `wait_for_event` step:
+/// `{"event": "payment.settled", "match": ".event.payload.order == .trigger.payload.order", "timeout": "1h"}`.
+///
+/// The wait starts when the step does: events published before are not seen. When no
+/// event matches within `timeout`, the step fails with code `TIMEOUT` (not retried).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForEvent {
+    /// The event type waited for (no wildcards).
+    pub event: EventType,
+    /// A jq expression over `{event, trigger, steps, run}` (`event` being the
+    /// candidate envelope) that must give `true`. Default: any event of the type.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<crate::expr::Expr>,
+    /// How long to wait (`"1h"`, or ms). Default 24 h.
+    #[serde(default = "default_wait", with = "duration_text")]
+    pub timeout: Duration,
+}
+
+/// An `approval` step: `{"prompt": "Refund ${trigger.payload.amount}?", "timeout": "24h",
+/// "default": "deny"}`. `weft flow approve RUN STEP [--deny REASON]` (or `POST
+/// /v1/runs/{id}/approve`) decides; with no decision within `timeout`, `default` does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// What the approver is asked (a template over the run context). Default empty.
+    #[serde(default)]
+    pub prompt: Value,
+    /// How long to wait for a decision (`"24h"`, or ms). Default 24 h.
+    #[serde(default = "default_wait", with = "duration_text")]
+    pub timeout: Duration,
+    /// The decision when the timeout passes. Default `deny`.
+    #[serde(default)]
+    pub default: Decision,
+}
+
+/// An approval's outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Go on.
+    Approve,
+    /// Stop (the step fails).
+    #[default]
+    Deny,
+}
+
+/// What a step that failed for good does to its run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The run fails (and `weft flow retry` resumes it from this step). The default.
+    #[default]
+    Fail,
+    /// The run goes on with the next step; this step's output is `null`.
+    Continue,
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Durations in definitions: a humantime text (`"1h 30m"`, `"250ms"`) or an integer of
+/// ms; written back as text.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Ms(u64),
+            Text(String),
+        }
+        let d = match Text::deserialize(d)? {
+            Text::Ms(ms) => Duration::from_millis(ms),
+            Text::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+                D::Error::custom(format!(
+                    "{t:?} is not a duration like \"90s\" or \"1h\": {e}"
+                ))
+            })?,
+        };
+        if d.is_zero() {
+            return Err(D::Error::custom("a duration must be more than 0"));
+        }
+        Ok(d)
+    }
 }
 
 impl StepKind {
-    /// `invoke`, `agent`, `publish` or `a2a`.
+    /// The kind's field name: `invoke`, `agent`, `publish`, `a2a`, `transform`,
+    /// `sleep`, `wait_for_event` or `approval`.
     pub fn as_str(&self) -> &'static str {
         match self {
             StepKind::Invoke(_) => "invoke",
@@ -75,7 +191,18 @@ impl StepKind {
             StepKind::Publish(_) => "publish",
             StepKind::A2a(_) => "a2a",
             StepKind::Transform(_) => "transform",
+            StepKind::Sleep(_) => "sleep",
+            StepKind::WaitForEvent(_) => "wait_for_event",
+            StepKind::Approval(_) => "approval",
         }
+    }
+
+    /// Whether the step waits without a worker (sleep, wait for an event, approval).
+    pub fn waits(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Sleep(_) | StepKind::WaitForEvent(_) | StepKind::Approval(_)
+        )
     }
 }
 
@@ -107,6 +234,18 @@ pub struct Step {
     /// [`default_step_retry`]: exponential from 1 s up to 5 min, bounded jitter.
     #[serde(default = "default_step_retry")]
     pub retry: RetryPolicy,
+    /// The error codes that are tried again (e.g. `["AGENT_TIMEOUT", "RATE_LIMITED"]`);
+    /// other codes fail the step at once. Default: what the error itself says
+    /// (timeouts, unavailable services and transport failures are retryable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<String>>,
+    /// What a failure for good does to the run. Default [`OnFailure::Fail`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_failure: OnFailure,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// A step as written in JSON, checked into a [`Step`]: the derived decoding of the
@@ -125,6 +264,12 @@ struct StepDefinition {
     a2a: Option<String>,
     #[serde(default)]
     transform: Option<crate::expr::Expr>,
+    #[serde(default, with = "opt_duration")]
+    sleep: Option<Duration>,
+    #[serde(default)]
+    wait_for_event: Option<WaitForEvent>,
+    #[serde(default)]
+    approval: Option<Approval>,
     #[serde(default)]
     input: Value,
     #[serde(default = "default_timeout_ms")]
@@ -133,48 +278,63 @@ struct StepDefinition {
     max_attempts: u32,
     #[serde(default = "default_step_retry")]
     retry: RetryPolicy,
+    #[serde(default)]
+    retry_on: Option<Vec<String>>,
+    #[serde(default)]
+    on_failure: OnFailure,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::duration_text")] Duration);
+        Option::<Wrap>::deserialize(d).map(|w| w.map(|Wrap(d)| d))
+    }
 }
 
 impl TryFrom<StepDefinition> for Step {
     type Error = String;
 
     fn try_from(d: StepDefinition) -> Result<Self, String> {
-        let kind = match (d.invoke, d.agent, d.publish, d.a2a, d.transform) {
-            (Some(t), None, None, None, None) => StepKind::Invoke(t),
-            (None, Some(a), None, None, None) => StepKind::Agent(a),
-            (None, None, Some(e), None, None) => StepKind::Publish(e),
-            (None, None, None, None, Some(x)) => StepKind::Transform(x),
-            (None, None, None, Some(url), None) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!(
-                        "step {:?}: `a2a` is the URL of an A2A agent, http(s)://…, not {url:?}",
-                        d.name
-                    ));
-                }
-                StepKind::A2a(url)
-            }
-            (i, a, p, r, x) => {
-                let given: Vec<&str> = [
-                    ("invoke", i.is_some()),
-                    ("agent", a.is_some()),
-                    ("publish", p.is_some()),
-                    ("a2a", r.is_some()),
-                    ("transform", x.is_some()),
-                ]
-                .into_iter()
-                .filter_map(|(k, set)| set.then_some(k))
-                .collect();
-                let what = if given.is_empty() {
-                    "names none of them".to_owned()
-                } else {
-                    format!("names {}", given.join(" and "))
-                };
-                return Err(format!(
-                    "step {:?} {what}: a step does exactly one of `invoke`, `agent`, `publish`, `a2a` or `transform`",
-                    d.name
-                ));
-            }
-        };
+        let mut kinds: Vec<StepKind> = [
+            d.invoke.map(StepKind::Invoke),
+            d.agent.map(StepKind::Agent),
+            d.publish.map(StepKind::Publish),
+            d.a2a.map(StepKind::A2a),
+            d.transform.map(StepKind::Transform),
+            d.sleep.map(StepKind::Sleep),
+            d.wait_for_event.map(StepKind::WaitForEvent),
+            d.approval.map(StepKind::Approval),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if kinds.len() != 1 {
+            let what = if kinds.is_empty() {
+                "names none of them".to_owned()
+            } else {
+                let given: Vec<&str> = kinds.iter().map(StepKind::as_str).collect();
+                format!("names {}", given.join(" and "))
+            };
+            return Err(format!(
+                "step {:?} {what}: a step does exactly one of {}",
+                d.name,
+                STEP_KINDS.join(", ")
+            ));
+        }
+        let kind = kinds.remove(0);
+        if let StepKind::A2a(url) = &kind
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "step {:?}: `a2a` is the URL of an A2A agent, http(s)://…, not {url:?}",
+                d.name
+            ));
+        }
         Ok(Step {
             name: d.name,
             kind,
@@ -182,6 +342,8 @@ impl TryFrom<StepDefinition> for Step {
             timeout_ms: d.timeout_ms,
             max_attempts: d.max_attempts,
             retry: d.retry,
+            retry_on: d.retry_on,
+            on_failure: d.on_failure,
         })
     }
 }
@@ -208,6 +370,8 @@ impl Step {
             timeout_ms: default_timeout_ms(),
             max_attempts: default_attempts(),
             retry: default_step_retry(),
+            retry_on: None,
+            on_failure: OnFailure::Fail,
         }
     }
 
@@ -235,6 +399,54 @@ impl Step {
     /// A step computing its output with `expr` over the run context.
     pub fn transform(name: impl Into<String>, expr: crate::expr::Expr) -> Self {
         Step::new(name, StepKind::Transform(expr), Value::Null)
+    }
+
+    /// A step sleeping `duration` on a durable timer.
+    pub fn sleep(name: impl Into<String>, duration: Duration) -> Self {
+        Step::new(name, StepKind::Sleep(duration), Value::Null)
+    }
+
+    /// A step waiting up to `timeout` for an event of type `event` (whose `matches`
+    /// expression, if any, gives `true`).
+    pub fn wait_for_event(
+        name: impl Into<String>,
+        event: EventType,
+        matches: Option<crate::expr::Expr>,
+        timeout: Duration,
+    ) -> Self {
+        let wait = WaitForEvent {
+            event,
+            matches,
+            timeout,
+        };
+        Step::new(name, StepKind::WaitForEvent(wait), Value::Null)
+    }
+
+    /// A step waiting up to `timeout` for an approval, `default` deciding after it.
+    pub fn approval(
+        name: impl Into<String>,
+        prompt: Value,
+        timeout: Duration,
+        default: Decision,
+    ) -> Self {
+        let approval = Approval {
+            prompt,
+            timeout,
+            default,
+        };
+        Step::new(name, StepKind::Approval(approval), Value::Null)
+    }
+
+    /// Sets the retryable error codes ([`Step::retry_on`]).
+    pub fn retry_on(mut self, codes: &[&str]) -> Self {
+        self.retry_on = Some(codes.iter().map(|c| (*c).to_owned()).collect());
+        self
+    }
+
+    /// Sets what a failure for good does to the run.
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
     }
 
     /// Sets the per-attempt timeout. Default 30 s.
@@ -275,10 +487,98 @@ pub struct Flow {
     /// What it does.
     #[serde(default)]
     pub description: String,
-    /// Events that start a run, e.g. `ticket.created` or `ticket.>`.
-    pub trigger: EventPattern,
+    /// Events that start a run, e.g. `ticket.created` or `ticket.>`. Default none: the
+    /// flow starts on its `schedule` or by hand (`weft flow start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<EventPattern>,
+    /// A cron schedule (five fields, or six with seconds first; UTC; e.g. `"*/5 * * *
+    /// *"`) starting one run per tick across all workers of the flow. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     /// Ordered steps (at least one).
     pub steps: Vec<Step>,
+}
+
+/// A cron schedule: five fields (minute, hour, day of month, month, day of week), or six
+/// with seconds first, UTC,
+/// checked with [croner](https://docs.rs/croner) when the flow loads; nats-server fires
+/// its ticks ([`weft_bus::runs::queue`]).
+#[derive(Clone)]
+pub struct Schedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl Schedule {
+    /// Parses a cron expression of five fields, or six with seconds first.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let fields = text.split_whitespace().count();
+        if !(fields == 5 || fields == 6) {
+            return Err(format!(
+                "schedule {text:?}: a cron schedule has five fields (minute hour day month weekday), e.g. \"*/5 * * * *\", or six with seconds first"
+            ));
+        }
+        // croner takes five fields, or six with seconds first (and a seventh, years,
+        // which nats-server does not: refused above).
+        let cron = text
+            .parse::<croner::Cron>()
+            .map_err(|e| format!("schedule {text:?} is not a cron expression: {e}"))?;
+        Ok(Schedule {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+
+    /// Its text, e.g. `*/5 * * * *`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The six-field form nats-server schedules take (seconds first: `0 …` for five
+    /// fields).
+    pub fn server_form(&self) -> String {
+        if self.text.split_whitespace().count() == 6 {
+            self.text.clone()
+        } else {
+            format!("0 {}", self.text)
+        }
+    }
+
+    /// The next tick after now (RFC 3339), for listings.
+    pub fn next_tick(&self) -> Option<String> {
+        self.cron
+            .find_next_occurrence(&chrono::Utc::now(), false)
+            .ok()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}
+
+impl std::fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Schedule({:?})", self.text)
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Schedule::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_version() -> String {
@@ -289,12 +589,38 @@ impl Flow {
     /// A flow `name` triggered by `trigger`, with no steps yet.
     pub fn new(name: impl Into<String>, trigger: EventPattern) -> Self {
         Flow {
+            trigger: Some(trigger),
+            ..Flow::manual(name)
+        }
+    }
+
+    /// A flow `name` started only by hand or by a [`Flow::schedule`], with no steps yet.
+    pub fn manual(name: impl Into<String>) -> Self {
+        Flow {
             name: name.into(),
             version: default_version(),
             description: String::new(),
-            trigger,
+            trigger: None,
+            schedule: None,
             steps: Vec::new(),
         }
+    }
+
+    /// Sets the cron schedule.
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// Sets the version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The step named `name`.
+    pub fn find_step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
     }
 
     /// Sets the description.
@@ -318,6 +644,18 @@ impl Flow {
     /// unknown or later step).
     pub fn from_json(text: &str) -> Result<Flow, FlowError> {
         let flow: Flow = serde_json::from_str(text)
+            .map_err(|e| FlowError::Definition(format!("invalid flow definition: {e}")))?;
+        flow.validate()?;
+        Ok(flow)
+    }
+
+    /// Loads and validates a definition given as a JSON value (e.g. the one a run
+    /// started with).
+    ///
+    /// # Errors
+    /// As [`Flow::from_json`].
+    pub fn from_value(value: Value) -> Result<Flow, FlowError> {
+        let flow: Flow = serde_json::from_value(value)
             .map_err(|e| FlowError::Definition(format!("invalid flow definition: {e}")))?;
         flow.validate()?;
         Ok(flow)

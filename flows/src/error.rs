@@ -7,27 +7,42 @@ pub enum FlowError {
     /// A flow definition is invalid.
     #[error("{0}")]
     Definition(String),
-    /// Another worker changed the run since it was read (optimistic concurrency on the
-    /// KV revision); this worker backs off.
-    #[error("run {run} of flow {flow} was changed by another worker")]
-    Conflict {
-        /// Flow name.
-        flow: String,
-        /// Run id.
-        run: String,
-    },
-    /// The run store (KV) failed.
+    /// A run's journal or the waits bucket could not be read as expected (entries that
+    /// do not fold, a run that kept moving under an action).
     #[error("flow store: {0}")]
     Store(String),
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] weft_bus::Error),
-    /// A run asked to resume has not failed.
-    #[error("run {run} is {status}, not failed: only failed runs resume")]
+    /// No run has this id.
+    #[error("no run {0}")]
+    NotFound(String),
+    /// A run asked to retry has not failed.
+    #[error("run {run} is {status}, not failed: only failed runs are retried")]
     NotFailed {
         /// Run id.
         run: String,
         /// Its status.
-        status: &'static str,
+        status: String,
+    },
+    /// The run ended (or is being cancelled): the action does not apply.
+    #[error("run {run} is {status}: it cannot be {action}")]
+    NotActive {
+        /// Run id.
+        run: String,
+        /// Its status.
+        status: String,
+        /// What was asked, e.g. `cancelled`.
+        action: String,
+    },
+    /// The step does not wait for an approval.
+    #[error("step {step} of run {run} does not wait for an approval: {why}")]
+    NotWaiting {
+        /// Run id.
+        run: String,
+        /// Step name.
+        step: String,
+        /// Why not.
+        why: String,
     },
 }

@@ -1,10 +1,18 @@
 //! # weft-flows
 //!
-//! The durable workflow engine. A [`Flow`] is triggered by events on
-//! `P.events.<pattern>` and runs ordered [steps](Step) (invoke a service, ask an agent,
-//! publish an event). Each step's result is [checkpointed](checkpoint) in the KV bucket
-//! `<prefix>_flows` before the next step starts, so a [run] resumes after a crash
-//! without re-running finished steps.
+//! The durable workflow engine (DESIGN §15). A [`Flow`] is started by events on
+//! `P.events.<pattern>`, a cron schedule, or by hand, and runs ordered [steps](Step):
+//! invoke a service, ask an agent or a remote A2A agent, publish an event, compute with
+//! jq, sleep on a durable timer, wait for an event, wait for an approval. Every step
+//! event is appended to the run's journal ([`weft_bus::runs`]) before the next one, so
+//! a [run] resumes on any worker after a crash without running finished steps again.
+//!
+//! - [`definition`]: flows and steps, in Rust or JSON;
+//! - [`worker`]: the consumers that start and drive runs;
+//! - [`driver`]: what a run does next ([`driver::decide`]) and doing it;
+//! - [`run`]: a run as its journal tells it;
+//! - [`actions`]: reading, starting, cancelling, retrying and approving runs;
+//! - [`waits`]: waits for events; [`legacy`]: runs of earlier releases.
 //!
 //! Flows meet services and agents on the bus only: a step reaches an agent by
 //! invoking its subject, never by linking its crate.
@@ -25,19 +33,23 @@
 //! # Ok(()) }
 //! ```
 
-pub mod checkpoint;
+pub mod actions;
 pub mod definition;
+pub mod driver;
 pub mod error;
 pub mod expr;
+pub mod legacy;
 pub mod metrics;
 pub mod run;
 pub mod template;
+pub mod waits;
 pub mod worker;
 
-pub use checkpoint::RunStore;
-pub use definition::{Flow, Step, StepKind};
+pub use actions::{RunFilter, Runs, Started};
+pub use definition::{Decision, Flow, OnFailure, Schedule, Step, StepKind};
 pub use error::FlowError;
-pub use run::{Run, RunStatus, StepStatus};
+pub use run::{Run, StepRun};
+pub use weft_bus::runs::{RunStatus, StepStatus};
 
 impl From<weft_bus::subject::SubjectError> for FlowError {
     fn from(e: weft_bus::subject::SubjectError) -> Self {

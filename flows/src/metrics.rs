@@ -8,8 +8,8 @@ use weft_bus::metrics::{counter, histogram};
 /// The flow engine's metrics.
 #[derive(Debug, Clone)]
 pub struct FlowMetrics {
-    /// `weft_flow_runs_total{flow, status}`: runs that reached `started`, `completed`
-    /// or `failed`, or were `resumed` after failing.
+    /// `weft_flow_runs_total{flow, status}`: runs that were `started` or ended
+    /// `completed`, `failed` or `cancelled`.
     pub runs: IntCounterVec,
     /// `weft_flow_steps_total{flow, step, outcome}`: step attempts; outcome `ok`,
     /// `retry` or `failed`.
@@ -24,7 +24,7 @@ pub fn flows() -> &'static FlowMetrics {
     M.get_or_init(|| FlowMetrics {
         runs: counter(
             "weft_flow_runs_total",
-            "Flow runs by flow and status (started, completed, failed)",
+            "Flow runs by flow and status (started, completed, failed, cancelled)",
             &["flow", "status"],
         ),
         steps: counter(

@@ -1,226 +1,282 @@
-//! A flow run as an explicit state machine.
+//! A flow run as its journal tells it (DESIGN §15).
 //!
-//! ```text
-//! run:   running ──▶ completed
-//!           │  ▲
-//!           ▼  │ (resume: `weft flow retry`, or its trigger replayed)
-//!         failed
-//! step:  pending ──▶ running ──▶ completed
-//!                       │  ▲
-//!                       ▼  │ (retry: attempt < max_attempts, or the run resumed)
-//!                     failed
-//! ```
+//! A run's truth is its entries on `P.runs.flow.<flow>.<run_id>`
+//! ([`weft_bus::runs::journal`]); [`Run::from_entries`] folds them through the run and
+//! step state machines of [`weft_bus::runs::machine`] (an entry they refuse is an
+//! error, never skipped) and gathers what listings and the worker need: each step's
+//! input, output, attempts, timings, errors, what it waits for and until when.
 //!
-//! Every transition is checkpointed to KV before the engine moves on (see
-//! [`crate::checkpoint`]), so a run resumes after a crash at the first step that is not
-//! `completed`. A step found `running` on resume was interrupted: it runs again
-//! (at-least-once for the interrupted step; finished steps never re-run).
+//! The definition the run started with is part of its first entry, so a run keeps its
+//! steps when a new version of the flow is deployed.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Value, json};
 use weft_bus::Envelope;
-use weft_bus::envelope::now_rfc3339;
-
-use crate::definition::Flow;
-
-/// Status of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Steps remain.
-    Running,
-    /// Every step completed.
-    Completed,
-    /// A step failed for good.
-    Failed,
-}
-
-impl RunStatus {
-    /// `running`, `completed` or `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-        }
-    }
-}
-
-/// Status of a step within a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    /// Not started.
-    Pending,
-    /// An attempt is in progress (or was interrupted).
-    Running,
-    /// Finished with an output.
-    Completed,
-    /// The last attempt failed (the run may retry it).
-    Failed,
-}
-
-/// The checkpointed state of one step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepState {
-    /// Step name.
-    pub name: String,
-    /// Status.
-    pub status: StepStatus,
-    /// Attempts started so far.
-    pub attempts: u32,
-    /// RFC 3339 start of the latest attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// RFC 3339 end of the latest attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// Output, once completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
-    /// Error of the latest failed attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// A run of a flow, as stored in KV `<prefix>_flows` under `<flow>.<run id>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    /// Run id: a UUIDv5 of (flow, trigger event id), so a redelivered trigger finds
-    /// its run.
-    pub id: String,
-    /// Flow name.
-    pub flow: String,
-    /// The trigger's `event_id`.
-    pub trigger_event_id: String,
-    /// Status.
-    pub status: RunStatus,
-    /// One state per step, in order.
-    pub steps: Vec<StepState>,
-    /// RFC 3339 creation time.
-    pub created_at: String,
-    /// RFC 3339 time of the last transition.
-    pub updated_at: String,
-    /// Why the run failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// How many times the run was resumed after failing.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub resumed: u32,
-    /// The trigger envelope, for templates.
-    pub trigger: Envelope,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
+use weft_bus::envelope::ErrorPayload;
+use weft_bus::runs::fold::FoldError;
+use weft_bus::runs::{Entry, EntryEvent, RunRef, RunState, RunStatus, StepStatus};
 
 const RUN_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5eb1_7a2c_0f1e_4d3b_9a8c_77e5_1d2f_0b3a);
 
-/// The run id for `flow` triggered by `event_id`.
+/// The run id for `flow` started by the envelope `event_id` (a trigger, a manual start,
+/// a cron tick): a UUIDv5, so a trigger delivered or replayed again finds its run.
 pub fn run_id(flow: &str, event_id: &str) -> String {
     uuid::Uuid::new_v5(&RUN_NAMESPACE, format!("{flow}:{event_id}").as_bytes()).to_string()
 }
 
-impl Run {
-    /// A new run of `flow` for `trigger`, every step pending.
-    pub fn new(flow: &Flow, trigger: Envelope) -> Run {
-        let now = now_rfc3339();
-        Run {
-            id: run_id(&flow.name, &trigger.event_id),
-            flow: flow.name.clone(),
-            trigger_event_id: trigger.event_id.clone(),
-            status: RunStatus::Running,
-            steps: flow
-                .steps
-                .iter()
-                .map(|s| StepState {
-                    name: s.name.clone(),
-                    status: StepStatus::Pending,
-                    attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    output: None,
-                    error: None,
-                })
-                .collect(),
-            created_at: now.clone(),
-            updated_at: now,
+/// One step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRun {
+    /// Step name.
+    pub name: String,
+    /// Where it is.
+    #[serde(flatten)]
+    pub status: StepStatus,
+    /// Attempts started, over all retries of the run.
+    pub attempts: u32,
+    /// The attempt number the current round of attempts started after (a `weft flow
+    /// retry` starts a new round, with the step's whole `max_attempts`).
+    #[serde(skip)]
+    pub round_base: u32,
+    /// The latest attempt's input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Its output, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The latest failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorPayload>,
+    /// When the latest attempt started (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it completed or failed for good (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// How long the completed attempt took, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// What it waits for (`sleep`, `event`, `approval`), while waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Until when it waits, or when its next attempt is due (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Who wrote its latest entry (a worker, or who approved it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl StepRun {
+    fn pending(name: &str) -> StepRun {
+        StepRun {
+            name: name.to_owned(),
+            status: StepStatus::Pending,
+            attempts: 0,
+            round_base: 0,
+            input: None,
+            output: None,
             error: None,
-            resumed: 0,
-            trigger,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            waiting_for: None,
+            until: None,
+            by: None,
         }
     }
 
-    /// The index of the first step that is not completed, if the run is running.
-    pub fn next_step(&self) -> Option<usize> {
-        if self.status != RunStatus::Running {
-            return None;
-        }
-        self.steps
-            .iter()
-            .position(|s| s.status != StepStatus::Completed)
+    /// Attempts started in the current round (since the last `weft flow retry`).
+    pub fn round_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.round_base)
+    }
+}
+
+/// A flow run: the fold of its journal entries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    /// Run id.
+    pub id: String,
+    /// Flow name.
+    pub flow: String,
+    /// Where it is.
+    pub status: RunStatus,
+    /// What started it: `event`, `manual`, `cron`, `migration`.
+    pub cause: String,
+    /// The envelope that started it (the trigger event, the manual start, the tick).
+    pub trigger: Envelope,
+    /// The flow definition it runs (as it was when the run started).
+    #[serde(skip)]
+    pub definition: Value,
+    /// The definition's version.
+    pub version: String,
+    /// Every step of the definition, in order.
+    pub steps: Vec<StepRun>,
+    /// When it started (RFC 3339).
+    pub created_at: String,
+    /// When its last entry was written (RFC 3339).
+    pub updated_at: String,
+    /// Its output (the last step's output), once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorPayload>,
+    /// How many times it was retried after failing.
+    pub retries: u32,
+    /// Why a cancel was asked for, once it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// The stream sequence of its last entry: the expected last sequence of the next
+    /// append.
+    #[serde(skip)]
+    pub last_seq: u64,
+}
+
+impl Run {
+    /// The run of `entries` (stream sequence, entry), in journal order; `Ok(None)` for
+    /// none.
+    ///
+    /// # Errors
+    /// [`FoldError`] for the first entry the state machines refuse.
+    pub fn from_entries(entries: Vec<(u64, Entry)>) -> Result<Option<Run>, FoldError> {
+        let Some(state) = RunState::fold(entries.iter().cloned())? else {
+            return Ok(None);
+        };
+        Ok(Some(Run::assemble(state, &entries)))
     }
 
-    /// `pending | failed | running → running`: a new attempt of step `i` starts.
-    pub fn start_step(&mut self, i: usize) {
-        let now = now_rfc3339();
-        let s = &mut self.steps[i];
-        s.status = StepStatus::Running;
-        s.attempts += 1;
-        s.started_at = Some(now.clone());
-        s.finished_at = None;
-        s.error = None;
-        self.updated_at = now;
+    fn assemble(state: RunState, entries: &[(u64, Entry)]) -> Run {
+        let mut steps: Vec<StepRun> = state
+            .definition
+            .get("steps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("name").and_then(Value::as_str))
+            .map(StepRun::pending)
+            .collect();
+        let mut run = Run {
+            id: state.run.id.clone(),
+            flow: state.run.name.clone(),
+            status: state.status,
+            cause: state.cause.clone(),
+            trigger: Envelope::new("weft.unknown"),
+            version: state
+                .definition
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            definition: state.definition.clone(),
+            steps: Vec::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            output: state.output.clone(),
+            error: state.error.clone(),
+            retries: 0,
+            cancel_reason: None,
+            last_seq: state.last_seq,
+        };
+        for (_, e) in entries {
+            run.updated_at.clone_from(&e.at);
+            if e.step == weft_bus::runs::entry::RUN_STEP {
+                match &e.event {
+                    EntryEvent::RunStarted { input, .. } => {
+                        run.created_at.clone_from(&e.at);
+                        if let Ok(env) = serde_json::from_value(input.clone()) {
+                            run.trigger = env;
+                        }
+                    }
+                    EntryEvent::RetryRequested { .. } => {
+                        run.retries += 1;
+                        for s in &mut steps {
+                            s.round_base = s.attempts;
+                        }
+                    }
+                    EntryEvent::CancelRequested { reason, by } => {
+                        run.cancel_reason = Some(if reason.is_empty() {
+                            format!("cancelled by {by}")
+                        } else {
+                            format!("cancelled by {by}: {reason}")
+                        });
+                    }
+                    EntryEvent::RunCancelled { reason } if run.error.is_none() => {
+                        run.error = Some(ErrorPayload::new(
+                            weft_bus::envelope::ErrorCode::Other("CANCELLED".into()),
+                            reason.clone(),
+                        ));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let i = match steps.iter().position(|s| s.name == e.step) {
+                Some(i) => i,
+                None => {
+                    steps.push(StepRun::pending(&e.step));
+                    steps.len() - 1
+                }
+            };
+            let s = &mut steps[i];
+            s.by.clone_from(&e.by);
+            match &e.event {
+                EntryEvent::StepStarted { input, .. } => {
+                    s.attempts += 1;
+                    s.input = Some(input.clone());
+                    s.started_at = Some(e.at.clone());
+                    s.finished_at = None;
+                    s.until = None;
+                    s.waiting_for = None;
+                }
+                EntryEvent::StepCompleted {
+                    output,
+                    duration_ms,
+                } => {
+                    s.output = Some(output.clone());
+                    s.duration_ms = Some(*duration_ms);
+                    s.finished_at = Some(e.at.clone());
+                    s.waiting_for = None;
+                    s.until = None;
+                }
+                EntryEvent::StepFailed { error, retry_at } => {
+                    s.error = Some(error.clone());
+                    s.waiting_for = None;
+                    s.until.clone_from(retry_at);
+                    if retry_at.is_none() {
+                        s.finished_at = Some(e.at.clone());
+                    }
+                }
+                EntryEvent::StepWaiting { reason, until } => {
+                    s.waiting_for = Some(reason.clone());
+                    s.until.clone_from(until);
+                }
+                _ => {}
+            }
+        }
+        for s in &mut steps {
+            s.status = state.step(&s.name);
+        }
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            // A retried run's earlier failure is history, in its steps.
+            run.error = None;
+        }
+        run.steps = steps;
+        run
     }
 
-    /// `running → completed` with `output`; the run completes after its last step.
-    pub fn complete_step(&mut self, i: usize, output: Value) {
-        let now = now_rfc3339();
-        let s = &mut self.steps[i];
-        s.status = StepStatus::Completed;
-        s.finished_at = Some(now.clone());
-        s.output = Some(output);
-        self.updated_at = now;
-        if self.steps.iter().all(|s| s.status == StepStatus::Completed) {
-            self.status = RunStatus::Completed;
-        }
+    /// The step named `name`.
+    pub fn step(&self, name: &str) -> Option<&StepRun> {
+        self.steps.iter().find(|s| s.name == name)
     }
 
-    /// `running → failed`; when `give_up`, the run fails too.
-    pub fn fail_step(&mut self, i: usize, error: String, give_up: bool) {
-        let now = now_rfc3339();
-        let s = &mut self.steps[i];
-        s.status = StepStatus::Failed;
-        s.finished_at = Some(now.clone());
-        s.error = Some(error.clone());
-        self.updated_at = now;
-        if give_up {
-            self.status = RunStatus::Failed;
-            self.error = Some(format!("step {} failed: {error}", s.name));
-        }
-    }
-
-    /// `failed → running`: the run goes on from its failed step, whose attempts start
-    /// again from 0 (completed steps keep their outputs and never run again). Returns
-    /// false, changing nothing, when the run has not failed.
-    pub fn resume(&mut self) -> bool {
-        if self.status != RunStatus::Failed {
-            return false;
-        }
-        let now = now_rfc3339();
-        if let Some(s) = self
-            .steps
-            .iter_mut()
-            .find(|s| s.status == StepStatus::Failed)
-        {
-            s.attempts = 0;
-        }
-        self.status = RunStatus::Running;
-        self.error = None;
-        self.resumed += 1;
-        self.updated_at = now;
-        true
+    /// Its journal reference.
+    ///
+    /// # Panics
+    /// Never for a run read from the journal (its names are tokens).
+    pub fn reference(&self) -> RunRef {
+        RunRef::new(weft_bus::runs::RunKind::Flow, &self.flow, &self.id)
+            .expect("a journaled run has token names")
     }
 
     /// The template context: `trigger`, `steps.<name>.output`, `run.id`, `flow.name`.
@@ -231,10 +287,10 @@ impl Run {
             .filter_map(|s| {
                 s.output
                     .as_ref()
-                    .map(|o| (s.name.clone(), serde_json::json!({ "output": o })))
+                    .map(|o| (s.name.clone(), json!({ "output": o })))
             })
             .collect();
-        serde_json::json!({
+        json!({
             "trigger": self.trigger,
             "steps": steps,
             "run": { "id": self.id },
@@ -242,111 +298,154 @@ impl Run {
         })
     }
 
-    /// The listing shape `weft flow runs --json` prints:
-    /// `{id, flow, trigger_event_id, status, error?, resumed, created_at, updated_at,
-    /// steps: [{name, status, attempts, started_at, finished_at, error?}]}`; `error` is
-    /// there when the run or step failed.
+    /// The listing shape of `weft flow runs --json`: `{id, flow, version, status,
+    /// cause, trigger_event_id, created_at, updated_at, retries, error?, steps: [{name,
+    /// status, attempts, started_at?, finished_at?, until?, error?}]}`.
     pub fn summary(&self) -> Value {
-        let mut run = serde_json::json!({
+        json!({
             "id": self.id,
             "flow": self.flow,
-            "trigger_event_id": self.trigger_event_id,
+            "version": self.version,
             "status": self.status,
-            "resumed": self.resumed,
+            "cause": self.cause,
+            "trigger_event_id": self.trigger.event_id,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "retries": self.retries,
+            "error": self.error,
             "steps": self.steps.iter().map(|s| {
-                let mut step = serde_json::json!({
+                let mut v = json!({
                     "name": s.name,
-                    "status": s.status,
+                    "status": s.status.state(),
                     "attempts": s.attempts,
-                    "started_at": s.started_at,
-                    "finished_at": s.finished_at,
                 });
-                if let Some(e) = &s.error {
-                    step["error"] = Value::String(e.clone());
+                for (k, val) in [
+                    ("started_at", s.started_at.as_ref()),
+                    ("finished_at", s.finished_at.as_ref()),
+                    ("until", s.until.as_ref()),
+                ] {
+                    if let Some(val) = val {
+                        v[k] = json!(val);
+                    }
                 }
-                step
+                if let Some(e) = &s.error {
+                    v["error"] = json!(e);
+                }
+                v
             }).collect::<Vec<_>>(),
-        });
-        if let Some(e) = &self.error {
-            run["error"] = Value::String(e.clone());
-        }
-        run
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::definition::Step;
-    use serde_json::json;
+    use weft_bus::envelope::ErrorCode;
+    use weft_bus::runs::RunKind;
 
-    fn flow() -> Flow {
-        Flow::new("f", "a.b".parse().unwrap())
-            .step(Step::publish("one", "x.y".parse().unwrap(), json!(1)))
-            .step(Step::publish("two", "x.z".parse().unwrap(), json!(2)))
+    fn entries(events: Vec<(&str, EntryEvent)>) -> Vec<(u64, Entry)> {
+        let r = RunRef::new(RunKind::Flow, "f", "r1").unwrap();
+        let mut attempts: std::collections::HashMap<String, u32> = Default::default();
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (step, e))| {
+                if matches!(e, EntryEvent::StepStarted { .. }) {
+                    *attempts.entry(step.to_owned()).or_default() += 1;
+                }
+                let a = attempts.get(step).copied().unwrap_or(1);
+                (i as u64 + 1, Entry::new(&r, step, a, e))
+            })
+            .collect()
+    }
+
+    fn started() -> (&'static str, EntryEvent) {
+        (
+            "_run",
+            EntryEvent::RunStarted {
+                cause: "manual".into(),
+                input: serde_json::to_value(Envelope::new("a.b")).unwrap(),
+                definition: json!({"version": "2.0.0", "steps": [{"name": "one"}, {"name": "two"}]}),
+            },
+        )
+    }
+
+    fn step_started() -> EntryEvent {
+        EntryEvent::StepStarted {
+            input: json!({"n": 1}),
+            idempotency_key: "k".into(),
+        }
     }
 
     #[test]
-    fn a_run_walks_its_steps_in_order() {
-        let trigger = Envelope::new("a.b");
-        let mut run = Run::new(&flow(), trigger.clone());
-        assert_eq!(run.id, run_id("f", &trigger.event_id));
-        assert_eq!(run.next_step(), Some(0));
-        run.start_step(0);
-        assert_eq!(run.next_step(), Some(0), "a running step is not done");
-        run.complete_step(0, json!("out"));
-        assert_eq!(run.next_step(), Some(1));
-        run.start_step(1);
-        run.fail_step(1, "nope".into(), false);
+    fn a_run_lists_every_step_of_its_definition_with_what_happened() {
+        let run = Run::from_entries(entries(vec![
+            started(),
+            ("one", step_started()),
+            (
+                "one",
+                EntryEvent::StepFailed {
+                    error: ErrorPayload::new(ErrorCode::AgentTimeout, "slow"),
+                    retry_at: Some("2026-12-02T10:00:00Z".into()),
+                },
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(run.version, "2.0.0");
+        assert_eq!(run.cause, "manual");
         assert_eq!(run.status, RunStatus::Running);
-        run.start_step(1);
-        assert_eq!(run.steps[1].attempts, 2);
-        run.complete_step(1, json!(null));
-        assert_eq!(run.status, RunStatus::Completed);
-        assert_eq!(run.next_step(), None);
-        assert_eq!(run.context()["steps"]["one"]["output"], "out");
-        assert_eq!(run.summary()["steps"][1]["attempts"], 2);
-    }
-
-    #[test]
-    fn giving_up_fails_the_run() {
-        let mut run = Run::new(&flow(), Envelope::new("a.b"));
-        run.start_step(0);
-        run.fail_step(0, "boom".into(), true);
-        assert_eq!(run.status, RunStatus::Failed);
-        assert!(run.error.as_deref().unwrap().contains("boom"));
-        assert_eq!(run.next_step(), None);
+        let one = run.step("one").unwrap();
+        assert_eq!(one.status, StepStatus::Backoff { attempt: 1 });
+        assert_eq!(one.until.as_deref(), Some("2026-12-02T10:00:00Z"));
+        assert_eq!(one.input, Some(json!({"n": 1})));
+        assert_eq!(run.step("two").unwrap().status, StepStatus::Pending);
         let summary = run.summary();
-        assert_eq!(summary["status"], "failed");
-        assert!(
-            summary["error"].as_str().unwrap().contains("boom"),
-            "{summary}"
-        );
-        assert_eq!(summary["steps"][0]["error"], "boom");
+        assert_eq!(summary["steps"][0]["status"], "backoff");
+        assert_eq!(summary["steps"][0]["error"]["code"], "AGENT_TIMEOUT");
+        assert_eq!(summary["steps"][1]["status"], "pending");
     }
 
     #[test]
-    fn a_failed_run_resumes_at_its_failed_step() {
-        let mut run = Run::new(&flow(), Envelope::new("a.b"));
-        assert!(!run.resume(), "a running run does not resume");
-        run.start_step(0);
-        run.complete_step(0, json!("kept"));
-        run.start_step(1);
-        run.start_step(1);
-        run.fail_step(1, "down".into(), true);
-        assert!(run.resume());
+    fn a_retry_starts_a_new_round_of_attempts_and_completed_outputs_feed_templates() {
+        let run = Run::from_entries(entries(vec![
+            started(),
+            ("one", step_started()),
+            (
+                "one",
+                EntryEvent::StepCompleted {
+                    output: json!("kept"),
+                    duration_ms: 2,
+                },
+            ),
+            ("two", step_started()),
+            (
+                "two",
+                EntryEvent::StepFailed {
+                    error: ErrorPayload::new(ErrorCode::AgentUnavailable, "down"),
+                    retry_at: None,
+                },
+            ),
+            (
+                "_run",
+                EntryEvent::RunFailed {
+                    error: ErrorPayload::new(ErrorCode::AgentUnavailable, "down"),
+                },
+            ),
+            ("_run", EntryEvent::RetryRequested { by: "ada".into() }),
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(run.status, RunStatus::Running);
-        assert_eq!(run.error, None);
-        assert_eq!(run.resumed, 1);
-        assert_eq!(run.next_step(), Some(1), "completed steps do not run again");
-        assert_eq!(run.steps[0].output, Some(json!("kept")));
+        assert_eq!(run.retries, 1);
+        let two = run.step("two").unwrap();
+        assert_eq!(two.status, StepStatus::Failed { attempt: 1 });
         assert_eq!(
-            run.steps[1].attempts, 0,
-            "the failed step's attempts start over"
+            two.round_attempts(),
+            0,
+            "a retry gives the step its attempts back"
         );
-        assert_eq!(run.summary()["resumed"], 1);
-        assert!(!run.resume(), "resuming twice is one resume");
+        assert_eq!(run.context()["steps"]["one"]["output"], "kept");
+        assert!(run.context()["steps"].get("two").is_none());
     }
 }

@@ -1,89 +1,94 @@
-//! The flow worker: runs flows from their triggers, step by step, checkpointing each.
+//! The flow worker: starts runs from their triggers, schedules and manual starts, and
+//! drives them through the journal (DESIGN §15, [`crate::driver`]).
 //!
-//! Each flow consumes its trigger through the durable pull consumer `flow_<name>` on
-//! `<PREFIX>_EVENTS`, shared by every worker running that flow, so runs spread over
-//! workers. While a step runs, the consumer sends in-progress acks; if the worker dies,
-//! the trigger is redelivered after the ack wait and another worker resumes the run
-//! from its checkpoint.
+//! Per flow, every worker running it shares three durable consumers:
 //!
-//! Delivery guarantees: a completed step never runs again. The step that was in
-//! progress when a worker died runs again (at-least-once); every attempt of a step
-//! carries the same `event_id` (a UUIDv5 of run and step), so services can
-//! de-duplicate and a republished event is dropped by JetStream de-duplication.
+//! | consumer | stream, subjects | what |
+//! |---|---|---|
+//! | `flow_<name>` | `<PREFIX>_EVENTS`, the trigger pattern | a trigger starts a run (id: UUIDv5 of flow and event id), which is driven in that delivery |
+//! | `run_<name>` | `<PREFIX>_RUNQ`, `P.runq.flow.<name>.*` | wakes (timers, approvals, events, cancels, retries), manual starts, cron ticks |
+//! | `wait_<name>` | `<PREFIX>_EVENTS`, the types its `wait_for_event` steps wait for | completes matching waits ([`crate::waits`]) |
 //!
-//! # Failing, and coming back
+//! A run is driven inside one delivery at a time, which is its lease: while a step runs,
+//! in-progress acks keep it; when the worker dies, the delivery comes back after
+//! [`WorkerConfig::lease`] to another worker, which resumes the run from its journal.
+//! A waiting run (sleep, approval, event, retry backoff) holds no delivery: a timer of
+//! the run queue, or whoever ends the wait, wakes it.
 //!
-//! - A retryable step failure is tried again after the step's [retry
-//!   policy](crate::definition::Step::retry) (default exponential, 1 s up to 5 min, 10
-//!   attempts), through JetStream redelivery.
+//! # Guarantees
+//!
+//! - One run per trigger `event_id`, even when the trigger is delivered or replayed
+//!   again: the run's first entry expects subject sequence 0. A replayed trigger of a
+//!   failed run retries it from its failed step.
+//! - A step whose completion is journaled never runs again; an interrupted step runs
+//!   again, and every attempt sends the same `event_id` (the step's idempotency key).
+//! - A run keeps the definition it started with: an old run finishes on its own
+//!   version when a new one is deployed.
+//! - A retryable failure is tried again after the step's retry policy, up to
+//!   `max_attempts`; `retry_on` narrows which error codes are retried. A step that
+//!   fails for good fails the run (journaled with its error; `weft flow retry` resumes
+//!   it from that step) unless its `on_failure` is `continue`.
 //! - A call refused by the worker's open circuit breaker is not an attempt: the step
-//!   waits until the circuit lets a trial through and calls again.
-//! - A step that fails for good (a non-retryable error, or its attempts spent) fails
-//!   the run, and the trigger is dead-lettered with the run's error (reason
-//!   `permanent`), so `weft dlq ls` shows it and alerting sees it.
-//! - A failed run resumes from its failed step, its attempts starting over, when its
-//!   trigger comes again as a replay: [`resume`] (`weft flow retry`), `weft dlq replay`
-//!   of its dead letter, or `weft replay --to-consumer flow_<name>`. Any other
-//!   delivery of a failed run's trigger is dead-lettered again (once: dead letters are
-//!   de-duplicated).
+//!   waits until the circuit lets a trial through.
 //!
 //! # Spans
 //!
-//! Each delivery of a trigger runs in a `flow.run` span (kind INTERNAL, a child of the
-//! consumer's `process` span) with `weft.flow.name`, `weft.flow.run_id`,
-//! `weft.flow.trigger.event_id`, `weft.delivery.attempt` and, when the delivery is
-//! done, `weft.flow.status`; each step attempt in a `flow.step` span under it with
-//! `weft.flow.step`, `weft.flow.step.kind` and `weft.flow.step.attempt` (integers as
-//! integers). Names stay constant: flows, steps, attempts and run ids are attributes.
-//! A failed step or run has status ERROR and `error.type` (`retryable`, `permanent`;
-//! for a run, how its delivery ended: `retry`, `permanent`).
+//! Each delivery runs in a `flow.run` span (kind INTERNAL, child of the consumer's
+//! `process` span) with `weft.flow.name`, `weft.flow.run_id`, `weft.delivery.attempt`
+//! and, when the delivery is done, `weft.flow.status`; each step attempt in a
+//! `flow.step` span with `weft.flow.step`, `weft.flow.step.kind` and
+//! `weft.flow.step.attempt`. A failed step has status ERROR and `error.type`
+//! (`retryable`, `permanent`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde_json::json;
 use tracing::Instrument as _;
-
-use serde::Serialize;
-use serde_json::{Value, json};
 use weft_bus::consumer::{self, ConsumerHandle, Delivery, DeliveryError, DurableConfig};
-use weft_bus::invoke::{BoxInvoker, InvokeRequest, Invoker};
-use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer, ServiceExt};
+use weft_bus::invoke::Invoker;
+use weft_bus::middleware::{BreakerConfig, CircuitBreakerLayer};
 use weft_bus::registry::{Kind, Registered, Registration, Registry};
 use weft_bus::retry::RetryPolicy;
-use weft_bus::{Bus, Envelope, ErrorKind, Target};
+use weft_bus::runs::{Journal, RunKind, RunQueue, RunRef, RunStatus};
+use weft_bus::{Bus, Envelope};
 
-use crate::checkpoint::RunStore;
-use crate::definition::{A2A_SEND, Flow, Step, StepKind};
+use crate::definition::Flow;
+pub use crate::driver::idempotency_key;
+use crate::driver::{Deployed, DriveError, Engine};
 use crate::error::FlowError;
-use crate::metrics;
-use crate::run::{Run, RunStatus};
-use crate::template;
+use crate::run::run_id;
 
 /// Settings of a worker. Every field states its default.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Ack wait of the trigger consumers: how long after a worker dies its runs are
-    /// picked up elsewhere. In-progress acks go out every third of it. Default 30 s.
-    pub ack_wait: Duration,
-    /// Delay before a trigger is delivered again when the run store (KV) failed, not a
-    /// step (steps follow their own retry policy). Default [`RetryPolicy::default`]
+    /// How long after a worker dies its runs resume elsewhere: the ack wait of the
+    /// flow's consumers (in-progress acks go out every third of it). Default 10 s.
+    pub lease: Duration,
+    /// Delay before a delivery is tried again when the journal or the queue failed, not
+    /// a step (steps follow their own retry policy). Default [`RetryPolicy::default`]
     /// (exponential from 1 s up to 60 s).
     pub store_retry: RetryPolicy,
-    /// Runs handled at once per flow in this worker. Default 8.
+    /// Runs driven at once per flow in this worker. Default 8.
     pub concurrency: usize,
     /// Circuit breaker on the worker's invokes: a failing target is not called for a
     /// while; steps wait for it instead of spending attempts. Default
     /// [`BreakerConfig::default`] (5 failures, 10 s).
     pub breaker: BreakerConfig,
+    /// Waits (sleeps, retry delays) shorter than this are slept inside the delivery
+    /// instead of on a timer of the run queue (whose resolution is about a second).
+    /// Default 2 s.
+    pub short_wait: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            ack_wait: Duration::from_secs(30),
+            lease: Duration::from_secs(10),
             store_retry: RetryPolicy::default(),
             concurrency: 8,
             breaker: BreakerConfig::default(),
+            short_wait: Duration::from_secs(2),
         }
     }
 }
@@ -95,8 +100,8 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Stops pulling triggers, lets running steps finish (their runs are checkpointed),
-    /// and deletes the registry entries.
+    /// Stops pulling deliveries, lets the steps in flight finish and journal, and
+    /// deletes the registry entries.
     pub async fn stop(self) {
         for c in self.consumers {
             c.stop().await;
@@ -109,20 +114,20 @@ impl WorkerHandle {
     }
 }
 
-/// What a worker shares between the runs of its flows.
-#[derive(Clone)]
-struct Engine {
-    bus: Bus,
-    store: RunStore,
-    invoker: BoxInvoker,
-    breaker: CircuitBreakerLayer,
+/// Where a delivery came from.
+#[derive(Clone, Copy)]
+enum Source {
+    Trigger,
+    Queue,
 }
 
-/// Starts a worker for `flows`.
+/// Starts a worker for `flows`: migrates their runs from the KV bucket of earlier
+/// releases ([`crate::legacy`]), sets their cron schedules, and starts their consumers.
 ///
 /// # Errors
-/// [`FlowError::Definition`] for an invalid flow; [`FlowError::Bus`] when the
-/// stream, the flows bucket or the registry is missing (`weft up` creates them).
+/// [`FlowError::Definition`] for an invalid flow; [`FlowError::Bus`] when a stream,
+/// the registry or a schedule is refused (`weft up` creates the streams; cron
+/// schedules need nats-server 2.14).
 pub async fn start(
     bus: &Bus,
     flows: Vec<Flow>,
@@ -130,40 +135,93 @@ pub async fn start(
 ) -> Result<WorkerHandle, FlowError> {
     let registry = Registry::open(bus).await?;
     let breaker = CircuitBreakerLayer::new(config.breaker);
-    let engine = Engine {
+    let journal = Journal::open(bus).await?;
+    let engine = Arc::new(Engine {
         bus: bus.clone(),
-        store: RunStore::open(bus).await?,
+        journal: journal.clone(),
+        queue: RunQueue::new(bus),
         invoker: Invoker::guarded(bus, &breaker),
         breaker,
-    };
+        by: format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        short_wait: config.short_wait,
+    });
     let mut consumers = Vec::new();
     let mut registrations = Vec::new();
     for flow in flows {
         flow.validate()?;
-        let mut durable = DurableConfig::new(flow.consumer_name(), vec![flow.trigger.clone()]);
-        durable.ack_wait = config.ack_wait;
-        durable.retry = config.store_retry;
-        durable.concurrency = config.concurrency;
-        // Steps decide when a run fails; deliveries only run out if workers keep
-        // dying or the store is down for long.
-        durable.max_deliver = flow
-            .steps
-            .iter()
-            .map(|s| i64::from(s.max_attempts))
-            .sum::<i64>()
-            + 10;
-        let flow = Arc::new(flow);
-        let (e, f) = (engine.clone(), flow.clone());
-        let handle = consumer::start(bus, durable, move |d: Delivery| {
-            let (e, f) = (e.clone(), f.clone());
-            async move { e.execute_run(&f, d).await }
-        })
-        .await?;
-        consumers.push(handle);
+        crate::legacy::migrate(bus, &journal, &flow).await?;
+        let json = serde_json::to_value(&flow)
+            .map_err(|e| FlowError::Definition(format!("flow {}: {e}", flow.name)))?;
+        let deployed = Arc::new(Deployed {
+            flow: Arc::new(flow.clone()),
+            json,
+        });
+        let durable = |mut d: DurableConfig| {
+            d.ack_wait = config.lease;
+            d.retry = config.store_retry.clone();
+            d.concurrency = config.concurrency;
+            // Deliveries run out only if workers keep dying or the journal is down for
+            // long; steps decide when a run fails.
+            d.max_deliver = 1000;
+            d
+        };
+        if let Some(trigger) = &flow.trigger {
+            let d = durable(DurableConfig::new(
+                flow.consumer_name(),
+                vec![trigger.clone()],
+            ));
+            let (e, f) = (engine.clone(), deployed.clone());
+            consumers.push(
+                consumer::start(bus, d, move |d: Delivery| {
+                    let (e, f) = (e.clone(), f.clone());
+                    async move { on_delivery(&e, &f, Source::Trigger, d).await }
+                })
+                .await?,
+            );
+        }
+        let queue = RunQueue::new(bus);
+        let d = durable(DurableConfig::on_stream(
+            format!("run_{}", flow.name),
+            bus.names().runq_stream.clone(),
+            vec![bus.subjects().runq(RunKind::Flow, &flow.name, "*")],
+        ));
+        let (e, f) = (engine.clone(), deployed.clone());
+        consumers.push(
+            consumer::start(bus, d, move |d: Delivery| {
+                let (e, f) = (e.clone(), f.clone());
+                async move { on_delivery(&e, &f, Source::Queue, d).await }
+            })
+            .await?,
+        );
+        let wait_types = crate::waits::event_types(&flow);
+        if !wait_types.is_empty() {
+            let patterns = wait_types
+                .iter()
+                .map(|t| t.to_string().parse())
+                .collect::<Result<Vec<_>, _>>()?;
+            let d = durable(DurableConfig::new(format!("wait_{}", flow.name), patterns));
+            let (e, f) = (engine.clone(), deployed.clone());
+            consumers.push(
+                consumer::start(bus, d, move |d: Delivery| {
+                    let (e, f) = (e.clone(), f.clone());
+                    async move {
+                        crate::waits::on_event(&e.bus, &e.journal, &e.queue, &f.flow, d).await
+                    }
+                })
+                .await?,
+            );
+        }
+        match &flow.schedule {
+            Some(s) => queue.set_cron(&flow.name, &s.server_form()).await?,
+            None => queue.clear_cron(&flow.name).await?,
+        }
 
         let mut reg = Registration::new(Kind::Flow, flow.name.clone(), flow.version.clone());
         reg.description = flow.description.clone();
         reg.metadata.insert("trigger".into(), json!(flow.trigger));
+        if let Some(s) = &flow.schedule {
+            reg.metadata.insert("schedule".into(), json!(s.as_str()));
+        }
         reg.metadata.insert(
             "steps".into(),
             json!(
@@ -174,7 +232,7 @@ pub async fn start(
             ),
         );
         registrations.push(registry.register(reg).await?);
-        tracing::info!(flow = %flow.name, trigger = %flow.trigger, "flow worker started");
+        tracing::info!(flow = %flow.name, trigger = ?flow.trigger, schedule = ?flow.schedule, "flow worker started");
     }
     Ok(WorkerHandle {
         consumers,
@@ -182,351 +240,99 @@ pub async fn start(
     })
 }
 
-fn retry(e: FlowError) -> DeliveryError {
-    DeliveryError::Retry(e.to_string())
-}
-
-impl Engine {
-    /// Runs (or resumes) the run of `flow` for one trigger delivery, in a `flow.run`
-    /// span (see the module docs).
-    async fn execute_run(&self, flow: &Flow, delivery: Delivery) -> Result<(), DeliveryError> {
-        let span = tracing::info_span!(
-            "flow.run",
-            otel.kind = "internal",
-            weft.flow.name = %flow.name,
-            weft.flow.run_id = %crate::run::run_id(&flow.name, &delivery.envelope.event_id),
-            weft.flow.trigger.event_id = %delivery.envelope.event_id,
-            weft.delivery.attempt = delivery.attempt,
-            weft.flow.status = tracing::field::Empty,
-        );
-        let result = self
-            .run_steps(flow, delivery)
-            .instrument(span.clone())
-            .await;
-        match &result {
-            Ok(status) => {
-                span.record("weft.flow.status", status.as_str());
-            }
-            Err(e) => weft_bus::trace::record_error(&span, e),
+/// One delivery: starts the run it names (a trigger, a manual start, a cron tick) or
+/// wakes it, then drives it, in a `flow.run` span.
+async fn on_delivery(
+    engine: &Engine,
+    deployed: &Deployed,
+    source: Source,
+    d: Delivery,
+) -> Result<(), DeliveryError> {
+    let name = &deployed.flow.name;
+    let what = d.subject.rsplit('.').next().unwrap_or_default();
+    let (id, cause) = match (source, what) {
+        (Source::Trigger, _) => (run_id(name, &d.envelope.event_id), Some("event")),
+        (Source::Queue, "start") => (run_id(name, &d.envelope.event_id), Some("manual")),
+        (Source::Queue, "cron") => (
+            run_id(name, &format!("cron:{}", d.stream_sequence)),
+            Some("cron"),
+        ),
+        (Source::Queue, _) => {
+            let id = d
+                .envelope
+                .payload_or_null()
+                .get("run")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (id, None)
         }
-        result.map(drop)
-    }
-
-    /// The body of [`Engine::execute_run`]; returns the run's status when the delivery
-    /// is done with.
-    async fn run_steps(&self, flow: &Flow, delivery: Delivery) -> Result<RunStatus, DeliveryError> {
-        let m = metrics::flows();
-        let store = &self.store;
-        let replayed = delivery.replayed;
-        let fresh = Run::new(flow, delivery.envelope);
-        let mut stored = store.create_or_load(fresh).await.map_err(retry)?;
-        match stored.run.status {
-            RunStatus::Completed => return Ok(RunStatus::Completed),
-            RunStatus::Failed if replayed => {
-                stored.run.resume();
-                store.save(&mut stored).await.map_err(retry)?;
-                m.runs.with_label_values(&[&flow.name, "resumed"]).inc();
-                tracing::info!(flow = %flow.name, run = %stored.run.id, "resuming a failed run");
-            }
-            RunStatus::Failed => return Err(failed(&stored.run)),
-            RunStatus::Running => {}
-        }
-        if stored.run.steps.iter().all(|s| s.attempts == 0) && delivery.attempt == 1 {
-            m.runs.with_label_values(&[&flow.name, "started"]).inc();
-        }
-        let mut finished_here = false;
-        while let Some(i) = stored.run.next_step() {
-            let step = &flow.steps[i];
-            if stored.run.steps[i].attempts >= step.max_attempts {
-                // Attempts spent by earlier deliveries (e.g. workers dying mid-step).
-                let msg = format!("{} attempts spent", step.max_attempts);
-                stored.run.fail_step(i, msg, true);
-                store.save(&mut stored).await.map_err(retry)?;
-                m.runs.with_label_values(&[&flow.name, "failed"]).inc();
-                return Err(failed(&stored.run));
-            }
-            stored.run.start_step(i);
-            let event_id = step_event_id(&stored.run, i);
-            store.save(&mut stored).await.map_err(retry)?;
-
-            let started = Instant::now();
-            let step_span = tracing::info_span!(
-                "flow.step",
-                otel.kind = "internal",
-                weft.flow.name = %flow.name,
-                weft.flow.run_id = %stored.run.id,
-                weft.flow.step = %step.name,
-                weft.flow.step.kind = step.kind.as_str(),
-                weft.flow.step.attempt = i64::from(stored.run.steps[i].attempts),
-            );
-            let result = match template::render(&step.input, &stored.run.context()) {
-                Ok(input) => {
-                    self.execute_step(&stored.run, step, input, event_id)
-                        .instrument(step_span.clone())
-                        .await
+    };
+    let r = RunRef::new(RunKind::Flow, name, &id)
+        .map_err(|e| DeliveryError::Permanent(format!("a wake without a run id: {e}")))?;
+    let span = tracing::info_span!(
+        "flow.run",
+        otel.kind = "internal",
+        weft.flow.name = %name,
+        weft.flow.run_id = %r.id,
+        weft.delivery.attempt = d.attempt,
+        weft.flow.status = tracing::field::Empty,
+    );
+    let takeover = d.attempt > 1;
+    let result = async {
+        let entries = match cause {
+            Some(cause) => {
+                let (entries, fresh) = engine.start(deployed, &r, cause, &d.envelope).await?;
+                if !fresh && d.replayed {
+                    return retry_failed(engine, deployed, &r, "replay").await;
                 }
-                Err(e) => Err(StepFailure {
-                    message: format!("input template: {e}"),
-                    retryable: false,
-                }),
-            };
-            if let Err(failure) = &result {
-                weft_bus::trace::record_error(&step_span, failure);
+                entries
             }
-            drop(step_span);
-            m.step_duration
-                .with_label_values(&[&flow.name, &step.name])
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(output) => {
-                    m.steps
-                        .with_label_values(&[&flow.name, &step.name, "ok"])
-                        .inc();
-                    stored.run.complete_step(i, output);
-                    store.save(&mut stored).await.map_err(retry)?;
-                    finished_here = stored.run.status == RunStatus::Completed;
-                }
-                Err(failure) => {
-                    let attempts = stored.run.steps[i].attempts;
-                    let give_up = !failure.retryable || attempts >= step.max_attempts;
-                    let outcome = if give_up { "failed" } else { "retry" };
-                    m.steps
-                        .with_label_values(&[&flow.name, &step.name, outcome])
-                        .inc();
-                    tracing::warn!(flow = %flow.name, run = %stored.run.id, step = %step.name, attempt = attempts, error = %failure.message, give_up, "step failed");
-                    stored.run.fail_step(i, failure.message.clone(), give_up);
-                    store.save(&mut stored).await.map_err(retry)?;
-                    if give_up {
-                        m.runs.with_label_values(&[&flow.name, "failed"]).inc();
-                        return Err(failed(&stored.run));
-                    }
-                    let delay = step
-                        .retry
-                        .delay(i64::from(attempts))
-                        .unwrap_or(Duration::ZERO);
-                    return Err(DeliveryError::RetryAfter(delay, failure.message));
-                }
-            }
-        }
-        if finished_here {
-            m.runs.with_label_values(&[&flow.name, "completed"]).inc();
-            tracing::info!(flow = %flow.name, run = %stored.run.id, "run completed");
-        }
-        Ok(stored.run.status)
-    }
-
-    async fn execute_step(
-        &self,
-        run: &Run,
-        step: &Step,
-        input: Value,
-        event_id: String,
-    ) -> Result<Value, StepFailure> {
-        let trigger = &run.trigger;
-        let inherit = |env: &mut Envelope| {
-            env.event_id = event_id.clone();
-            env.inherit_context(trigger);
-            env.from = Some(format!("flow.{}", run.flow));
-            env.metadata
-                .insert("weft.flow.run_id".into(), json!(run.id));
-            env.metadata
-                .insert("weft.flow.step".into(), json!(step.name));
+            None => engine.journal.read(&r).await?,
         };
-        match &step.kind {
-            StepKind::Invoke(target) => self.invoke(target, input, step, inherit).await,
-            StepKind::Agent(agent) => {
-                self.invoke(&Target::service(agent.clone()), input, step, inherit)
-                    .await
-            }
-            StepKind::A2a(url) => {
-                let request = match input {
-                    Value::String(message) => json!({"url": url, "message": message}),
-                    Value::Object(mut o) => {
-                        o.insert("url".into(), json!(url));
-                        Value::Object(o)
-                    }
-                    other => json!({"url": url, "message": other.to_string()}),
-                };
-                let target: Target = A2A_SEND.parse().expect("a valid target");
-                self.invoke(&target, request, step, inherit).await
-            }
-            StepKind::Transform(expr) => {
-                let mut context = run.context();
-                context["input"] = input;
-                let expr = expr.clone();
-                // Off the async threads: jq may compute for a while.
-                let evaluation = tokio::task::spawn_blocking(move || expr.run(&context));
-                match tokio::time::timeout(step.timeout_duration(), evaluation).await {
-                    Ok(Ok(result)) => result.map_err(|message| StepFailure {
-                        message,
-                        retryable: false,
-                    }),
-                    Ok(Err(e)) => Err(StepFailure {
-                        message: format!("the jq evaluation failed: {e}"),
-                        retryable: false,
-                    }),
-                    Err(_) => Err(StepFailure {
-                        message: format!(
-                            "the jq expression took longer than the step's {} ms",
-                            step.timeout_ms
-                        ),
-                        retryable: false,
-                    }),
-                }
-            }
-            StepKind::Publish(event_type) => {
-                let mut env = Envelope::event(event_type, input);
-                inherit(&mut env);
-                let published = self.bus.publish_envelope(&env).await?;
-                Ok(json!({ "event_id": published.event_id, "sequence": published.sequence }))
-            }
+        if entries.is_empty() {
+            // A wake for a run that has not started (or was deleted): nothing to do.
+            return Ok(RunStatus::Cancelled);
+        }
+        engine.drive(deployed, &r, entries, takeover).await
+    }
+    .instrument(span.clone())
+    .await;
+    match &result {
+        Ok(status) => {
+            span.record("weft.flow.status", status.as_str());
+        }
+        Err(DriveError::Retry(m) | DriveError::Broken(m)) => {
+            tracing::warn!(parent: &span, flow = %name, run = %r.id, error = %m, "cannot drive the run");
         }
     }
+    result.map(drop).map_err(DeliveryError::from)
+}
 
-    /// Invokes `target`; a call the open circuit breaker refuses is made again once
-    /// the circuit lets a trial through, without counting an attempt.
-    async fn invoke(
-        &self,
-        target: &Target,
-        input: Value,
-        step: &Step,
-        inherit: impl Fn(&mut Envelope),
-    ) -> Result<Value, StepFailure> {
-        let mut env = Envelope::request(target.to_string(), input);
-        inherit(&mut env);
-        let request = InvokeRequest::new(target.clone(), env, step.timeout_duration());
-        let label = target.to_string();
-        loop {
-            match self.invoker.clone().oneshot(request.clone()).await {
-                Ok(reply) => return Ok(reply.payload.unwrap_or(Value::Null)),
-                Err(e) if e.kind() == ErrorKind::Rejected => {
-                    // Another run may hold the trial; look again shortly after.
-                    let wait = self
-                        .breaker
-                        .reopens_in(&label)
-                        .unwrap_or_default()
-                        .max(Duration::from_millis(100));
-                    tracing::debug!(target = %label, wait_ms = wait.as_millis() as u64, "circuit open; waiting for it");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+/// A replayed trigger of a failed run retries it from its failed step.
+async fn retry_failed(
+    engine: &Engine,
+    deployed: &Deployed,
+    r: &RunRef,
+    by: &str,
+) -> Result<RunStatus, DriveError> {
+    match crate::actions::request_retry(&engine.journal, r, by).await {
+        Ok(entries) => engine.drive(deployed, r, entries, false).await,
+        Err(FlowError::NotFailed { .. }) => {
+            let entries = engine.journal.read(r).await?;
+            engine.drive(deployed, r, entries, false).await
         }
+        Err(e) => Err(DriveError::Retry(e.to_string())),
     }
 }
 
-/// The dead-letter outcome of a run that failed for good: its error as the reason.
-fn failed(run: &Run) -> DeliveryError {
-    DeliveryError::Permanent(format!(
-        "run {} of flow {} failed: {}",
-        run.id,
-        run.flow,
-        run.error.as_deref().unwrap_or("unknown error")
-    ))
-}
-
-/// The `event_id` every attempt of step `i` uses: a UUIDv5 of (run, step), so retries
-/// and resumed runs send the same id and receivers can de-duplicate.
-fn step_event_id(run: &Run, i: usize) -> String {
-    uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("{}:{}", run.id, run.steps[i].name).as_bytes(),
-    )
-    .to_string()
-}
-
-/// How [`resume`] sent a failed run's trigger back to its flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "via", rename_all = "snake_case")]
-pub enum Resumed {
-    /// Its dead letter was replayed to the flow's consumer (and removed from the DLQ).
-    DeadLetter {
-        /// The dead letter's id.
-        id: u64,
-    },
-    /// The stored trigger was republished to the flow's consumer (no dead letter of it
-    /// was found, e.g. a run that failed before triggers were dead-lettered).
-    Trigger {
-        /// The copy's stream sequence.
-        sequence: u64,
-    },
-}
-
-/// Resumes failed runs from their failed step: sends each one's trigger again to its
-/// flow's consumer `flow_<name>` alone, replaying the trigger's dead letter when there
-/// is one (which removes it from the DLQ), otherwise republishing the stored trigger.
-/// A worker of the flow then resumes the run (see the module docs). The DLQ is read
-/// once for all `runs`.
-///
-/// Returns one result per run, in order.
-///
-/// # Errors
-/// [`FlowError::Bus`] when the DLQ cannot be read; per run, [`FlowError::NotFailed`]
-/// for a run that has not failed, or [`FlowError::Bus`] when its trigger cannot be
-/// sent (e.g. no consumer `flow_<name>`: no worker of that flow ever ran).
-pub async fn resume(bus: &Bus, runs: &[Run]) -> Result<Vec<Result<Resumed, FlowError>>, FlowError> {
-    let letters = weft_bus::dlq::list(bus, None).await?;
-    let mut out = Vec::with_capacity(runs.len());
-    for run in runs {
-        if run.status != RunStatus::Failed {
-            out.push(Err(FlowError::NotFailed {
-                run: run.id.clone(),
-                status: run.status.as_str(),
-            }));
-            continue;
-        }
-        let consumer = format!("flow_{}", run.flow);
-        let letter = letters.iter().find(|l| {
-            l.letter.as_ref().is_some_and(|d| d.consumer == consumer)
-                && l.envelope
-                    .as_ref()
-                    .is_some_and(|e| e.event_id == run.trigger_event_id)
-        });
-        let result = match letter {
-            Some(l) => weft_bus::dlq::replay(bus, l.id, None)
-                .await
-                .map(|_| Resumed::DeadLetter { id: l.id }),
-            None => weft_bus::replay::envelope_to_consumer(
-                bus,
-                &consumer,
-                &run.trigger,
-                &format!("resume:{}:{}", run.id, run.resumed + 1),
-            )
-            .await
-            .map(|sequence| Resumed::Trigger { sequence }),
-        };
-        out.push(result.map_err(FlowError::from));
-    }
-    Ok(out)
-}
-
-struct StepFailure {
-    message: String,
-    retryable: bool,
-}
-
-impl std::fmt::Display for StepFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl weft_bus::trace::ErrorType for StepFailure {
-    fn error_type(&self) -> std::borrow::Cow<'_, str> {
-        if self.retryable {
-            "retryable"
-        } else {
-            "permanent"
-        }
-        .into()
-    }
-}
-
-impl From<weft_bus::Error> for StepFailure {
-    fn from(e: weft_bus::Error) -> Self {
-        StepFailure {
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-        }
-    }
+/// The envelope of a manual start of flow `flow` with `input` as its payload (what
+/// `${trigger.payload}` renders to).
+pub fn start_envelope(flow: &str, input: serde_json::Value) -> Envelope {
+    let mut env = Envelope::event(
+        &"weft.flow.start".parse().expect("a valid event type"),
+        input,
+    );
+    env.to = Some(format!("flow.{flow}"));
+    env
 }

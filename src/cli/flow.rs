@@ -1,30 +1,49 @@
-//! `weft flow runs`, `weft flow retry` and `weft flow worker`.
+//! `weft flow`: list flows, start, inspect, cancel, retry and approve runs, run a
+//! worker. Runs are read from the journal (`<PREFIX>_RUNS`, DESIGN §15).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use weft_bus::registry::{Kind, Registry};
 use weft_flows::worker::{self, WorkerConfig};
-use weft_flows::{Flow, RunStore};
+use weft_flows::{Flow, Run, RunFilter, RunStatus, Runs};
 
 use super::{Global, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum FlowCommand {
-    /// List runs (of one flow, or all) with their status, per-step state and, for
-    /// failed runs, why.
+    /// List the flows the mesh's workers run: version, trigger, schedule, steps,
+    /// workers.
+    Ls,
+    /// List runs of a flow (or all), oldest first, with each step's status. Examples:
+    ///
+    ///   weft flow runs triage
+    ///   weft flow runs triage --status failed --since 2h --json
+    #[command(verbatim_doc_comment)]
     Runs(RunsArgs),
-    /// Resume failed runs from their failed step (completed steps do not run again).
-    /// The run's trigger goes back to its flow's worker: its dead letter is replayed
-    /// (and removed from the DLQ) when there is one. Examples:
+    /// Show one run: every step with its input, output, attempts, timings and errors.
+    Show(ShowArgs),
+    /// Start a run by hand, its input as the trigger payload; prints the run id. A
+    /// worker of the flow takes it (one that starts later, if none runs now).
+    /// Example: weft flow start triage '{"title": "printer on fire"}' --wait
+    Start(StartArgs),
+    /// Cancel a run: no further step starts; a waiting run ends at once.
+    Cancel(CancelArgs),
+    /// Resume failed runs from their failed step (completed steps do not run again;
+    /// the failed step gets its attempts anew). Examples:
     ///
     ///   weft flow retry 0b6c…-run-id
-    ///   weft flow retry --all --flow triage --status failed --since 1h
+    ///   weft flow retry --all --flow triage --since 1h
     #[command(verbatim_doc_comment)]
     Retry(RetryArgs),
+    /// Decide a run's approval step: approve it, or deny it with --deny REASON (the
+    /// step fails, and its on_failure decides what the run does).
+    Approve(ApproveArgs),
     /// Run flows from JSON definition files until Ctrl-C or SIGTERM. Workers of the
-    /// same flow share its trigger consumer, so runs spread over them.
+    /// same flow share its consumers, so runs spread over them.
     Worker(WorkerArgs),
 }
 
@@ -32,9 +51,57 @@ pub enum FlowCommand {
 pub struct RunsArgs {
     /// Only runs of this flow.
     pub flow: Option<String>,
+    /// Only runs in this status: running, waiting, cancelling, completed, failed,
+    /// cancelled.
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<RunStatus>,
+    /// Only runs started within this long, e.g. `30m`, `2h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
     /// Show at most the newest N runs.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+}
+
+fn parse_status(s: &str) -> Result<RunStatus, String> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        format!(
+            "{s:?} is not a run status (running, waiting, cancelling, completed, failed, cancelled)"
+        )
+    })
+}
+
+fn since(d: Option<Duration>) -> Option<String> {
+    d.map(|d| weft_bus::envelope::rfc3339(time::OffsetDateTime::now_utc() - d))
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run id (from `weft flow runs` or `weft flow start`).
+    pub run: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The flow.
+    pub flow: String,
+    /// The input (JSON): `${trigger.payload}` in the flow's templates. Default `{}`.
+    pub input: Option<String>,
+    /// Wait until the run ends and print it (exit code 1 when it did not complete).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: how long at most, e.g. `30s`, `5m`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run id.
+    pub run: String,
+    /// Why (kept in the journal).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -42,18 +109,26 @@ pub struct RunsArgs {
 pub struct RetryArgs {
     /// The run to resume (its id, from `weft flow runs`).
     pub run: Option<String>,
-    /// Every run that matches --flow, --status and --since.
+    /// Every failed run that matches --flow and --since.
     #[arg(long)]
     pub all: bool,
     /// With --all: only runs of this flow.
     #[arg(long, requires = "all")]
     pub flow: Option<String>,
-    /// With --all: runs in this status (only failed runs resume).
-    #[arg(long, requires = "all", default_value = "failed", value_parser = ["failed"])]
-    pub status: String,
-    /// With --all: only runs that changed within this long, e.g. `30m`, `2h`.
+    /// With --all: only runs started within this long, e.g. `30m`, `2h`.
     #[arg(long, requires = "all", value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The run id.
+    pub run: String,
+    /// The approval step's name.
+    pub step: String,
+    /// Deny instead, for this reason.
+    #[arg(long, value_name = "REASON")]
+    pub deny: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -61,10 +136,10 @@ pub struct WorkerArgs {
     /// Flow definition files (JSON), e.g. examples/support-desk/flows/triage.json.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Ack wait of the trigger consumers in ms: how soon another worker picks up the
-    /// runs of a worker that died.
-    #[arg(long, default_value_t = 30_000)]
-    pub ack_wait_ms: u64,
+    /// Lease of a run in ms: how soon another worker resumes the runs of a worker that
+    /// died.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ms: u64,
     /// Serve Prometheus metrics (GET /metrics) on this address; port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub metrics: std::net::SocketAddr,
@@ -74,30 +149,108 @@ pub struct WorkerArgs {
 
 pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
     match cmd {
+        FlowCommand::Ls => ls(g).await,
         FlowCommand::Runs(args) => runs(g, args).await,
+        FlowCommand::Show(args) => show(g, args).await,
+        FlowCommand::Start(args) => start(g, args).await,
+        FlowCommand::Cancel(args) => {
+            let who = actor();
+            act(g, |r| async move {
+                r.cancel(&args.run, &who, &args.reason).await
+            })
+            .await
+        }
         FlowCommand::Retry(args) => retry(g, args).await,
+        FlowCommand::Approve(args) => {
+            let who = actor();
+            act(g, |r| async move {
+                r.approve(&args.run, &args.step, &who, args.deny.as_deref())
+                    .await
+            })
+            .await
+        }
         FlowCommand::Worker(args) => run_worker(g, args).await,
     }
 }
 
-async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
+/// Who acts, for the journal: `$USER`, else `cli`.
+fn actor() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".into())
+}
+
+fn status(s: RunStatus) -> &'static str {
+    s.as_str()
+}
+
+async fn ls(g: &Global) -> anyhow::Result<()> {
     let bus = g.connect().await?;
-    let mut runs = RunStore::open(&bus)
-        .await?
-        .list(args.flow.as_deref())
-        .await?;
-    let skip = runs.len().saturating_sub(args.limit);
-    runs.drain(..skip);
+    let flows = Registry::open(&bus).await?.listing_kind(Kind::Flow).await?;
     if g.json {
-        let out: Vec<_> = runs.iter().map(|r| r.summary()).collect();
-        return print_json(&out);
+        return print_json(&flows);
     }
-    if runs.is_empty() {
-        println!("no runs yet");
+    if flows.is_empty() {
+        println!("no flow workers running (start one with `weft flow worker FILE.json`)");
         return Ok(());
     }
     println!(
-        "{:<36}  {:<10} {:<9}  {:<24} STEPS",
+        "{:<16} {:<8} {:<22} {:<16} {:>7}  STEPS",
+        "FLOW", "VERSION", "TRIGGER", "SCHEDULE", "WORKERS"
+    );
+    for f in flows {
+        let text = |k: &str| {
+            f.metadata
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let steps: Vec<String> = f
+            .metadata
+            .get("steps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["kind"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!(
+            "{:<16} {:<8} {:<22} {:<16} {:>7}  {}",
+            f.name,
+            f.versions.join(","),
+            text("trigger"),
+            text("schedule"),
+            f.instances,
+            steps.join(" ")
+        );
+    }
+    Ok(())
+}
+
+async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
+    let bus = g.connect().await?;
+    let filter = RunFilter {
+        flow: args.flow,
+        status: args.status,
+        since: since(args.since),
+    };
+    let mut runs = Runs::open(&bus).await?.list(&filter).await?;
+    let skip = runs.len().saturating_sub(args.limit);
+    runs.drain(..skip);
+    if g.json {
+        let out: Vec<_> = runs.iter().map(Run::summary).collect();
+        return print_json(&out);
+    }
+    if runs.is_empty() {
+        println!("no runs match");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<12} {:<10} {:<24} STEPS",
         "RUN", "FLOW", "STATUS", "CREATED"
     );
     for r in runs {
@@ -105,100 +258,202 @@ async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
             .steps
             .iter()
             .map(|s| {
-                let status = serde_json::to_value(s.status).unwrap_or_default();
-                format!(
-                    "{}:{}({})",
-                    s.name,
-                    status.as_str().unwrap_or("?"),
-                    s.attempts
-                )
+                let st = json!(s.status.state());
+                format!("{}:{}({})", s.name, st.as_str().unwrap_or("?"), s.attempts)
             })
             .collect();
         println!(
-            "{:<36}  {:<10} {:<9}  {:<24} {}",
+            "{:<36}  {:<12} {:<10} {:<24} {}",
             r.id,
             r.flow,
-            r.status.as_str(),
+            status(r.status),
             r.created_at,
             steps.join(" ")
         );
         if let Some(e) = &r.error {
             println!("    error: {e}");
-            println!("    (resume it with `weft flow retry {}`)", r.id);
+            if r.status == RunStatus::Failed {
+                println!("    (resume it with `weft flow retry {}`)", r.id);
+            }
         }
     }
     Ok(())
 }
 
+/// The shape of `weft flow show --json` and `GET /v1/runs/{id}`.
+fn detail(run: &Run) -> Value {
+    let mut v = serde_json::to_value(run).unwrap_or_default();
+    v["definition"] = run.definition.clone();
+    v
+}
+
+async fn show(g: &Global, args: ShowArgs) -> anyhow::Result<()> {
+    let bus = g.connect().await?;
+    let run = Runs::open(&bus)
+        .await?
+        .find(&args.run)
+        .await?
+        .with_context(|| format!("no run {} (see `weft flow runs`)", args.run))?;
+    print_run(g, &run)
+}
+
+fn print_run(g: &Global, run: &Run) -> anyhow::Result<()> {
+    if g.json {
+        return print_json(&detail(run));
+    }
+    println!("run      {}", run.id);
+    println!("flow     {} {}", run.flow, run.version);
+    println!("status   {}", status(run.status));
+    println!("cause    {} (event {})", run.cause, run.trigger.event_id);
+    println!("started  {}", run.created_at);
+    println!("updated  {}", run.updated_at);
+    if run.retries > 0 {
+        println!("retries  {}", run.retries);
+    }
+    if let Some(e) = &run.error {
+        println!("error    {e}");
+    }
+    if let Some(o) = &run.output {
+        println!("output   {o}");
+    }
+    for s in &run.steps {
+        let st = json!(s.status.state());
+        println!(
+            "\n  {} [{}] attempts {}",
+            s.name,
+            st.as_str().unwrap_or("?"),
+            s.attempts
+        );
+        let line = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                println!("    {k:<9}{v}");
+            }
+        };
+        line("input", s.input.as_ref().map(Value::to_string));
+        line("output", s.output.as_ref().map(Value::to_string));
+        line("error", s.error.as_ref().map(ToString::to_string));
+        line("started", s.started_at.clone());
+        line("finished", s.finished_at.clone());
+        line("took", s.duration_ms.map(|ms| format!("{ms} ms")));
+        line("waits for", s.waiting_for.clone());
+        line("until", s.until.clone());
+        line("by", s.by.clone());
+    }
+    Ok(())
+}
+
+async fn start(g: &Global, args: StartArgs) -> anyhow::Result<()> {
+    let input: Value = match &args.input {
+        Some(text) => serde_json::from_str(text).context("the input is not JSON")?,
+        None => json!({}),
+    };
+    let bus = g.connect().await?;
+    let workers = Registry::open(&bus)
+        .await?
+        .list_kind(Kind::Flow, Some(&args.flow))
+        .await?;
+    if workers.is_empty() {
+        weft::telemetry::say(
+            tracing::Level::WARN,
+            "warning",
+            &format!(
+                "no worker runs flow {} now: the run starts when one does",
+                args.flow
+            ),
+        );
+    }
+    let runs = Runs::open(&bus).await?;
+    let started = runs.start(&args.flow, input).await?;
+    if !args.wait {
+        if g.json {
+            return print_json(&started);
+        }
+        println!("{}", started.run_id);
+        return Ok(());
+    }
+    let run = runs.wait(&started.run_id, args.timeout).await?;
+    let Some(run) = run.filter(|r| r.status.is_terminal()) else {
+        anyhow::bail!(
+            "run {} did not end within {} (see `weft flow show {}`)",
+            started.run_id,
+            humantime::format_duration(args.timeout),
+            started.run_id
+        );
+    };
+    print_run(g, &run)?;
+    anyhow::ensure!(
+        run.status == RunStatus::Completed,
+        "run {} {}",
+        run.id,
+        status(run.status)
+    );
+    Ok(())
+}
+
+async fn act<F, Fut>(g: &Global, action: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Runs) -> Fut,
+    Fut: std::future::Future<Output = Result<Run, weft_flows::FlowError>>,
+{
+    let bus = g.connect().await?;
+    let run = action(Runs::open(&bus).await?).await?;
+    if g.json {
+        return print_json(&run.summary());
+    }
+    println!("run {} of {} is {}", run.id, run.flow, status(run.status));
+    Ok(())
+}
+
 async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
     let bus = g.connect().await?;
-    let all = RunStore::open(&bus)
-        .await?
-        .list(args.flow.as_deref())
-        .await?;
-    let chosen: Vec<weft_flows::Run> = match &args.run {
-        Some(id) => vec![
-            all.into_iter()
-                .find(|r| &r.id == id)
-                .with_context(|| format!("no run {id} (see `weft flow runs`)"))?,
-        ],
-        None => {
-            let cutoff = args.since.map(|d| time::OffsetDateTime::now_utc() - d);
-            all.into_iter()
-                .filter(|r| r.status.as_str() == args.status)
-                .filter(|r| {
-                    cutoff.is_none_or(|c| {
-                        time::OffsetDateTime::parse(
-                            &r.updated_at,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .is_ok_and(|t| t >= c)
-                    })
-                })
-                .collect()
-        }
+    let runs = Runs::open(&bus).await?;
+    let ids: Vec<String> = match args.run {
+        Some(id) => vec![id],
+        None => runs
+            .list(&RunFilter {
+                flow: args.flow,
+                status: Some(RunStatus::Failed),
+                since: since(args.since),
+            })
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect(),
     };
-    let results = worker::resume(&bus, &chosen).await?;
+    let who = actor();
     let mut failures = 0;
     let mut out = Vec::new();
-    for (run, result) in chosen.iter().zip(results) {
-        match result {
-            Ok(how) => {
+    for id in &ids {
+        match runs.retry(id, &who).await {
+            Ok(run) => {
                 if !g.json {
-                    let via = match &how {
-                        worker::Resumed::DeadLetter { id } => format!("dead letter {id} replayed"),
-                        worker::Resumed::Trigger { .. } => "trigger republished".into(),
-                    };
-                    println!("resuming run {} of {} ({via})", run.id, run.flow);
+                    println!(
+                        "retrying run {} of {} from its failed step",
+                        run.id, run.flow
+                    );
                 }
-                out.push(serde_json::json!({"run": run.id, "flow": run.flow, "resumed": how}));
+                out.push(json!({"run": run.id, "flow": run.flow, "retries": run.retries}));
             }
             Err(e) => {
                 failures += 1;
                 if !g.json {
-                    weft::telemetry::say(
-                        tracing::Level::ERROR,
-                        "error",
-                        &format!("run {}: {e}", run.id),
-                    );
+                    weft::telemetry::say(tracing::Level::ERROR, "error", &format!("run {id}: {e}"));
                 }
-                out.push(
-                    serde_json::json!({"run": run.id, "flow": run.flow, "error": e.to_string()}),
-                );
+                out.push(json!({"run": id, "error": e.to_string()}));
             }
         }
     }
     if g.json {
         print_json(&out)?;
-    } else if chosen.is_empty() {
-        println!("no runs match");
+    } else if ids.is_empty() {
+        println!("no failed runs match");
     } else {
         println!("(`weft flow runs` shows them continue)");
     }
     anyhow::ensure!(
         failures == 0,
-        "{failures} of {} runs could not be resumed",
-        chosen.len()
+        "{failures} of {} runs could not be retried",
+        ids.len()
     );
     Ok(())
 }
@@ -213,7 +468,7 @@ async fn run_worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let bus = g.connect().await?;
     super::resources::ensure(&bus, &args.resources).await?;
     let config = WorkerConfig {
-        ack_wait: Duration::from_millis(args.ack_wait_ms),
+        lease: Duration::from_millis(args.lease_ms),
         ..WorkerConfig::default()
     };
     let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();

@@ -503,11 +503,11 @@ async fn flows_weft_a2a_call_delegate_and_remote_agents_reach_a_python_a2a_agent
         )
         .await
         .unwrap();
-    let store = weft_flows::RunStore::open(&bus).await.unwrap();
+    let store = weft_flows::Runs::open(&bus).await.unwrap();
     let run_id = weft_flows::run::run_id("ask_echo", &trigger.event_id);
     let run = eventually(Duration::from_secs(30), || async {
-        let s = store.load("ask_echo", &run_id).await.unwrap()?;
-        (s.run.status == weft_flows::RunStatus::Completed).then_some(s.run)
+        let run = store.get("ask_echo", &run_id).await.unwrap()?;
+        (run.status == weft_flows::RunStatus::Completed).then_some(run)
     })
     .await
     .expect("the a2a flow run did not complete");

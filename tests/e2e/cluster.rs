@@ -16,7 +16,7 @@ use weft_bus::service::{Endpoint, Request, Service};
 use weft_bus::testing::{TestCluster, eventually};
 use weft_bus::{Bus, ConnectOptions};
 use weft_flows::worker::{self, WorkerConfig};
-use weft_flows::{Flow, RunStatus, RunStore, Step};
+use weft_flows::{Flow, RunFilter, RunStatus, Runs, Step};
 
 async fn connect(urls: String, name: &str) -> Bus {
     ConnectOptions::new(urls)
@@ -65,7 +65,7 @@ async fn a_node_killed_under_flow_load_loses_strands_and_fails_no_run() {
         ));
     let worker_bus = connect(cluster.urls(), "worker").await;
     let config = WorkerConfig {
-        ack_wait: Duration::from_secs(3),
+        lease: Duration::from_secs(3),
         ..WorkerConfig::default()
     };
     let handle = worker::start(&worker_bus, vec![flow], config)
@@ -93,15 +93,19 @@ async fn a_node_killed_under_flow_load_loses_strands_and_fails_no_run() {
         "publishes failed: {publish_errors:?}"
     );
 
-    let store = RunStore::open(&admin).await.unwrap();
+    let store = Runs::open(&admin).await.unwrap();
+    let sturdy = RunFilter {
+        flow: Some("sturdy".into()),
+        ..RunFilter::default()
+    };
     let runs = eventually(Duration::from_secs(120), || async {
-        let runs = store.list(Some("sturdy")).await.ok()?;
+        let runs = store.list(&sturdy).await.ok()?;
         (runs.len() == RUNS && runs.iter().all(|r| r.status == RunStatus::Completed))
             .then_some(runs)
     })
     .await
     .unwrap_or_else(|| {
-        let runs = futures::executor::block_on(store.list(Some("sturdy"))).unwrap_or_default();
+        let runs = futures::executor::block_on(store.list(&sturdy)).unwrap_or_default();
         let mut by_status: HashMap<&str, usize> = HashMap::new();
         for r in &runs {
             *by_status.entry(r.status.as_str()).or_default() += 1;

@@ -11,46 +11,69 @@ use serde_json::json;
 use weft_bus::registry::Registry;
 use weft_bus::service::{Endpoint, Request, Service};
 use weft_bus::testing::{TestServer, eventually};
-use weft_flows::{RunStatus, RunStore};
+use weft_flows::{RunFilter, RunStatus, Runs};
 
 use crate::Proc;
 use crate::processes::{wait_registered, write_flow};
 
-/// Calls per (endpoint, flow run id), from the `weft.flow.run_id` metadata steps carry.
-type Calls = Arc<Mutex<HashMap<(String, String), u32>>>;
+/// The attempts that reached a handler, per idempotency key (the request's `event_id`,
+/// the same for every attempt of a step), from the `weft.flow.step.attempt` metadata
+/// steps carry.
+type Calls = Arc<Mutex<HashMap<String, Vec<u64>>>>;
 
-fn record(calls: &Calls, endpoint: &str, r: &Request) {
-    let run = r.envelope.metadata["weft.flow.run_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    *calls
+fn record(calls: &Calls, r: &Request) {
+    let attempt = r.envelope.metadata["weft.flow.step.attempt"]
+        .as_u64()
+        .unwrap_or_default();
+    calls
         .lock()
         .unwrap()
-        .entry((endpoint.to_owned(), run))
-        .or_default() += 1;
+        .entry(r.envelope.event_id.clone())
+        .or_default()
+        .push(attempt);
 }
 
-/// 300 triggers at about 30/s while the worker is SIGKILLed 20 times and restarted at
-/// once: every run completes (none lost, none stuck, none failed), no step of a run is
-/// called more often than its attempts say (a completed step never runs again), and
-/// every run's announcement is stored exactly once (its publish step's event id is
-/// the same on every attempt, so JetStream de-duplicates).
+/// A small xorshift, seeded from the clock (printed, to replay a failure).
+fn kill_delays(n: usize) -> (u64, Vec<Duration>) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut x = seed;
+    let delays = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Duration::from_millis(150 + x % 500)
+        })
+        .collect();
+    (seed, delays)
+}
+
+/// 1,000 triggers at about 30/s while the worker is SIGKILLed 100 times at random
+/// moments and restarted at once: every run completes (none lost, none stuck, none
+/// failed); no step whose completion was journaled was called again (every call of a
+/// step came from an attempt at or before the one whose completion the journal
+/// holds, and the journal holds one completion per step); and every run's
+/// announcement is stored exactly once (its publish step's event id is the same on
+/// every attempt, so JetStream de-duplicates).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_worker_sigkilled_20_times_under_load_loses_and_strands_nothing() {
-    const RUNS: usize = 300;
-    const KILLS: usize = 20;
+async fn flow_worker_sigkilled_100_times_in_1000_runs_loses_strands_and_repeats_nothing() {
+    const RUNS: usize = 1000;
+    const KILLS: usize = 100;
     let server = TestServer::start().await;
     let bus = server.bus().await;
     let calls: Calls = Arc::default();
     let (c1, c2) = (calls.clone(), calls.clone());
     let _svc = Service::new("fx", "1.0.0")
         .endpoint(Endpoint::new("first", move |r: Request| {
-            record(&c1, "first", &r);
+            record(&c1, &r);
             async { Ok(json!({"ok": 1})) }
         }))
         .endpoint(Endpoint::new("slow", move |r: Request| {
-            record(&c2, "slow", &r);
+            record(&c2, &r);
             async {
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 Ok(json!({"ok": 2}))
@@ -74,7 +97,7 @@ async fn flow_worker_sigkilled_20_times_under_load_loses_and_strands_nothing() {
         file.as_str(),
         "--server",
         server.url(),
-        "--ack-wait-ms",
+        "--lease-ms",
         "1000",
     ];
     let mut worker = Proc::weft("worker", &args, server.dir());
@@ -91,22 +114,28 @@ async fn flow_worker_sigkilled_20_times_under_load_loses_and_strands_nothing() {
             }
         })
     };
-    for kill in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(250 + 37 * (kill as u64 % 7))).await;
+    let (seed, delays) = kill_delays(KILLS);
+    eprintln!("kill delays from seed {seed}");
+    for delay in delays {
+        tokio::time::sleep(delay).await;
         worker.kill();
         worker = Proc::weft("worker", &args, server.dir());
     }
     publisher.await.unwrap();
 
-    let store = RunStore::open(&bus).await.unwrap();
-    let runs = eventually(Duration::from_secs(90), || async {
-        let runs = store.list(Some("sturdy")).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
+    let sturdy = RunFilter {
+        flow: Some("sturdy".into()),
+        ..RunFilter::default()
+    };
+    let runs = eventually(Duration::from_secs(120), || async {
+        let runs = store.list(&sturdy).await.unwrap();
         (runs.len() == RUNS && runs.iter().all(|r| r.status == RunStatus::Completed))
             .then_some(runs)
     })
     .await
     .unwrap_or_else(|| {
-        let runs = futures::executor::block_on(store.list(Some("sturdy"))).unwrap();
+        let runs = futures::executor::block_on(store.list(&sturdy)).unwrap();
         let by_status = runs.iter().fold(HashMap::new(), |mut m, r| {
             *m.entry(r.status.as_str()).or_insert(0) += 1;
             m
@@ -118,23 +147,39 @@ async fn flow_worker_sigkilled_20_times_under_load_loses_and_strands_nothing() {
     });
 
     let calls = calls.lock().unwrap().clone();
+    let journal = weft_bus::runs::Journal::open(&bus).await.unwrap();
     let mut repeated = 0;
     for run in &runs {
-        for (i, endpoint) in ["first", "slow"].into_iter().enumerate() {
-            let n = calls
-                .get(&(endpoint.to_owned(), run.id.clone()))
-                .copied()
-                .unwrap_or(0);
-            let attempts = run.steps[i].attempts;
-            assert!(
-                n >= 1 && n <= attempts,
-                "run {} step {endpoint}: {n} calls, {attempts} attempts",
+        let entries = journal.read(&run.reference()).await.unwrap();
+        for step in ["first", "slow"] {
+            let key = weft_flows::worker::idempotency_key(&run.id, step);
+            let completions: Vec<u32> = entries
+                .iter()
+                .filter(|(_, e)| e.step == step && e.event.name() == "step.completed")
+                .map(|(_, e)| e.attempt)
+                .collect();
+            assert_eq!(
+                completions.len(),
+                1,
+                "run {} step {step}: {completions:?}",
                 run.id
             );
-            repeated += (attempts > 1) as usize;
+            let called = calls.get(&key).cloned().unwrap_or_default();
+            assert!(
+                !called.is_empty(),
+                "run {} step {step} never called",
+                run.id
+            );
+            assert!(
+                called.iter().all(|a| *a <= u64::from(completions[0])),
+                "run {} step {step}: called by attempts {called:?} after attempt {} completed",
+                run.id,
+                completions[0]
+            );
+            repeated += called.len() - 1;
         }
     }
-    eprintln!("{KILLS} kills: {repeated} step attempts repeated over {RUNS} runs");
+    eprintln!("{KILLS} kills: {repeated} interrupted step calls repeated over {RUNS} runs");
     assert!(
         weft_bus::dlq::list(&bus, None).await.unwrap().is_empty(),
         "dead letters"

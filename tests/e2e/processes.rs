@@ -10,7 +10,7 @@ use serde_json::json;
 use weft_bus::registry::{Kind, Registry};
 use weft_bus::service::{Endpoint, Request, Service};
 use weft_bus::testing::{TestServer, eventually};
-use weft_flows::{RunStatus, RunStore, StepStatus};
+use weft_flows::{RunStatus, Runs, StepStatus};
 
 use crate::Proc;
 
@@ -120,7 +120,7 @@ async fn a_run_resumes_on_another_worker_after_sigkill_without_rerunning_finishe
         file.as_str(),
         "--server",
         server.url(),
-        "--ack-wait-ms",
+        "--lease-ms",
         "1500",
     ];
     let mut first = Proc::weft("worker-a", &args, server.dir());
@@ -138,22 +138,22 @@ async fn a_run_resumes_on_another_worker_after_sigkill_without_rerunning_finishe
     assert!(in_step_two.is_some(), "worker A never reached step two");
     first.kill(); // SIGKILL while step two is in progress
 
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     let run_id = weft_flows::run::run_id("crashy", &trigger.event_id);
-    let run = store.load("crashy", &run_id).await.unwrap().unwrap().run;
+    let run = store.get("crashy", &run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(run.steps[0].status, StepStatus::Completed);
     assert_eq!(
         run.steps[1].status,
-        StepStatus::Running,
+        StepStatus::Running { attempt: 1 },
         "{:?}",
         run.steps[1]
     );
 
     let _second = Proc::weft("worker-b", &args, server.dir());
     let done = eventually(Duration::from_secs(20), || async {
-        let s = store.load("crashy", &run_id).await.unwrap()?;
-        (s.run.status == RunStatus::Completed).then_some(s.run)
+        let run = store.get("crashy", &run_id).await.unwrap()?;
+        (run.status == RunStatus::Completed).then_some(run)
     })
     .await
     .expect("worker B did not complete the run");

@@ -163,6 +163,7 @@ impl RunState {
                 let input = match self.step(step) {
                     StepStatus::Pending => StepInput::Start,
                     StepStatus::Backoff { .. } => StepInput::RetryDue,
+                    StepStatus::Running { .. } => StepInput::Takeover,
                     _ => StepInput::Retry,
                 };
                 self.step_on(step, input)?;

@@ -18,9 +18,9 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use bytes::Bytes;
 
-use super::RunRef;
 use super::entry::Entry;
 use super::fold::{FoldError, RunState};
+use super::{RunKind, RunRef};
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -158,6 +158,49 @@ impl Journal {
                 format!("cannot read run {run}: {e}"),
             )),
         }
+    }
+
+    /// The runs of `kind` in the journal, of flow or agent `name` (all when `None`),
+    /// with run id `id` (all when `None`): what a listing folds.
+    ///
+    /// # Errors
+    /// [`ErrorKind::JetStream`] when the stream cannot be read.
+    pub async fn runs(
+        &self,
+        kind: RunKind,
+        name: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<Vec<RunRef>> {
+        use futures::TryStreamExt as _;
+        let prefix = self.bus.subjects().all_runs();
+        let prefix = prefix.trim_end_matches('>');
+        let filter = format!(
+            "{prefix}{}.{}.{}",
+            kind.as_str(),
+            name.unwrap_or("*"),
+            id.unwrap_or("*")
+        );
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::JetStream,
+                format!("cannot list the runs on {filter}: {e}"),
+            )
+        };
+        let mut info = self
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut out = Vec::new();
+        while let Some((subject, _)) = info.try_next().await.map_err(|e| failed(&e))? {
+            let mut tokens = subject[prefix.len()..].split('.').skip(1);
+            if let (Some(name), Some(id)) = (tokens.next(), tokens.next())
+                && let Ok(r) = RunRef::new(kind, name, id)
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// Every entry of the run, in order, with its stream sequence.

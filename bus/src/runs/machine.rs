@@ -44,6 +44,7 @@
 //!    ▼               └─Wait─▶ Waiting(a) ─Complete─▶ Completed
 //! Skipped                        └─Fail{give up}─▶ Failed
 //! Pending, Running, Backoff, Waiting ─Cancel─▶ Cancelled
+//! Running(a) ─Takeover (its worker's lease ran out)─▶ Running(a+1)
 //! ```
 //!
 //! The tests generate one test per row of each table, and check that every pair of
@@ -82,6 +83,20 @@ impl RunStatus {
         RunStatus::Failed,
         RunStatus::Cancelled,
     ];
+
+    /// `running`, `waiting`, `cancelling`, `compensating`, `completed`, `failed` or
+    /// `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Cancelling => "cancelling",
+            RunStatus::Compensating => "compensating",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
 
     /// Whether the run ended (`completed`, `failed` or `cancelled`).
     pub fn is_terminal(self) -> bool {
@@ -241,11 +256,14 @@ pub enum StepInput {
     Skip,
     /// The run is retried from this failed step: the next attempt starts.
     Retry,
+    /// The worker running the attempt is gone (its lease ran out): the next attempt
+    /// starts, with the same idempotency key.
+    Takeover,
 }
 
 impl StepInput {
     /// Every input, for tests.
-    pub const ALL: [StepInput; 9] = [
+    pub const ALL: [StepInput; 10] = [
         StepInput::Start,
         StepInput::Complete,
         StepInput::FailRetrying,
@@ -255,6 +273,7 @@ impl StepInput {
         StepInput::Cancel,
         StepInput::Skip,
         StepInput::Retry,
+        StepInput::Takeover,
     ];
 }
 
@@ -309,7 +328,7 @@ pub enum Attempt {
 }
 
 /// A step's transitions: (from, input, to, attempt). [`StepStatus::on`] reads it.
-pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 14] = {
+pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 15] = {
     use Attempt as A;
     use StepInput as I;
     use StepState as S;
@@ -322,6 +341,7 @@ pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 14] = {
         (S::Running, I::FailForGood, S::Failed, A::Same),
         (S::Running, I::Wait, S::Waiting, A::Same),
         (S::Running, I::Cancel, S::Cancelled, A::None),
+        (S::Running, I::Takeover, S::Running, A::Next),
         (S::Backoff, I::RetryDue, S::Running, A::Next),
         (S::Backoff, I::Cancel, S::Cancelled, A::None),
         (S::Waiting, I::Complete, S::Completed, A::None),
@@ -459,6 +479,7 @@ mod tests {
         waiting_times_out_failing: St::Waiting { attempt: 1 }, FailForGood => St::Failed { attempt: 1 };
         waiting_is_cancelled: St::Waiting { attempt: 1 }, Cancel => St::Cancelled;
         failed_is_retried_with_the_next_attempt: St::Failed { attempt: 4 }, Retry => St::Running { attempt: 5 };
+        an_orphaned_attempt_is_taken_over: St::Running { attempt: 2 }, Takeover => St::Running { attempt: 3 };
     }
 
     #[test]

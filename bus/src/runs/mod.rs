@@ -6,17 +6,19 @@
 //! - [`journal`]: stream `<PREFIX>_RUNS`, subjects `P.runs.<kind>.<name>.<run_id>`;
 //!   appends with de-duplication and optimistic concurrency, reads;
 //! - [`fold`]: a run's state from its entries;
-//! - [`machine`]: the states, inputs and transition tables (with their diagrams).
+//! - [`machine`]: the states, inputs and transition tables (with their diagrams);
+//! - [`queue`]: stream `<PREFIX>_RUNQ`, the wakes and durable timers that bring a
+//!   worker back to a run that waited.
 //!
 //! Flows and agents both use this module and never link each other.
 //!
-//! **Status:** this is the foundation of the durable-execution issue. Flows still keep
-//! their runs in KV `<prefix>_flows`, and agent runs are not journaled yet.
+//! Flow runs are journaled (`weft-flows`); agent runs are not journaled yet.
 
 pub mod entry;
 pub mod fold;
 pub mod journal;
 pub mod machine;
+pub mod queue;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,7 @@ pub use entry::{Entry, EntryEvent};
 pub use fold::RunState;
 pub use journal::{AppendError, Appended, Journal};
 pub use machine::{RunStatus, StepStatus};
+pub use queue::RunQueue;
 
 /// What kind of thing runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,11 +14,13 @@ use weft_bus::retry::RetryPolicy;
 use weft_bus::service::{Endpoint, Request, Service};
 use weft_bus::testing::{TestServer, eventually};
 use weft_flows::worker::{self, WorkerConfig};
-use weft_flows::{Flow, Run, RunStatus, RunStore, Step, StepStatus};
+use weft_flows::{Flow, Run, RunFilter, RunStatus, Runs, Step, StepStatus};
+
+mod durable;
 
 fn fast() -> WorkerConfig {
     WorkerConfig {
-        ack_wait: Duration::from_secs(2),
+        lease: Duration::from_secs(2),
         store_retry: RetryPolicy::fixed(Duration::from_millis(100)),
         concurrency: 4,
         ..WorkerConfig::default()
@@ -29,10 +31,17 @@ fn quick_retry() -> RetryPolicy {
     RetryPolicy::fixed(Duration::from_millis(100))
 }
 
-async fn wait_for_run(store: &RunStore, flow: &str, status: RunStatus) -> Run {
+fn of(flow: &str) -> RunFilter {
+    RunFilter {
+        flow: Some(flow.to_owned()),
+        ..RunFilter::default()
+    }
+}
+
+async fn wait_for_run(store: &Runs, flow: &str, status: RunStatus) -> Run {
     eventually(Duration::from_secs(10), || async {
         store
-            .list(Some(flow))
+            .list(&of(flow))
             .await
             .unwrap()
             .into_iter()
@@ -90,9 +99,10 @@ async fn a_three_step_flow_runs_in_order_and_checkpoints_outputs() {
     let payload = event.envelope.unwrap().payload.unwrap();
     assert_eq!(payload, json!({"result": 20, "text": "got 20 from 5"}));
 
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     let run = wait_for_run(&store, "math", RunStatus::Completed).await;
-    assert_eq!(run.trigger_event_id, trigger.event_id);
+    assert_eq!(run.trigger.event_id, trigger.event_id);
+    assert_eq!(run.cause, "event");
     assert_eq!(run.id, weft_flows::run::run_id("math", &trigger.event_id));
     for s in &run.steps {
         assert_eq!(s.status, StepStatus::Completed, "{s:?}");
@@ -133,8 +143,8 @@ async fn a_three_step_flow_runs_in_order_and_checkpoints_outputs() {
         2,
         "a completed step ran again"
     );
-    let stored = store.load("math", &run.id).await.unwrap().unwrap();
-    assert_eq!(stored.run, run);
+    let stored = store.get("math", &run.id).await.unwrap().unwrap();
+    assert_eq!(stored, run, "the replay appended nothing");
     handle.stop().await;
 }
 
@@ -181,26 +191,24 @@ async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() {
         .await
         .unwrap();
 
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     let run = wait_for_run(&store, "recovers", RunStatus::Completed).await;
     assert_eq!(run.steps[0].attempts, 2);
     let run = wait_for_run(&store, "breaks", RunStatus::Failed).await;
-    assert_eq!(run.steps[0].status, StepStatus::Failed);
+    assert_eq!(run.steps[0].status, StepStatus::Failed { attempt: 1 });
     assert_eq!(
         run.steps[0].attempts, 1,
         "a non-retryable error is not retried"
     );
-    assert!(
-        run.error.as_deref().unwrap().contains("bad input"),
-        "{:?}",
-        run.error
-    );
+    let error = run.error.as_ref().unwrap();
+    assert_eq!(error.code.as_str(), "INVALID_REQUEST");
+    assert!(error.message.contains("bad input"), "{error}");
     assert_eq!(run.steps[1].status, StepStatus::Pending);
     handle.stop().await;
 }
 
 #[tokio::test]
-async fn a_failed_run_is_dead_lettered_and_resumes_from_its_failed_step() {
+async fn a_failed_run_keeps_its_error_and_a_retry_resumes_it_from_its_failed_step() {
     let server = TestServer::start().await;
     let bus = server.bus().await;
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -243,65 +251,80 @@ async fn a_failed_run_is_dead_lettered_and_resumes_from_its_failed_step() {
                 .retry(quick_retry()),
         );
     let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
-    let trigger = bus
-        .publish(&"job.queued".parse().unwrap(), json!({"job": 1}))
+    bus.publish(&"job.queued".parse().unwrap(), json!({"job": 1}))
         .await
         .unwrap();
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     let run = wait_for_run(&store, "resumable", RunStatus::Failed).await;
     assert_eq!(run.steps[1].attempts, 2);
-    assert!(run.summary()["error"].as_str().unwrap().contains("down"));
-
-    // Its trigger is a dead letter carrying the run's error.
-    let letter = eventually(Duration::from_secs(5), || async {
-        weft_bus::dlq::list(&bus, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-    })
-    .await
-    .expect("the failed run's trigger was not dead-lettered");
-    let dead = letter.letter.as_ref().unwrap();
-    assert_eq!(dead.consumer, "flow_resumable");
-    assert_eq!(dead.reason, weft_bus::dlq::Reason::Permanent);
+    assert_eq!(run.summary()["error"]["code"], "AGENT_UNAVAILABLE");
     assert!(
-        dead.last_error.contains(&run.id) && dead.last_error.contains("down"),
-        "{}",
-        dead.last_error
+        run.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("step second: down"),
+        "{:?}",
+        run.error
     );
-    assert_eq!(letter.envelope.as_ref().unwrap().event_id, trigger.event_id);
+    assert!(
+        weft_bus::dlq::list(&bus, None).await.unwrap().is_empty(),
+        "a failed run is kept in the journal, not dead-lettered"
+    );
 
-    // The dependency is back; resuming runs the failed step again, not the first.
+    // The dependency is back; a retry runs the failed step again, not the first.
     healthy.store(true, Ordering::SeqCst);
-    let results = worker::resume(&bus, std::slice::from_ref(&run))
-        .await
-        .unwrap();
-    assert_eq!(
-        results[0].as_ref().unwrap(),
-        &worker::Resumed::DeadLetter { id: letter.id }
-    );
+    let retried = store.retry(&run.id, "ada").await.unwrap();
+    assert_ne!(retried.status, RunStatus::Failed);
     let done = wait_for_run(&store, "resumable", RunStatus::Completed).await;
-    assert_eq!(done.resumed, 1);
-    assert_eq!(done.steps[1].attempts, 1, "attempts start over on resume");
+    assert_eq!(done.retries, 1);
+    assert_eq!(
+        done.steps[1].attempts, 3,
+        "two failed attempts, then one more"
+    );
+    assert_eq!(
+        done.steps[1].round_attempts(),
+        1,
+        "attempts start over on retry"
+    );
+    assert_eq!(done.error, None);
     assert_eq!(
         firsts.load(Ordering::SeqCst),
         1,
         "a completed step ran again"
     );
     assert_eq!(seconds.load(Ordering::SeqCst), 3);
-    assert!(
-        weft_bus::dlq::list(&bus, None).await.unwrap().is_empty(),
-        "the replayed dead letter is removed"
-    );
-    // Only failed runs resume.
-    let again = worker::resume(&bus, std::slice::from_ref(&done))
-        .await
-        .unwrap();
+    // Only failed runs are retried.
     assert!(matches!(
-        again[0],
+        store.retry(&done.id, "ada").await,
         Err(weft_flows::FlowError::NotFailed { .. })
     ));
+
+    // A replay of a failed run's trigger retries it too (`weft replay`).
+    healthy.store(false, Ordering::SeqCst);
+    let again = bus
+        .publish(&"job.queued".parse().unwrap(), json!({"job": 2}))
+        .await
+        .unwrap();
+    let id = weft_flows::run::run_id("resumable", &again.event_id);
+    eventually(Duration::from_secs(10), || async {
+        let r = store.get("resumable", &id).await.unwrap()?;
+        (r.status == RunStatus::Failed).then_some(())
+    })
+    .await
+    .expect("the second run did not fail");
+    healthy.store(true, Ordering::SeqCst);
+    let failed = store.get("resumable", &id).await.unwrap().unwrap();
+    weft_bus::replay::envelope_to_consumer(&bus, "flow_resumable", &failed.trigger, "again-1")
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(10), || async {
+        let r = store.get("resumable", &id).await.unwrap()?;
+        (r.status == RunStatus::Completed).then_some(r)
+    })
+    .await
+    .expect("the replayed trigger did not retry its failed run");
+    assert_eq!(done.retries, 1);
     handle.stop().await;
 }
 
@@ -341,14 +364,14 @@ async fn steps_wait_for_an_open_circuit_instead_of_spending_attempts() {
     let handle = worker::start(&bus, vec![flow], config).await.unwrap();
     let t: weft_bus::EventType = "work.item".parse().unwrap();
     bus.publish(&t, json!(0)).await.unwrap();
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     // The first call failed: its run failed and the circuit is open now.
     wait_for_run(&store, "careful", RunStatus::Failed).await;
     for i in 1..=3 {
         bus.publish(&t, json!(i)).await.unwrap();
     }
     let completed = eventually(Duration::from_secs(15), || async {
-        let runs = store.list(Some("careful")).await.unwrap();
+        let runs = store.list(&of("careful")).await.unwrap();
         let done: Vec<Run> = runs
             .into_iter()
             .filter(|r| r.status == RunStatus::Completed)
@@ -422,17 +445,17 @@ async fn a_transform_step_computes_over_the_run_context_and_a_bad_one_fails_the_
     bus.publish(&"order.placed".parse().unwrap(), json!({"id": "o-1"}))
         .await
         .unwrap();
-    let store = RunStore::open(&bus).await.unwrap();
+    let store = Runs::open(&bus).await.unwrap();
     let run = wait_for_run(&store, "bill", RunStatus::Failed).await;
+    assert_eq!(run.steps[2].status, StepStatus::Failed { attempt: 1 });
     assert_eq!(
         run.steps[1].output,
         Some(json!({"order": "o-1", "total": 9.0, "note": "from o-1"}))
     );
     // A jq error is not retried: the expression gives the same answer every time.
-    assert_eq!(run.steps[2].status, StepStatus::Failed);
     assert_eq!(run.steps[2].attempts, 1, "{:?}", run.steps[2]);
-    let error = run.steps[2].error.as_deref().unwrap_or_default();
-    assert!(error.contains("cannot"), "{error}");
+    let error = run.steps[2].error.as_ref().unwrap();
+    assert!(error.message.contains("cannot"), "{error}");
     handle.stop().await;
 }
 

@@ -1,0 +1,197 @@
+//! The run queue: stream `<PREFIX>_RUNQ` (a work queue), which tells the workers of a
+//! flow or agent that one of its runs has something to do, now or later.
+//!
+//! | subject | what |
+//! |---|---|
+//! | `P.runq.<kind>.<name>.wake` | a wake: `{run}` as an event envelope (type `weft.run.wake`) |
+//! | `P.runq.<kind>.<name>.start` | a manual start: the run's input as an envelope ([`RunQueue::submit`]) |
+//! | `P.runq.<kind>.<name>.cron` | a cron tick of a flow's schedule |
+//! | `P.runq.sched.<kind>.<name>.<run_id>_<step>` | a run's timer: a message schedule (`Nats-Schedule: @at …`) whose target is the wake subject |
+//! | `P.runq.sched.<kind>.<name>._cron` | a flow's cron schedule, target the cron subject |
+//!
+//! A run waiting for a timer, an event or an approval holds no worker and no
+//! delivery: the journal says what it waits for, and a wake brings a worker back.
+//! Timers are nats-server message schedules (ADR-51, server 2.12 and later; cron
+//! schedules 2.14): the server publishes the wake when it is due, so a timer survives
+//! restarts of every process, servers included. A run's timer subject holds one
+//! schedule; setting it again replaces it.
+//!
+//! Every wake carries a `Nats-Msg-Id` naming its cause (`wake:<run_id>:<cause>`), so a
+//! wake sent twice for one cause (a retried append, two gateways) is queued once.
+//! A wake is a hint, never a command: the worker folds the run's journal and does
+//! what the fold says, so a wake for a run that moved on is harmless.
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{RunKind, RunRef};
+use crate::connect::Bus;
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The event type of wake envelopes.
+pub const WAKE_EVENT: &str = "weft.run.wake";
+
+/// The run queue of this mesh. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RunQueue {
+    bus: Bus,
+}
+
+impl RunQueue {
+    /// The run queue of `bus`'s mesh (stream `<PREFIX>_RUNQ`, created by `weft up`).
+    pub fn new(bus: &Bus) -> RunQueue {
+        RunQueue { bus: bus.clone() }
+    }
+
+    /// The subject the workers of `kind` `name` consume wakes on.
+    pub fn wake_subject(&self, kind: RunKind, name: &str) -> String {
+        self.bus.subjects().runq(kind, name, "wake")
+    }
+
+    /// The subject cron ticks of flow `name` arrive on.
+    pub fn cron_subject(&self, name: &str) -> String {
+        self.bus.subjects().runq(RunKind::Flow, name, "cron")
+    }
+
+    fn wake_envelope(run: &RunRef, cause: &str) -> Result<Bytes> {
+        let mut env = Envelope::event(
+            &WAKE_EVENT.parse().expect("a valid event type"),
+            json!({"run": run.id, "cause": cause}),
+        );
+        env.event_id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("wake:{}:{cause}", run.id).as_bytes(),
+        )
+        .to_string();
+        env.to_bytes()
+            .map(Bytes::from)
+            .map_err(|e| Error::new(ErrorKind::Envelope, format!("cannot encode a wake: {e}")))
+    }
+
+    /// Wakes a worker of `run` now. `cause` names why, one token (e.g. the journal
+    /// sequence of the entry that needs the worker: `s42`), and de-duplicates.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it (no stream: `weft up`).
+    pub async fn wake(&self, run: &RunRef, cause: &str) -> Result<()> {
+        let publish = PublishMessage::build()
+            .payload(Self::wake_envelope(run, cause)?)
+            .message_id(format!("wake:{}:{cause}", run.id));
+        self.send(self.wake_subject(run.kind, &run.name), publish)
+            .await
+    }
+
+    /// Queues `envelope` for the workers of `kind` `name` on
+    /// `P.runq.<kind>.<name>.<what>` (e.g. `start`: a manual start whose payload is the
+    /// run's input), with its `event_id` as `Nats-Msg-Id`: submitting one envelope
+    /// twice queues it once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it.
+    pub async fn submit(
+        &self,
+        kind: RunKind,
+        name: &str,
+        what: &str,
+        envelope: &Envelope,
+    ) -> Result<()> {
+        let payload = envelope.to_bytes().map_err(|e| {
+            Error::new(
+                ErrorKind::Envelope,
+                format!("cannot encode a run start: {e}"),
+            )
+        })?;
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .message_id(&envelope.event_id);
+        self.send(self.bus.subjects().runq(kind, name, what), publish)
+            .await
+    }
+
+    /// Sets `run`'s timer for `step`: a wake at `at` (RFC 3339, UTC), replacing the
+    /// step's earlier timer.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it (a server older than 2.12
+    /// refuses message schedules).
+    pub async fn set_timer(&self, run: &RunRef, step: &str, at: &str) -> Result<()> {
+        let s = self.bus.subjects();
+        let subject = s.runq_schedule(run.kind, &run.name, &format!("{}_{step}", run.id));
+        let publish = PublishMessage::build()
+            .payload(Self::wake_envelope(run, &format!("timer_{step}_{at}"))?)
+            .header("Nats-Schedule", format!("@at {at}"))
+            .header(
+                "Nats-Schedule-Target",
+                self.wake_subject(run.kind, &run.name),
+            );
+        self.send(subject, publish).await
+    }
+
+    /// Sets the cron schedule of flow `name`: the server publishes a tick on
+    /// [`RunQueue::cron_subject`] by `cron6`, a six-field cron expression (seconds
+    /// first) in UTC, replacing an earlier schedule. Every worker of the flow may set
+    /// it; there is one schedule, so one tick, whatever the number of workers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it (a server older than
+    /// 2.14, or an expression it refuses).
+    pub async fn set_cron(&self, name: &str, cron6: &str) -> Result<()> {
+        let s = self.bus.subjects();
+        let subject = s.runq_schedule(RunKind::Flow, name, "_cron");
+        let mut env = Envelope::event(
+            &"weft.run.cron".parse().expect("a valid event type"),
+            json!({"flow": name, "schedule": cron6}),
+        );
+        env.from = Some(format!("flow.{name}"));
+        let payload = env.to_bytes().map_err(|e| {
+            Error::new(
+                ErrorKind::Envelope,
+                format!("cannot encode a cron tick: {e}"),
+            )
+        })?;
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .header("Nats-Schedule", cron6)
+            .header("Nats-Schedule-Target", self.cron_subject(name));
+        self.send(subject, publish).await
+    }
+
+    /// Removes flow `name`'s cron schedule (its definition lost its `schedule`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::JetStream`] when the stream cannot be read.
+    pub async fn clear_cron(&self, name: &str) -> Result<()> {
+        let s = self.bus.subjects();
+        let subject = s.runq_schedule(RunKind::Flow, name, "_cron");
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(&self.bus.names().runq_stream)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::JetStream, "no run queue", e))?;
+        stream.purge().filter(subject).await.map(drop).map_err(|e| {
+            Error::with_source(ErrorKind::JetStream, "cannot clear a cron schedule", e)
+        })
+    }
+
+    async fn send(&self, subject: String, publish: PublishMessage) -> Result<()> {
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Publish,
+                format!(
+                    "cannot queue on {subject} (stream {}; `weft up` creates it): {e}",
+                    self.bus.names().runq_stream
+                ),
+            )
+        };
+        let ack = self
+            .bus
+            .jetstream()
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| failed(&e))?;
+        ack.await.map(drop).map_err(|e| failed(&e))
+    }
+}

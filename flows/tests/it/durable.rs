@@ -1,0 +1,418 @@
+//! Durable execution (DESIGN §15) against a real nats-server: timers, waits, approvals,
+//! cancel, manual and cron starts, retry policies, failure handling and versions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weft_bus::ErrorPayload;
+use weft_bus::service::{Endpoint, Request, Service};
+use weft_bus::testing::{TestServer, eventually};
+use weft_flows::worker;
+use weft_flows::{Decision, Flow, OnFailure, RunStatus, Runs, Schedule, Step, StepStatus};
+
+use super::{fast, of, quick_retry};
+
+async fn finished(runs: &Runs, id: &str) -> weft_flows::Run {
+    let run = runs
+        .wait(id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(run.status.is_terminal(), "run {id} did not end: {run:#?}");
+    run
+}
+
+async fn waiting(runs: &Runs, id: &str, step: &str) -> weft_flows::Run {
+    eventually(Duration::from_secs(10), || async {
+        let run = runs.find(id).await.unwrap()?;
+        matches!(run.step(step)?.status, StepStatus::Waiting { .. }).then_some(run)
+    })
+    .await
+    .unwrap_or_else(|| panic!("step {step} of run {id} never waited"))
+}
+
+fn counter_service(name: &str, calls: Arc<AtomicUsize>) -> Service {
+    Service::new(name, "1.0.0").endpoint(Endpoint::new("hit", move |r: Request| {
+        let c = calls.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(json!({"echo": r.payload().clone()}))
+        }
+    }))
+}
+
+#[tokio::test]
+async fn a_durable_sleep_holds_no_delivery_and_survives_a_worker_restart() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _svc = counter_service("after", calls.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("napper")
+        .step(Step::sleep("nap", Duration::from_secs(3)))
+        .step(Step::invoke(
+            "then",
+            "after.hit".parse().unwrap(),
+            json!("${trigger.payload}"),
+        ));
+    let handle = worker::start(&bus, vec![flow.clone()], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let started = Instant::now();
+    let s = runs.start("napper", json!({"n": 1})).await.unwrap();
+    let run = waiting(&runs, &s.run_id, "nap").await;
+    assert_eq!(run.status, RunStatus::Waiting);
+    assert_eq!(run.cause, "manual");
+    assert_eq!(
+        run.step("nap").unwrap().waiting_for.as_deref(),
+        Some("sleep")
+    );
+    assert!(run.step("nap").unwrap().until.is_some());
+    // Nobody holds the run while it sleeps: the worker goes away and another comes.
+    handle.stop().await;
+    let consumer = bus
+        .jetstream()
+        .get_stream(&bus.names().runq_stream)
+        .await
+        .unwrap()
+        .consumer_info("run_napper")
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.num_ack_pending, 0,
+        "a sleeping run holds a delivery"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let run = finished(&runs, &s.run_id).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(run.output, Some(json!({"echo": {"n": 1}})));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn approvals_resume_on_a_decision_and_take_their_default_after_the_timeout() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _svc = counter_service("ship", calls.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("refund")
+        .step(Step::approval(
+            "ok",
+            json!("Refund ${trigger.payload.amount}?"),
+            Duration::from_secs(3600),
+            Decision::Deny,
+        ))
+        .step(Step::invoke(
+            "pay",
+            "ship.hit".parse().unwrap(),
+            json!("${steps.ok.output}"),
+        ));
+    let lenient = Flow::manual("lenient")
+        .step(Step::approval(
+            "ok",
+            json!("?"),
+            Duration::from_secs(3),
+            Decision::Approve,
+        ))
+        .step(Step::invoke("pay", "ship.hit".parse().unwrap(), json!({})));
+    let strict = Flow::manual("strict").step(Step::approval(
+        "ok",
+        json!("?"),
+        Duration::from_secs(3),
+        Decision::Deny,
+    ));
+    let handle = worker::start(&bus, vec![flow, lenient, strict], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+
+    let yes = runs.start("refund", json!({"amount": 30})).await.unwrap();
+    let no = runs.start("refund", json!({"amount": 9000})).await.unwrap();
+    let run = waiting(&runs, &yes.run_id, "ok").await;
+    assert_eq!(run.step("ok").unwrap().input, Some(json!("Refund 30?")));
+    waiting(&runs, &no.run_id, "ok").await;
+    runs.approve(&yes.run_id, "ok", "ada", None).await.unwrap();
+    runs.approve(&no.run_id, "ok", "bob", Some("too much"))
+        .await
+        .unwrap();
+    let approved = finished(&runs, &yes.run_id).await;
+    assert_eq!(approved.status, RunStatus::Completed);
+    assert_eq!(
+        approved.step("ok").unwrap().output.as_ref().unwrap()["by"],
+        "ada"
+    );
+    let denied = finished(&runs, &no.run_id).await;
+    assert_eq!(denied.status, RunStatus::Failed);
+    let error = denied.error.as_ref().unwrap();
+    assert_eq!(error.code.as_str(), "DENIED");
+    assert!(error.message.contains("denied by bob: too much"), "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a denied refund was paid");
+    // A decided step is not decided again.
+    assert!(matches!(
+        runs.approve(&yes.run_id, "ok", "eve", None).await,
+        Err(weft_flows::FlowError::NotWaiting { .. })
+    ));
+
+    // Nobody decides: the defaults.
+    let a = runs.start("lenient", json!({})).await.unwrap();
+    let d = runs.start("strict", json!({})).await.unwrap();
+    let a = finished(&runs, &a.run_id).await;
+    assert_eq!(a.status, RunStatus::Completed);
+    assert_eq!(
+        a.step("ok").unwrap().output.as_ref().unwrap()["by"],
+        "timeout"
+    );
+    let d = finished(&runs, &d.run_id).await;
+    assert_eq!(d.status, RunStatus::Failed);
+    assert!(d.error.unwrap().message.contains("the default is deny"));
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_for_event_takes_the_matching_event_and_times_out_without_one() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let flow = Flow::from_json(
+        &json!({
+            "name": "checkout",
+            "trigger": "order.placed",
+            "steps": [
+                {"name": "paid", "wait_for_event": {
+                    "event": "payment.settled",
+                    "match": ".event.payload.order == .trigger.payload.order",
+                    "timeout": "3s"}},
+                {"name": "receipt", "transform": "{order: .trigger.payload.order, amount: .steps.paid.output.payload.amount}"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let t: weft_bus::EventType = "order.placed".parse().unwrap();
+    let one = bus.publish(&t, json!({"order": "o-1"})).await.unwrap();
+    let two = bus.publish(&t, json!({"order": "o-2"})).await.unwrap();
+    let one = weft_flows::run::run_id("checkout", &one.event_id);
+    let two = weft_flows::run::run_id("checkout", &two.event_id);
+    waiting(&runs, &one, "paid").await;
+    waiting(&runs, &two, "paid").await;
+    let p: weft_bus::EventType = "payment.settled".parse().unwrap();
+    // Another order's payment does not end o-1's wait.
+    bus.publish(&p, json!({"order": "o-9", "amount": 1}))
+        .await
+        .unwrap();
+    bus.publish(&p, json!({"order": "o-1", "amount": 42}))
+        .await
+        .unwrap();
+    let done = finished(&runs, &one).await;
+    assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
+    assert_eq!(done.output, Some(json!({"order": "o-1", "amount": 42})));
+    let timed_out = finished(&runs, &two).await;
+    assert_eq!(timed_out.status, RunStatus::Failed);
+    let error = timed_out.error.unwrap();
+    assert_eq!(error.code.as_str(), "TIMEOUT");
+    assert!(error.message.contains("payment.settled"), "{error}");
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_waiting_and_an_ended_run_refuses_a_cancel() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _svc = counter_service("later", calls.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("slow")
+        .step(Step::sleep("nap", Duration::from_secs(3600)))
+        .step(Step::invoke(
+            "never",
+            "later.hit".parse().unwrap(),
+            json!({}),
+        ));
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let s = runs.start("slow", json!({})).await.unwrap();
+    waiting(&runs, &s.run_id, "nap").await;
+    runs.cancel(&s.run_id, "ada", "not needed").await.unwrap();
+    let run = finished(&runs, &s.run_id).await;
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.step("nap").unwrap().status, StepStatus::Cancelled);
+    assert!(
+        run.error
+            .unwrap()
+            .message
+            .contains("cancelled by ada: not needed")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        runs.cancel(&s.run_id, "ada", "").await,
+        Err(weft_flows::FlowError::NotActive { .. })
+    ));
+    assert!(matches!(
+        runs.cancel("no-such-run", "ada", "").await,
+        Err(weft_flows::FlowError::NotFound(_))
+    ));
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn retry_on_narrows_the_retried_codes_and_on_failure_continue_goes_on() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("quota", "1.0.0")
+        .endpoint(Endpoint::new("limited", move |_r: Request| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Err::<Value, _>(ErrorPayload::new(
+                    weft_bus::ErrorCode::Other("RATE_LIMITED".into()),
+                    "slow down",
+                ))
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    // RATE_LIMITED is not retryable by itself; retry_on makes it so, 3 attempts.
+    let listed = Flow::manual("listed").step(
+        Step::invoke("s", "quota.limited".parse().unwrap(), json!({}))
+            .retry(quick_retry())
+            .max_attempts(3)
+            .retry_on(&["RATE_LIMITED"]),
+    );
+    // A timeout is retryable by itself, but not in this list: one attempt.
+    let unlisted = Flow::manual("unlisted").step(
+        Step::invoke("s", "nobody.home".parse().unwrap(), json!({}))
+            .timeout(Duration::from_millis(200))
+            .retry(quick_retry())
+            .max_attempts(3)
+            .retry_on(&["RATE_LIMITED"]),
+    );
+    let onward = Flow::manual("onward")
+        .step(
+            Step::invoke("optional", "quota.limited".parse().unwrap(), json!({}))
+                .on_failure(OnFailure::Continue),
+        )
+        .step(Step::transform(
+            "after",
+            weft_flows::expr::Expr::compile("{optional: .steps.optional.output}").unwrap(),
+        ));
+    let handle = worker::start(&bus, vec![listed, unlisted, onward], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let a = runs.start("listed", json!({})).await.unwrap();
+    let a = finished(&runs, &a.run_id).await;
+    assert_eq!(a.status, RunStatus::Failed);
+    assert_eq!(a.steps[0].attempts, 3, "{:#?}", a.steps[0]);
+    let b = runs.start("unlisted", json!({})).await.unwrap();
+    let b = finished(&runs, &b.run_id).await;
+    assert_eq!(b.status, RunStatus::Failed);
+    assert_eq!(b.steps[0].attempts, 1);
+    let c = runs.start("onward", json!({})).await.unwrap();
+    let c = finished(&runs, &c.run_id).await;
+    assert_eq!(c.status, RunStatus::Completed);
+    assert_eq!(c.steps[0].status, StepStatus::Failed { attempt: 1 });
+    assert_eq!(c.output, Some(json!({"optional": null})));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_finishes_on_the_definition_it_started_with() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (v1, v2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let _a = counter_service("old", v1.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let _b = counter_service("new", v2.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let version = |v: &str, target: &str| {
+        Flow::manual("deploy")
+            .version(v)
+            .step(Step::sleep("wait", Duration::from_secs(2)))
+            .step(Step::invoke("call", target.parse().unwrap(), json!({})))
+    };
+    let first = worker::start(&bus, vec![version("1.0.0", "old.hit")], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let old = runs.start("deploy", json!({})).await.unwrap();
+    waiting(&runs, &old.run_id, "wait").await;
+    first.stop().await;
+    let second = worker::start(&bus, vec![version("2.0.0", "new.hit")], fast())
+        .await
+        .unwrap();
+    let new = runs.start("deploy", json!({})).await.unwrap();
+    let old = finished(&runs, &old.run_id).await;
+    let new = finished(&runs, &new.run_id).await;
+    assert_eq!(
+        (old.status, old.version.as_str()),
+        (RunStatus::Completed, "1.0.0")
+    );
+    assert_eq!(
+        (new.status, new.version.as_str()),
+        (RunStatus::Completed, "2.0.0")
+    );
+    assert_eq!(
+        v1.load(Ordering::SeqCst),
+        1,
+        "the old run used the old step"
+    );
+    assert_eq!(v2.load(Ordering::SeqCst), 1);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_cron_schedule_starts_one_run_per_tick_with_two_workers() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _svc = counter_service("tick", calls.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("every2s")
+        .schedule(Schedule::parse("*/2 * * * * *").unwrap())
+        .step(Step::invoke("hit", "tick.hit".parse().unwrap(), json!({})));
+    let w1 = worker::start(&bus, vec![flow.clone()], fast())
+        .await
+        .unwrap();
+    let w2 = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    w1.stop().await;
+    w2.stop().await;
+    let runs = Runs::open(&bus).await.unwrap();
+    let all = runs.list(&of("every2s")).await.unwrap();
+    // Ticks every 2 s for about 7 s: 3 or 4 of them, each one run, whatever the
+    // number of workers.
+    assert!((3..=4).contains(&all.len()), "{} runs", all.len());
+    assert!(all.iter().all(|r| r.cause == "cron"));
+    let done = all
+        .iter()
+        .filter(|r| r.status == RunStatus::Completed)
+        .count();
+    assert!(done >= all.len() - 1, "{all:#?}");
+    assert_eq!(calls.load(Ordering::SeqCst), done);
+    assert!(Schedule::parse("* * *").is_err());
+    assert!(Schedule::parse("61 * * * *").is_err());
+}
