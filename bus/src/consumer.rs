@@ -287,7 +287,11 @@ impl DurableConfig {
         let consumer = self.name.clone();
         // Low-cardinality destinations: events by type, and a replayed copy's subject,
         // which has this consumer in it.
-        let events: Arc<str> = format!("{prefix}.events.{{event_type}}").into();
+        let events: Arc<str> = match &self.source {
+            // Another stream: its filter, e.g. `weft.runq.flow.triage.*`.
+            Some((_, subjects)) => subjects.join(",").into(),
+            None => format!("{prefix}.events.{{event_type}}").into(),
+        };
         let replays: Arc<str> = format!("{prefix}.replay.{}.{{event_type}}", self.name).into();
         let replay_subjects = format!("{prefix}.replay.");
         let trace = TraceLayer::new(move |d: &Delivery| {

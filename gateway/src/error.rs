@@ -17,8 +17,9 @@
 //! | 403 | `AUTH_FAILURE` | the NATS server refused the gateway's publish: its NATS user's permissions deny the subject |
 //! | 404 | `NOT_FOUND` | no such route |
 //! | 405 | `METHOD_NOT_ALLOWED` | the route exists, the method does not |
+//! | 409 | `CONFLICT` | the action does not fit the run's state (cancel an ended run, retry one that has not failed, approve a step that does not wait) |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over `max_body_bytes`, or the envelope over 1 MiB |
-//! | 404 | `NOT_FOUND` | the bus found no such thing |
+//! | 404 | `NOT_FOUND` | the bus found no such thing, or no run has the id |
 //! | 500 | `INTERNAL` | a bus error of no other kind (e.g. a resource configured in conflict) |
 //! | 502 | `CODEC_FAILURE` | the service answered with something that is not an envelope, or its stream broke the frame protocol |
 //! | 503 | `TRANSPORT_FAILURE` | the publish was not acked (stream missing, NATS down), the connection to NATS was lost while waiting for a reply (retryable), another NATS, JetStream or KV failure |
@@ -67,6 +68,10 @@ pub enum ApiError {
     /// 413 `PAYLOAD_TOO_LARGE`: the body or the envelope is over its limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 409 `CONFLICT`: the action does not fit the resource's state (a cancel of a run
+    /// that ended, an approval of a step that does not wait for one).
+    #[error("{0}")]
+    Conflict(String),
     /// 503 `NOT_READY`: readiness failed; the message says what is missing.
     #[error("{0}")]
     NotReady(String),
@@ -104,6 +109,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Bus(e) => match e.remote() {
                 Some(r) => remote_status(&r.code),
@@ -122,6 +128,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::Conflict(_) => "CONFLICT",
             ApiError::NotReady(_) => "NOT_READY",
             ApiError::Bus(e) => return ErrorPayload::from(e.as_ref()).code.as_str().to_owned(),
         };

@@ -10,6 +10,7 @@ mod dashboards;
 mod demo;
 mod dlq;
 mod faults;
+mod flows;
 mod mcp;
 pub mod otlp;
 mod processes;

@@ -3,6 +3,7 @@
 //! ([`HttpContext`]).
 
 pub mod events;
+pub mod flows;
 pub mod invoke;
 pub mod ops;
 pub mod stream;
@@ -30,6 +31,7 @@ pub const HTTP_CHANNEL: &str = "http";
 /// | `POST /v1/events/{event_type}` | [`events::publish`] |
 /// | `POST /v1/invoke/{target}` | [`invoke::invoke`] |
 /// | `POST /v1/invoke/{target}/stream` | [`stream::invoke_stream`] (Server-Sent Events) |
+/// | `GET /v1/flows`, `GET`/`POST /v1/flows/{flow}/runs`, `GET /v1/runs/{id}`, `POST /v1/runs/{id}/{cancel,retry,approve}` | flows and runs ([`flows`]) |
 /// | `GET /v1/openapi.json` | the OpenAPI 3.1 document of these `/v1` routes, generated from the handlers ([`openapi`]) |
 /// | `/mcp` (`POST`, `GET`, `DELETE`) | the MCP server, Streamable HTTP ([`crate::mcp::server::http_service`]), when the state has one |
 /// | `GET /metrics` | [`ops::metrics`] |
@@ -102,6 +104,7 @@ pub fn router(state: AppState) -> Router {
     tags(
         (name = "events", description = "durable events"),
         (name = "invoke", description = "request-reply to services and agents"),
+        (name = "flows", description = "flows and their durable runs"),
     )
 )]
 pub struct ApiDoc;
@@ -113,6 +116,12 @@ fn v1_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(events::publish))
         .routes(utoipa_axum::routes!(invoke::invoke))
         .routes(utoipa_axum::routes!(stream::invoke_stream))
+        .routes(utoipa_axum::routes!(flows::list_flows))
+        .routes(utoipa_axum::routes!(flows::list_runs, flows::start_run))
+        .routes(utoipa_axum::routes!(flows::get_run))
+        .routes(utoipa_axum::routes!(flows::cancel_run))
+        .routes(utoipa_axum::routes!(flows::retry_run))
+        .routes(utoipa_axum::routes!(flows::approve_run))
         .split_for_parts()
 }
 

@@ -94,7 +94,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 pub async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
         "no route for {method} {}; the gateway serves POST /v1/events/{{event_type}}, \
-         POST /v1/invoke/{{target}}, GET /metrics, GET /healthz and GET /readyz",
+         POST /v1/invoke/{{target}}, /v1/flows and /v1/runs (GET /v1/openapi.json lists \
+         them), GET /metrics, GET /healthz and GET /readyz",
         uri.path()
     ))
 }

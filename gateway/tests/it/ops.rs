@@ -280,9 +280,20 @@ async fn the_openapi_document_describes_every_v1_route_and_each_answers() {
         listed,
         [
             "/v1/events/{event_type}",
+            "/v1/flows",
+            "/v1/flows/{flow}/runs",
             "/v1/invoke/{target}",
-            "/v1/invoke/{target}/stream"
+            "/v1/invoke/{target}/stream",
+            "/v1/runs/{id}",
+            "/v1/runs/{id}/approve",
+            "/v1/runs/{id}/cancel",
+            "/v1/runs/{id}/retry",
         ]
+    );
+    let start = &paths["/v1/flows/{flow}/runs"];
+    assert!(
+        start["get"].is_object() && start["post"].is_object(),
+        "{start}"
     );
     let publish = &paths["/v1/events/{event_type}"]["post"];
     assert_eq!(
@@ -305,9 +316,15 @@ async fn the_openapi_document_describes_every_v1_route_and_each_answers() {
     for path in listed {
         let concrete = path
             .replace("{event_type}", "probe.doc")
-            .replace("{target}", "nobody");
-        let resp = gw.post(&concrete, "{").await;
-        assert_ne!(resp.status().as_u16(), 404, "{concrete} is not routed");
+            .replace("{target}", "nobody")
+            .replace("{flow}", "nobody")
+            .replace("{id}", "nobody");
+        let (status, body) = json(gw.post(&concrete, "{").await).await;
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            status != 404 || !message.starts_with("no route"),
+            "{concrete} is not routed: {body}"
+        );
     }
     gw.stop().await;
 }
