@@ -43,7 +43,7 @@ use weft_bus::subject::{EventPattern, EventType, ServiceName, Target, validate_t
 use crate::error::FlowError;
 
 /// The step kinds, as their JSON fields.
-pub const STEP_KINDS: [&str; 8] = [
+pub const STEP_KINDS: [&str; 11] = [
     "invoke",
     "agent",
     "publish",
@@ -52,6 +52,9 @@ pub const STEP_KINDS: [&str; 8] = [
     "sleep",
     "wait_for_event",
     "approval",
+    "branch",
+    "parallel",
+    "sub_flow",
 ];
 
 /// The bridge endpoint `a2a` steps invoke (DESIGN §14).
@@ -84,6 +87,76 @@ pub enum StepKind {
     /// Wait for a person's decision ([`Approval`]); the output is `{approved, by,
     /// reason}`. A denial fails the step (not retried), and its `on_failure` decides.
     Approval(Approval),
+    /// Choose the next steps with a condition ([`Branch`]); the output is `{"taken":
+    /// "then" | "else"}`.
+    Branch(Branch),
+    /// Run later steps side by side and join them ([`Parallel`]).
+    Parallel(Parallel),
+    /// Start a run of another flow with the step's input and wait for it ([`SubFlow`]);
+    /// the output is the child run's output.
+    SubFlow(SubFlow),
+}
+
+/// A `branch` step: `{"if": ".steps.classify.output.urgent", "then": ["page"], "else":
+/// ["queue"]}`. `if` is a jq expression over the run context; `true` takes `then`,
+/// anything else `else`. The steps of the arm not taken are skipped; steps named in
+/// neither arm run as usual. Both arms name later steps of the flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branch {
+    /// The condition.
+    #[serde(rename = "if")]
+    pub condition: crate::expr::Expr,
+    /// The steps taken when it is `true`.
+    #[serde(default)]
+    pub then: Vec<String>,
+    /// The steps taken otherwise.
+    #[serde(default, rename = "else")]
+    pub otherwise: Vec<String>,
+}
+
+/// A `parallel` step: `{"steps": ["price", "stock"], "join": "all"}` runs the named
+/// later steps (invoke, agent, publish, a2a or transform steps) side by side, each
+/// with its own attempts and retry policy. With `join: all` (the default) it completes
+/// when all did, its output `{<step>: output}`, and fails when one fails for good
+/// (unless that step's `on_failure` is `continue`); with `join: first` it completes
+/// with the first result, `{"step", "output"}`, skipping the others, and fails when all
+/// fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parallel {
+    /// The steps run side by side.
+    pub steps: Vec<String>,
+    /// How they join. Default `all`.
+    #[serde(default)]
+    pub join: Join,
+}
+
+/// How a [`Parallel`] step joins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Join {
+    /// Every step.
+    #[default]
+    All,
+    /// The first result.
+    First,
+}
+
+/// A `sub_flow` step: `{"flow": "billing", "timeout": "1h"}` starts a run of flow
+/// `billing` (a worker of it takes the start) with the step's input as its trigger
+/// payload, and waits without a worker until it ends: its output is the child's
+/// output; a child that fails or is cancelled fails the step (`CHILD_FAILED`), and no
+/// end within `timeout` (default 24 h) fails it with `TIMEOUT`. Every attempt starts
+/// the same child run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubFlow {
+    /// The child flow.
+    pub flow: String,
+    /// How long to wait for it. Default 24 h.
+    #[serde(default = "default_wait", with = "duration_text")]
+    pub timeout: Duration,
 }
 
 /// A `wait_for_event` step:
@@ -194,14 +267,21 @@ impl StepKind {
             StepKind::Sleep(_) => "sleep",
             StepKind::WaitForEvent(_) => "wait_for_event",
             StepKind::Approval(_) => "approval",
+            StepKind::Branch(_) => "branch",
+            StepKind::Parallel(_) => "parallel",
+            StepKind::SubFlow(_) => "sub_flow",
         }
     }
 
-    /// Whether the step waits without a worker (sleep, wait for an event, approval).
+    /// Whether the step waits without a worker (sleep, wait for an event, approval,
+    /// child run).
     pub fn waits(&self) -> bool {
         matches!(
             self,
-            StepKind::Sleep(_) | StepKind::WaitForEvent(_) | StepKind::Approval(_)
+            StepKind::Sleep(_)
+                | StepKind::WaitForEvent(_)
+                | StepKind::Approval(_)
+                | StepKind::SubFlow(_)
         )
     }
 }
@@ -271,6 +351,12 @@ struct StepDefinition {
     #[serde(default)]
     approval: Option<Approval>,
     #[serde(default)]
+    branch: Option<Branch>,
+    #[serde(default)]
+    parallel: Option<Parallel>,
+    #[serde(default)]
+    sub_flow: Option<SubFlow>,
+    #[serde(default)]
     input: Value,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
@@ -309,6 +395,9 @@ impl TryFrom<StepDefinition> for Step {
             d.sleep.map(StepKind::Sleep),
             d.wait_for_event.map(StepKind::WaitForEvent),
             d.approval.map(StepKind::Approval),
+            d.branch.map(StepKind::Branch),
+            d.parallel.map(StepKind::Parallel),
+            d.sub_flow.map(StepKind::SubFlow),
         ]
         .into_iter()
         .flatten()
@@ -689,6 +778,55 @@ impl Flow {
                     "step {}: timeout_ms must be at least 1",
                     step.name
                 )));
+            }
+            let later = |name: &String| {
+                self.steps
+                    .iter()
+                    .skip_while(|s| s.name != step.name)
+                    .skip(1)
+                    .find(|s| &s.name == name)
+            };
+            let named = match &step.kind {
+                StepKind::Branch(b) => b.then.iter().chain(&b.otherwise).collect(),
+                StepKind::Parallel(p) => p.steps.iter().collect(),
+                _ => Vec::new(),
+            };
+            for name in named {
+                let Some(target) = later(name) else {
+                    return Err(def(format!(
+                        "step {} names {name}, which is not a later step",
+                        step.name
+                    )));
+                };
+                if matches!(step.kind, StepKind::Parallel(_))
+                    && (target.kind.waits()
+                        || matches!(target.kind, StepKind::Branch(_) | StepKind::Parallel(_)))
+                {
+                    return Err(def(format!(
+                        "step {} runs {name} in parallel, but a {} step cannot run in parallel (invoke, agent, publish, a2a and transform steps can)",
+                        step.name,
+                        target.kind.as_str()
+                    )));
+                }
+            }
+            if let StepKind::Parallel(p) = &step.kind {
+                if p.steps.is_empty() {
+                    return Err(def(format!("parallel step {} names no steps", step.name)));
+                }
+                for other in &self.steps {
+                    if let StepKind::Parallel(q) = &other.kind
+                        && other.name != step.name
+                        && let Some(both) = p.steps.iter().find(|s| q.steps.contains(s))
+                    {
+                        return Err(def(format!(
+                            "step {both} is in two parallel steps, {} and {}",
+                            step.name, other.name
+                        )));
+                    }
+                }
+            }
+            if let StepKind::SubFlow(c) = &step.kind {
+                validate_token("sub_flow flow name", &c.flow).map_err(|e| def(e.to_string()))?;
             }
             for reference in crate::template::step_references(&step.input) {
                 if !seen.contains(&reference.as_str()) {

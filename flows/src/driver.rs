@@ -27,12 +27,13 @@ use weft_bus::consumer::DeliveryError;
 use weft_bus::envelope::{ErrorCode, ErrorPayload, rfc3339};
 use weft_bus::invoke::{BoxInvoker, InvokeRequest};
 use weft_bus::middleware::{CircuitBreakerLayer, ServiceExt};
+use weft_bus::runs::entry::RUN_STEP;
 use weft_bus::runs::{
     AppendError, Entry, EntryEvent, Journal, RunQueue, RunRef, RunStatus, StepStatus,
 };
 use weft_bus::{Bus, Envelope, ErrorKind, Target};
 
-use crate::definition::{A2A_SEND, Decision, Flow, OnFailure, Step, StepKind};
+use crate::definition::{A2A_SEND, Decision, Flow, Join, OnFailure, Parallel, Step, StepKind};
 use crate::metrics;
 use crate::run::{Run, StepRun};
 use crate::template;
@@ -43,10 +44,11 @@ pub enum Next {
     /// It ended: nothing to do.
     Done,
     /// Append this entry (a bookkeeping step: the run completes, fails, is cancelled,
-    /// a wait ends).
-    Append(Entry),
-    /// Start an attempt of step `index` (its first, a retry, or a takeover).
-    Attempt(usize),
+    /// a wait ends, a step is skipped, a parallel step joins).
+    Append(Box<Entry>),
+    /// Start an attempt of each of these steps, side by side (one, or the members of
+    /// a parallel step): its first, a retry, or a takeover.
+    Attempt(Vec<usize>),
     /// Another delivery runs an attempt: leave the run to it.
     Busy,
     /// Wait for a wake; with a timer, set it for `(step, until)` first.
@@ -57,70 +59,270 @@ fn parse_time(at: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
 }
 
+/// What one step needs, seen alone.
+enum Own {
+    /// Done with (completed, skipped, failed and continued): its output for the run.
+    Done(Value),
+    /// Failed for good: the run (or its parallel step) fails with this error.
+    Failed(ErrorPayload),
+    /// Start an attempt.
+    Attempt,
+    /// An attempt is in flight elsewhere.
+    Busy,
+    /// Wait until then.
+    Until(OffsetDateTime),
+    /// Its wait is over: append this.
+    WaitOver(Box<Entry>),
+}
+
+fn own(step: &Step, s: Option<&StepRun>, r: &RunRef, now: OffsetDateTime, takeover: bool) -> Own {
+    let Some(s) = s else { return Own::Attempt };
+    match s.status {
+        StepStatus::Completed => Own::Done(s.output.clone().unwrap_or(Value::Null)),
+        StepStatus::Skipped | StepStatus::Cancelled => Own::Done(Value::Null),
+        StepStatus::Failed { .. } if step.on_failure == OnFailure::Continue => {
+            Own::Done(Value::Null)
+        }
+        StepStatus::Failed { .. } if s.round_attempts() == 0 => Own::Attempt,
+        StepStatus::Failed { .. } => {
+            let error = s.error.clone().unwrap_or_else(|| {
+                ErrorPayload::new(ErrorCode::Other("STEP_FAILED".into()), "the step failed")
+            });
+            Own::Failed(ErrorPayload {
+                message: format!("step {}: {}", step.name, error.message),
+                ..error
+            })
+        }
+        StepStatus::Pending => Own::Attempt,
+        StepStatus::Running { .. } if takeover => Own::Attempt,
+        StepStatus::Running { .. } => Own::Busy,
+        StepStatus::Backoff { .. } => match s.until.as_deref().and_then(parse_time) {
+            Some(due) if due > now => Own::Until(due),
+            _ => Own::Attempt,
+        },
+        StepStatus::Waiting { attempt } => match s.until.as_deref().and_then(parse_time) {
+            Some(due) if due > now => Own::Until(due),
+            _ => Own::WaitOver(Box::new(wait_over(r, step, s, attempt))),
+        },
+    }
+}
+
+/// The steps a completed branch did not take, with the reason.
+fn not_taken(flow: &Flow, run: &Run) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for step in &flow.steps {
+        let StepKind::Branch(b) = &step.kind else {
+            continue;
+        };
+        let Some(taken) = run
+            .step(&step.name)
+            .filter(|s| s.status == StepStatus::Completed)
+            .and_then(|s| s.output.as_ref())
+            .and_then(|o| o.get("taken"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let skipped = if taken == "then" {
+            &b.otherwise
+        } else {
+            &b.then
+        };
+        for name in skipped {
+            out.push((name.clone(), format!("branch {} took {taken}", step.name)));
+        }
+    }
+    out
+}
+
 /// The decision for `run` of `flow` at `now`; `takeover` when the delivery is a
 /// redelivery (its earlier holder died), so an attempt in flight is orphaned.
 pub fn decide(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Next {
     let r = run.reference();
+    let append = |step: &str, attempt: u32, event| {
+        Next::Append(Box::new(Entry::new(&r, step, attempt, event)))
+    };
     match run.status {
         RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => return Next::Done,
         RunStatus::Cancelling => {
             let reason = run.cancel_reason.clone().unwrap_or_default();
-            return Next::Append(Entry::of_run(&r, 1, EntryEvent::RunCancelled { reason }));
+            return append(RUN_STEP, 1, EntryEvent::RunCancelled { reason });
         }
         // Compensation steps are not part of this engine yet; a run never gets here.
         RunStatus::Compensating => return Next::Done,
         RunStatus::Running | RunStatus::Waiting => {}
     }
+    let members: Vec<&str> = flow
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Parallel(p) => Some(p.steps.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let skip = not_taken(flow, run);
+    let index = |name: &str| flow.steps.iter().position(|s| s.name == name);
     let mut output = Value::Null;
     for (i, step) in flow.steps.iter().enumerate() {
-        let Some(s) = run.step(&step.name) else {
-            return Next::Attempt(i);
-        };
-        match s.status {
-            StepStatus::Completed => output = s.output.clone().unwrap_or(Value::Null),
-            StepStatus::Skipped => {}
-            StepStatus::Failed { .. } if step.on_failure == OnFailure::Continue => {
-                output = Value::Null;
+        if members.contains(&step.name.as_str()) {
+            // Driven by its parallel step.
+            continue;
+        }
+        let s = run.step(&step.name);
+        if let Some((_, reason)) = skip.iter().find(|(n, _)| *n == step.name)
+            && s.is_none_or(|s| s.status == StepStatus::Pending)
+        {
+            return append(
+                &step.name,
+                1,
+                EntryEvent::StepSkipped {
+                    reason: reason.clone(),
+                },
+            );
+        }
+        if let (StepKind::Parallel(p), Some(ps)) = (&step.kind, s)
+            && matches!(ps.status, StepStatus::Running { .. })
+        {
+            match join(flow, run, p, &r, now, takeover, &index) {
+                Joined::Next(next) => return next,
+                Joined::Output(o) => {
+                    return append(
+                        &step.name,
+                        ps.status.attempt(),
+                        EntryEvent::StepCompleted {
+                            output: o,
+                            duration_ms: 0,
+                        },
+                    );
+                }
+                Joined::Failed(error) => {
+                    return append(
+                        &step.name,
+                        ps.status.attempt(),
+                        EntryEvent::StepFailed {
+                            error,
+                            retry_at: None,
+                        },
+                    );
+                }
             }
-            StepStatus::Failed { .. } if s.round_attempts() == 0 => return Next::Attempt(i),
-            StepStatus::Failed { .. } => {
-                let error = s.error.clone().unwrap_or_else(|| {
-                    ErrorPayload::new(ErrorCode::Other("STEP_FAILED".into()), "the step failed")
-                });
-                let error = ErrorPayload {
-                    message: format!("step {}: {}", step.name, error.message),
-                    ..error
-                };
-                return Next::Append(Entry::of_run(
-                    &r,
-                    run.retries + 1,
-                    EntryEvent::RunFailed { error },
-                ));
+        }
+        match own(step, s, &r, now, takeover) {
+            Own::Done(o) => output = o,
+            Own::Failed(error) => {
+                return append(RUN_STEP, run.retries + 1, EntryEvent::RunFailed { error });
             }
-            StepStatus::Pending => return Next::Attempt(i),
-            StepStatus::Running { .. } if takeover => return Next::Attempt(i),
-            StepStatus::Running { .. } => return Next::Busy,
-            StepStatus::Backoff { .. } => {
-                return match s.until.as_deref().and_then(parse_time) {
-                    Some(due) if due > now => Next::Park(Some((step.name.clone(), due))),
-                    _ => Next::Attempt(i),
-                };
-            }
-            StepStatus::Waiting { attempt } => {
-                let due = s.until.as_deref().and_then(parse_time);
-                return match due {
-                    Some(due) if due > now => Next::Park(Some((step.name.clone(), due))),
-                    _ => Next::Append(wait_over(&r, step, s, attempt)),
-                };
-            }
-            StepStatus::Cancelled => return Next::Done,
+            Own::Attempt => return Next::Attempt(vec![i]),
+            Own::Busy => return Next::Busy,
+            Own::Until(due) => return Next::Park(Some((step.name.clone(), due))),
+            Own::WaitOver(e) => return Next::Append(e),
         }
     }
-    Next::Append(Entry::of_run(
-        &r,
+    append(
+        RUN_STEP,
         run.retries + 1,
         EntryEvent::RunCompleted { output },
-    ))
+    )
+}
+
+enum Joined {
+    Next(Next),
+    Output(Value),
+    Failed(ErrorPayload),
+}
+
+/// Where the members of a running parallel step are.
+fn join(
+    flow: &Flow,
+    run: &Run,
+    p: &Parallel,
+    r: &RunRef,
+    now: OffsetDateTime,
+    takeover: bool,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Joined {
+    let mut attempts = Vec::new();
+    let mut busy = false;
+    let mut until: Option<(String, OffsetDateTime)> = None;
+    let mut outputs = serde_json::Map::new();
+    let mut first: Option<(u64, &str, Value)> = None;
+    let mut failures = Vec::new();
+    for name in &p.steps {
+        let Some(i) = index(name) else { continue };
+        let step = &flow.steps[i];
+        let s = run.step(name);
+        match own(step, s, r, now, takeover) {
+            Own::Done(o) => {
+                let completed = s.is_some_and(|s| s.status == StepStatus::Completed);
+                if completed {
+                    let at = s.and_then(|s| s.finished_seq).unwrap_or(u64::MAX);
+                    if first.as_ref().is_none_or(|(seq, _, _)| at < *seq) {
+                        first = Some((at, name, o.clone()));
+                    }
+                }
+                outputs.insert(name.clone(), o);
+            }
+            Own::Failed(e) => failures.push(e),
+            Own::Attempt => attempts.push(i),
+            Own::Busy => busy = true,
+            Own::Until(due) => {
+                if until.as_ref().is_none_or(|(_, d)| due < *d) {
+                    until = Some((name.clone(), due));
+                }
+            }
+            Own::WaitOver(e) => return Joined::Next(Next::Append(e)),
+        }
+    }
+    match p.join {
+        Join::First => {
+            if let Some((_, winner, output)) = first {
+                // The others are not needed any more.
+                for name in &p.steps {
+                    let s = run.step(name);
+                    let open = s.is_none_or(|s| {
+                        matches!(
+                            s.status,
+                            StepStatus::Pending
+                                | StepStatus::Running { .. }
+                                | StepStatus::Backoff { .. }
+                        )
+                    });
+                    if open {
+                        return Joined::Next(Next::Append(Box::new(Entry::new(
+                            r,
+                            name,
+                            s.map_or(1, |s| s.status.attempt().max(1)),
+                            EntryEvent::StepSkipped {
+                                reason: format!("{winner} answered first"),
+                            },
+                        ))));
+                    }
+                }
+                return Joined::Output(json!({"step": winner, "output": output}));
+            }
+            if failures.len() == p.steps.len() {
+                return Joined::Failed(failures.remove(0));
+            }
+        }
+        Join::All => {
+            if let Some(e) = failures.into_iter().next() {
+                if attempts.is_empty() && !busy && until.is_none() {
+                    return Joined::Failed(e);
+                }
+                // Let the members in flight finish first.
+            } else if outputs.len() == p.steps.len() {
+                return Joined::Output(Value::Object(outputs));
+            }
+        }
+    }
+    if !attempts.is_empty() {
+        Joined::Next(Next::Attempt(attempts))
+    } else if busy {
+        Joined::Next(Next::Busy)
+    } else {
+        Joined::Next(Next::Park(until))
+    }
 }
 
 /// The entry that ends step `s`'s wait when its time is up: a sleep completes, an
@@ -247,16 +449,21 @@ pub(crate) struct Deployed {
     pub(crate) json: Value,
 }
 
+/// A run's entries while a delivery drives it, shared by the attempts it runs side by
+/// side (appends are one at a time).
+type Entries = tokio::sync::Mutex<Vec<(u64, Entry)>>;
+
 impl Engine {
-    /// Appends `entry` after `entries`' last one; pushes it on success. `Ok(false)`
-    /// on a conflict: `entries` is read again.
+    /// Appends `entry` after the last entry; pushes it on success. `Ok(false)` on a
+    /// conflict: the entries are read again.
     async fn append(
         &self,
         r: &RunRef,
-        entries: &mut Vec<(u64, Entry)>,
+        entries: &Entries,
         mut entry: Entry,
     ) -> Result<bool, DriveError> {
         entry.by = Some(self.by.clone());
+        let mut entries = entries.lock().await;
         let expected = entries.last().map_or(0, |(seq, _)| *seq);
         match self.journal.append(&entry, Some(expected)).await {
             Ok(a) if a.duplicate => {
@@ -275,8 +482,37 @@ impl Engine {
         }
     }
 
+    /// Appends the outcome of attempt `attempt` of `step`; after a conflict, again,
+    /// as long as the journal still has that attempt running (a cancel came in
+    /// between, say); otherwise the outcome is dropped (another delivery took the
+    /// attempt over).
+    async fn append_outcome(
+        &self,
+        r: &RunRef,
+        entries: &Entries,
+        step: &str,
+        attempt: u32,
+        event: EntryEvent,
+    ) -> Result<(), DriveError> {
+        loop {
+            let entry = Entry::new(r, step, attempt, event.clone());
+            if self.append(r, entries, entry).await? {
+                return Ok(());
+            }
+            let snapshot = entries.lock().await.clone();
+            let still = Run::from_entries(snapshot)
+                .ok()
+                .flatten()
+                .and_then(|run| run.step(step).map(|s| s.status))
+                == Some(StepStatus::Running { attempt });
+            if !still {
+                return Ok(());
+            }
+        }
+    }
+
     /// Starts run `r` of `deployed` with `cause` and `input` (its first entry, expected
-    /// sequence 0), unless it exists; returns its entries.
+    /// sequence 0), unless it exists; returns its entries and whether it is new.
     pub(crate) async fn start(
         &self,
         deployed: &Deployed,
@@ -284,7 +520,7 @@ impl Engine {
         cause: &str,
         input: &Envelope,
     ) -> Result<(Vec<(u64, Entry)>, bool), DriveError> {
-        let mut entries = Vec::new();
+        let entries = Entries::new(Vec::new());
         let first = Entry::of_run(
             r,
             1,
@@ -294,7 +530,9 @@ impl Engine {
                 definition: deployed.json.clone(),
             },
         );
-        let fresh = self.append(r, &mut entries, first).await? && entries.len() == 1;
+        let appended = self.append(r, &entries, first).await?;
+        let entries = entries.into_inner();
+        let fresh = appended && entries.len() == 1;
         if fresh {
             metrics::flows()
                 .runs
@@ -304,36 +542,45 @@ impl Engine {
         Ok((entries, fresh))
     }
 
+    /// The definition run `run` started with: the deployed one, or its own.
+    fn definition(&self, deployed: &Deployed, run: &Run) -> Result<Arc<Flow>, DriveError> {
+        if run.definition == deployed.json {
+            return Ok(deployed.flow.clone());
+        }
+        Flow::from_value(run.definition.clone())
+            .map(Arc::new)
+            .map_err(|e| {
+                DriveError::Broken(format!(
+                    "run {} started on a definition this worker cannot load: {e}",
+                    run.id
+                ))
+            })
+    }
+
     /// Drives run `r` from `entries` until it ends, waits, or is left to another
     /// delivery; returns its status then.
     pub(crate) async fn drive(
         &self,
         deployed: &Deployed,
         r: &RunRef,
-        mut entries: Vec<(u64, Entry)>,
+        entries: Vec<(u64, Entry)>,
         takeover: bool,
     ) -> Result<RunStatus, DriveError> {
+        let entries = Entries::new(entries);
         let mut pinned: Option<Arc<Flow>> = None;
         loop {
-            let run = Run::from_entries(entries.clone())
+            let snapshot = entries.lock().await.clone();
+            let run = Run::from_entries(snapshot)
                 .map_err(|e| DriveError::Broken(format!("run {r} does not fold: {e}")))?
                 .ok_or_else(|| DriveError::Retry(format!("run {r} has no entries")))?;
             let flow = match &pinned {
                 Some(f) => f.clone(),
-                None => {
-                    let f = if run.definition == deployed.json {
-                        deployed.flow.clone()
-                    } else {
-                        Arc::new(Flow::from_value(run.definition.clone()).map_err(|e| {
-                            DriveError::Broken(format!(
-                                "run {r} started on a definition this worker cannot load: {e}"
-                            ))
-                        })?)
-                    };
-                    pinned = Some(f.clone());
-                    f
-                }
+                None => pinned.insert(self.definition(deployed, &run)?).clone(),
             };
+            if let Some(child_end) = self.child_ended(&flow, &run).await? {
+                self.append(r, &entries, child_end).await?;
+                continue;
+            }
             let now = OffsetDateTime::now_utc();
             match decide(&flow, &run, now, takeover) {
                 Next::Done | Next::Busy => return Ok(run.status),
@@ -344,7 +591,7 @@ impl Engine {
                         EntryEvent::RunCancelled { .. } => Some("cancelled"),
                         _ => None,
                     };
-                    if self.append(r, &mut entries, entry).await?
+                    if self.append(r, &entries, *entry).await?
                         && let Some(outcome) = ended
                     {
                         metrics::flows()
@@ -352,6 +599,7 @@ impl Engine {
                             .with_label_values(&[&flow.name, outcome])
                             .inc();
                         tracing::info!(flow = %flow.name, run = %r.id, outcome, "run ended");
+                        self.wake_parent(&run).await?;
                     }
                 }
                 Next::Park(timer) => {
@@ -366,11 +614,98 @@ impl Engine {
                     self.queue.set_timer(r, &step, &rfc3339(due)).await?;
                     return Ok(run.status);
                 }
-                Next::Attempt(i) => {
-                    self.attempt(&flow, &run, r, &mut entries, i).await?;
+                Next::Attempt(steps) => {
+                    use futures::StreamExt as _;
+                    let mut attempts: futures::stream::FuturesUnordered<_> = steps
+                        .into_iter()
+                        .map(|i| self.attempt(&flow, &run, r, &entries, i))
+                        .collect();
+                    while let Some(result) = attempts.next().await {
+                        result?;
+                        if attempts.is_empty() {
+                            break;
+                        }
+                        // Side by side: once the others are not needed (a parallel step
+                        // that joins on the first result got it), stop waiting for them.
+                        let snapshot = entries.lock().await.clone();
+                        if let Ok(Some(now_run)) = Run::from_entries(snapshot)
+                            && let Next::Append(e) =
+                                decide(&flow, &now_run, OffsetDateTime::now_utc(), false)
+                            && matches!(e.event, EntryEvent::StepSkipped { .. })
+                        {
+                            break;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// For a step waiting for a child run that ended: the entry ending the wait.
+    async fn child_ended(&self, flow: &Flow, run: &Run) -> Result<Option<Entry>, DriveError> {
+        for step in &flow.steps {
+            let StepKind::SubFlow(c) = &step.kind else {
+                continue;
+            };
+            let Some(s) = run.step(&step.name) else {
+                continue;
+            };
+            let StepStatus::Waiting { attempt } = s.status else {
+                continue;
+            };
+            let key = idempotency_key(&run.id, &step.name);
+            let child = RunRef::new(
+                weft_bus::runs::RunKind::Flow,
+                &c.flow,
+                &crate::run::run_id(&c.flow, &key),
+            )
+            .map_err(|e| DriveError::Broken(e.to_string()))?;
+            let Ok(Some(child_run)) = Run::from_entries(self.journal.read(&child).await?) else {
+                continue;
+            };
+            let event = match child_run.status {
+                RunStatus::Completed => EntryEvent::StepCompleted {
+                    output: child_run.output.clone().unwrap_or(Value::Null),
+                    duration_ms: 0,
+                },
+                RunStatus::Failed | RunStatus::Cancelled => EntryEvent::StepFailed {
+                    error: ErrorPayload::new(
+                        ErrorCode::Other("CHILD_FAILED".into()),
+                        format!(
+                            "run {} of flow {} {}: {}",
+                            child.id,
+                            c.flow,
+                            child_run.status.as_str(),
+                            child_run.error.map(|e| e.message).unwrap_or_default()
+                        ),
+                    ),
+                    retry_at: None,
+                },
+                _ => continue,
+            };
+            return Ok(Some(Entry::new(
+                &run.reference(),
+                &step.name,
+                attempt,
+                event,
+            )));
+        }
+        Ok(None)
+    }
+
+    /// A child run that ended wakes the run that started it (named in its trigger's
+    /// metadata `weft.flow.parent`).
+    async fn wake_parent(&self, run: &Run) -> Result<(), DriveError> {
+        let Some(parent) = run.trigger.metadata.get("weft.flow.parent") else {
+            return Ok(());
+        };
+        let (Some(flow), Some(id)) = (parent["flow"].as_str(), parent["run"].as_str()) else {
+            return Ok(());
+        };
+        if let Ok(p) = RunRef::new(weft_bus::runs::RunKind::Flow, flow, id) {
+            self.queue.wake(&p, &format!("child_{}", run.id)).await?;
+        }
+        Ok(())
     }
 
     /// Runs one attempt of step `i` and journals how it went.
@@ -379,7 +714,7 @@ impl Engine {
         flow: &Flow,
         run: &Run,
         r: &RunRef,
-        entries: &mut Vec<(u64, Entry)>,
+        entries: &Entries,
         i: usize,
     ) -> Result<(), DriveError> {
         let step = &flow.steps[i];
@@ -427,11 +762,36 @@ impl Engine {
                 error: ErrorPayload::invalid_request(format!("input template: {e}")),
                 retry_at: None,
             },
+            // Its members run next; it joins them.
+            (StepKind::Parallel(_), _) => return Ok(()),
+            (StepKind::Branch(b), _) => match b.condition.run(&run.context()) {
+                Ok(v) => EntryEvent::StepCompleted {
+                    output: json!({"taken": if v == json!(true) { "then" } else { "else" }}),
+                    duration_ms: 0,
+                },
+                Err(e) => EntryEvent::StepFailed {
+                    error: ErrorPayload::new(ErrorCode::Other("BRANCH_FAILED".into()), e),
+                    retry_at: None,
+                },
+            },
             (StepKind::Sleep(d), _) => wait("sleep", *d),
             (StepKind::Approval(a), _) => wait("approval", a.timeout),
             (StepKind::WaitForEvent(w), _) => {
                 crate::waits::register(&self.bus, r, &step.name, &w.event).await?;
                 wait("event", w.timeout)
+            }
+            (StepKind::SubFlow(c), Ok(input)) => {
+                let mut env = crate::worker::start_envelope(&c.flow, input);
+                env.event_id = key.clone();
+                env.inherit_context(&run.trigger);
+                env.metadata.insert(
+                    "weft.flow.parent".into(),
+                    json!({"flow": flow.name, "run": run.id, "step": step.name}),
+                );
+                self.queue
+                    .submit(weft_bus::runs::RunKind::Flow, &c.flow, "start", &env)
+                    .await?;
+                wait("child", c.timeout)
             }
             (_, Ok(input)) => {
                 let clock = Instant::now();
@@ -488,9 +848,8 @@ impl Engine {
                 }
             }
         };
-        self.append(r, entries, Entry::new(r, &step.name, attempt, event))
-            .await?;
-        Ok(())
+        self.append_outcome(r, entries, &step.name, attempt, event)
+            .await
     }
 
     /// Carries out a step that does not wait.
@@ -560,9 +919,12 @@ impl Engine {
                 let published = self.bus.publish_envelope(&env).await?;
                 Ok(json!({ "event_id": published.event_id, "sequence": published.sequence }))
             }
-            StepKind::Sleep(_) | StepKind::WaitForEvent(_) | StepKind::Approval(_) => {
-                unreachable!("waiting steps are journaled, not executed")
-            }
+            StepKind::Sleep(_)
+            | StepKind::WaitForEvent(_)
+            | StepKind::Approval(_)
+            | StepKind::Branch(_)
+            | StepKind::Parallel(_)
+            | StepKind::SubFlow(_) => unreachable!("handled by Engine::attempt"),
         }
     }
 
@@ -650,13 +1012,13 @@ mod tests {
         let now = at("2026-12-02T10:00:00Z");
         assert_eq!(
             decide(&flow(), &run_of(vec![]), now, false),
-            Next::Attempt(0)
+            Next::Attempt(vec![0])
         );
         let running = run_of(vec![("one", 1, started())]);
         assert_eq!(decide(&flow(), &running, now, false), Next::Busy);
         assert_eq!(
             decide(&flow(), &running, now, true),
-            Next::Attempt(0),
+            Next::Attempt(vec![0]),
             "a redelivery takes an orphaned attempt over"
         );
     }
@@ -714,7 +1076,7 @@ mod tests {
         );
         assert_eq!(
             decide(&flow(), &backoff, at("2026-12-02T10:00:31Z"), false),
-            Next::Attempt(0)
+            Next::Attempt(vec![0])
         );
         let gone = run_of(vec![("one", 1, started()), ("one", 1, failed(None))]);
         match decide(&flow(), &gone, now, false) {

@@ -53,6 +53,9 @@ pub struct StepRun {
     /// When it completed or failed for good (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// The journal sequence of its completion.
+    #[serde(skip)]
+    pub finished_seq: Option<u64>,
     /// How long the completed attempt took, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -79,6 +82,7 @@ impl StepRun {
             error: None,
             started_at: None,
             finished_at: None,
+            finished_seq: None,
             duration_ms: None,
             waiting_for: None,
             until: None,
@@ -178,7 +182,7 @@ impl Run {
             cancel_reason: None,
             last_seq: state.last_seq,
         };
-        for (_, e) in entries {
+        for (seq, e) in entries {
             run.updated_at.clone_from(&e.at);
             if e.step == weft_bus::runs::entry::RUN_STEP {
                 match &e.event {
@@ -234,6 +238,7 @@ impl Run {
                     duration_ms,
                 } => {
                     s.output = Some(output.clone());
+                    s.finished_seq = Some(*seq);
                     s.duration_ms = Some(*duration_ms);
                     s.finished_at = Some(e.at.clone());
                     s.waiting_for = None;
@@ -250,6 +255,11 @@ impl Run {
                 EntryEvent::StepWaiting { reason, until } => {
                     s.waiting_for = Some(reason.clone());
                     s.until.clone_from(until);
+                }
+                EntryEvent::StepSkipped { .. } => {
+                    s.finished_at = Some(e.at.clone());
+                    s.waiting_for = None;
+                    s.until = None;
                 }
                 _ => {}
             }

@@ -158,7 +158,7 @@ pub async fn start(
         });
         let durable = |mut d: DurableConfig| {
             d.ack_wait = config.lease;
-            d.retry = config.store_retry.clone();
+            d.retry = config.store_retry;
             d.concurrency = config.concurrency;
             // Deliveries run out only if workers keep dying or the journal is down for
             // long; steps decide when a run fails.

@@ -80,6 +80,14 @@ pub enum EntryEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         until: Option<String>,
     },
+    /// The step does not run: a branch took other steps, or a parallel step that joins
+    /// on the first result got it from another step.
+    #[serde(rename = "step.skipped")]
+    StepSkipped {
+        /// Why, e.g. `branch route took else`.
+        #[serde(default)]
+        reason: String,
+    },
     /// Someone asked to cancel the run.
     #[serde(rename = "run.cancel_requested")]
     CancelRequested {
@@ -127,6 +135,7 @@ impl EntryEvent {
             EntryEvent::StepCompleted { .. } => "step.completed",
             EntryEvent::StepFailed { .. } => "step.failed",
             EntryEvent::StepWaiting { .. } => "step.waiting",
+            EntryEvent::StepSkipped { .. } => "step.skipped",
             EntryEvent::CancelRequested { .. } => "run.cancel_requested",
             EntryEvent::RunCancelled { .. } => "run.cancelled",
             EntryEvent::RetryRequested { .. } => "run.retry_requested",

@@ -195,6 +195,9 @@ impl RunState {
                 self.step_on(step, StepInput::Wait)?;
                 self.run_on(RunInput::Wait)?;
             }
+            EntryEvent::StepSkipped { .. } => {
+                self.step_on(step, StepInput::Skip)?;
+            }
             EntryEvent::CancelRequested { .. } => self.run_on(RunInput::CancelRequested)?,
             EntryEvent::RunCancelled { .. } => {
                 for (_, st) in &mut self.steps {

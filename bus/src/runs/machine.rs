@@ -45,6 +45,7 @@
 //! Skipped                        └─Fail{give up}─▶ Failed
 //! Pending, Running, Backoff, Waiting ─Cancel─▶ Cancelled
 //! Running(a) ─Takeover (its worker's lease ran out)─▶ Running(a+1)
+//! Running(a) ─Skip (a parallel join took another step's result)─▶ Skipped
 //! ```
 //!
 //! The tests generate one test per row of each table, and check that every pair of
@@ -252,7 +253,8 @@ pub enum StepInput {
     Wait,
     /// The run was cancelled.
     Cancel,
-    /// A branch did not take it.
+    /// A branch did not take it, or a parallel join that takes the first result got
+    /// it from another step.
     Skip,
     /// The run is retried from this failed step: the next attempt starts.
     Retry,
@@ -328,7 +330,7 @@ pub enum Attempt {
 }
 
 /// A step's transitions: (from, input, to, attempt). [`StepStatus::on`] reads it.
-pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 15] = {
+pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 16] = {
     use Attempt as A;
     use StepInput as I;
     use StepState as S;
@@ -342,6 +344,7 @@ pub const STEP_TRANSITIONS: [(StepState, StepInput, StepState, Attempt); 15] = {
         (S::Running, I::Wait, S::Waiting, A::Same),
         (S::Running, I::Cancel, S::Cancelled, A::None),
         (S::Running, I::Takeover, S::Running, A::Next),
+        (S::Running, I::Skip, S::Skipped, A::None),
         (S::Backoff, I::RetryDue, S::Running, A::Next),
         (S::Backoff, I::Cancel, S::Cancelled, A::None),
         (S::Waiting, I::Complete, S::Completed, A::None),
@@ -480,6 +483,7 @@ mod tests {
         waiting_is_cancelled: St::Waiting { attempt: 1 }, Cancel => St::Cancelled;
         failed_is_retried_with_the_next_attempt: St::Failed { attempt: 4 }, Retry => St::Running { attempt: 5 };
         an_orphaned_attempt_is_taken_over: St::Running { attempt: 2 }, Takeover => St::Running { attempt: 3 };
+        a_running_step_is_abandoned_when_a_parallel_join_needs_it_no_more: St::Running { attempt: 1 }, Skip => St::Skipped;
     }
 
     #[test]

@@ -416,3 +416,110 @@ async fn a_cron_schedule_starts_one_run_per_tick_with_two_workers() {
     assert!(Schedule::parse("* * *").is_err());
     assert!(Schedule::parse("61 * * * *").is_err());
 }
+
+#[tokio::test]
+async fn branches_choose_steps_parallel_steps_join_and_a_sub_flow_returns_its_output() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let _svc = Service::new("quotes", "1.0.0")
+        .endpoint(Endpoint::new("fast", |r: Request| async move {
+            Ok(json!({"from": "fast", "item": r.payload()["item"].clone()}))
+        }))
+        .endpoint(Endpoint::new("slow", move |_r: Request| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(json!({"from": "slow"}))
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let router = Flow::from_json(
+        &json!({
+            "name": "router",
+            "steps": [
+                {"name": "route", "branch": {"if": ".trigger.payload.urgent == true", "then": ["page"], "else": ["queue"]}},
+                {"name": "page", "transform": "\"paged\""},
+                {"name": "queue", "transform": "\"queued\""},
+                {"name": "always", "transform": "[.steps.page.output, .steps.queue.output]"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let fanout = Flow::from_json(
+        &json!({
+            "name": "fanout",
+            "steps": [
+                {"name": "both", "parallel": {"steps": ["a", "b"]}},
+                {"name": "a", "invoke": "quotes.fast", "input": {"item": "${trigger.payload.item}"}},
+                {"name": "b", "transform": ".trigger.payload.item | ascii_upcase"},
+                {"name": "race", "parallel": {"steps": ["quick", "lazy"], "join": "first"}},
+                {"name": "quick", "invoke": "quotes.fast", "input": {}},
+                {"name": "lazy", "invoke": "quotes.slow", "input": {}},
+                {"name": "child", "sub_flow": {"flow": "router", "timeout": "30s"}, "input": {"urgent": true}},
+                {"name": "sum", "transform": "{both: .steps.both.output, race: .steps.race.output.step, child: .steps.child.output}"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let handle = worker::start(&bus, vec![router, fanout], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+
+    let calm = runs
+        .start("router", json!({"urgent": false}))
+        .await
+        .unwrap();
+    let calm = finished(&runs, &calm.run_id).await;
+    assert_eq!(calm.status, RunStatus::Completed);
+    assert_eq!(calm.step("page").unwrap().status, StepStatus::Skipped);
+    assert_eq!(calm.output, Some(json!([null, "queued"])));
+
+    let started = Instant::now();
+    let f = runs.start("fanout", json!({"item": "tea"})).await.unwrap();
+    let f = finished(&runs, &f.run_id).await;
+    assert_eq!(f.status, RunStatus::Completed, "{f:#?}");
+    assert_eq!(
+        f.output,
+        Some(json!({
+            "both": {"a": {"from": "fast", "item": "tea"}, "b": "TEA"},
+            "race": "quick",
+            "child": ["paged", null]
+        }))
+    );
+    assert_eq!(f.step("lazy").unwrap().status, StepStatus::Skipped);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "join first waited for the slow step: {:?}",
+        started.elapsed()
+    );
+    // The child is a run of its own, started by the step.
+    let children = runs.list(&of("router")).await.unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(
+        children
+            .iter()
+            .any(|r| r.trigger.metadata.contains_key("weft.flow.parent"))
+    );
+    assert!(calls.load(Ordering::SeqCst) <= 1);
+
+    // Definitions that cannot run are refused.
+    let bad = |steps: Value| Flow::from_json(&json!({"name": "x", "steps": steps}).to_string());
+    let err =
+        bad(json!([{"name": "p", "parallel": {"steps": ["nap"]}}, {"name": "nap", "sleep": "1s"}]))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("cannot run in parallel"), "{err}");
+    let err = bad(json!([{"name": "a", "transform": "1"}, {"name": "b", "branch": {"if": "true", "then": ["a"]}}]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a later step"), "{err}");
+    handle.stop().await;
+}
