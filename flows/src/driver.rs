@@ -2,7 +2,7 @@
 //! journals it, until the run ends or waits (DESIGN §15).
 //!
 //! [`decide`] is the whole policy, a pure function of the definition, the run and the
-//! clock; [`Engine::drive`] carries its decisions out. Every entry is appended with the
+//! clock; the worker's engine carries its decisions out. Every entry is appended with the
 //! sequence of the last entry folded as the expected last subject sequence, so of two
 //! deliveries driving one run only one writes each next entry; the other gets a
 //! conflict, reads the journal again and decides again.
