@@ -46,7 +46,7 @@ pub struct RunFilter {
 }
 
 fn fold(r: &RunRef, entries: Vec<(u64, Entry)>) -> Result<Option<Run>, FlowError> {
-    Run::from_entries(entries).map_err(|e| FlowError::Store(format!("run {r} does not fold: {e}")))
+    Run::from_entries(&entries).map_err(|e| FlowError::Store(format!("run {r} does not fold: {e}")))
 }
 
 impl Runs {
@@ -287,7 +287,7 @@ pub(crate) async fn request_retry(
 ) -> Result<Vec<(u64, Entry)>, FlowError> {
     loop {
         let entries = journal.read(r).await?;
-        let run = fold(r, entries.clone())?.ok_or_else(|| FlowError::NotFound(r.id.clone()))?;
+        let run = fold(r, entries)?.ok_or_else(|| FlowError::NotFound(r.id.clone()))?;
         let e = retry_entry(&run, by)?;
         match journal.append(&e, Some(run.last_seq)).await {
             Ok(_) => return Ok(journal.read(r).await?),

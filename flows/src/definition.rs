@@ -584,6 +584,9 @@ pub struct Flow {
     /// *"`) starting one run per tick across all workers of the flow. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
+    /// At most `limit` runs of one `key` at a time ([`crate::slots`]); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::slots::Concurrency>,
     /// Ordered steps (at least one).
     pub steps: Vec<Step>,
 }
@@ -691,6 +694,7 @@ impl Flow {
             description: String::new(),
             trigger: None,
             schedule: None,
+            concurrency: None,
             steps: Vec::new(),
         }
     }
@@ -698,6 +702,13 @@ impl Flow {
     /// Sets the cron schedule.
     pub fn schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = Some(schedule);
+        self
+    }
+
+    /// Limits the runs of one key (a template, e.g. `${trigger.payload.customer_id}`)
+    /// to `limit` at a time.
+    pub fn concurrency(mut self, key: Value, limit: u32) -> Self {
+        self.concurrency = Some(crate::slots::Concurrency { key, limit });
         self
     }
 
@@ -759,6 +770,16 @@ impl Flow {
         validate_token("flow name", &self.name).map_err(|e| def(e.to_string()))?;
         if self.steps.is_empty() {
             return Err(def("a flow needs at least one step".into()));
+        }
+        if let Some(c) = &self.concurrency {
+            if c.limit == 0 {
+                return Err(def("concurrency limit must be at least 1".into()));
+            }
+            if let Some(step) = crate::template::step_references(&c.key).first() {
+                return Err(def(format!(
+                    "the concurrency key refers to step {step}; it is known before any step runs, so it can use ${{trigger…}} only"
+                )));
+            }
         }
         let mut seen: Vec<&str> = Vec::new();
         for step in &self.steps {

@@ -449,6 +449,19 @@ pub(crate) struct Deployed {
     pub(crate) json: Value,
 }
 
+/// The step name under which a run waits for and holds its concurrency slot.
+pub const SLOT_STEP: &str = "_slot";
+
+/// What the concurrency gate says.
+enum Gate {
+    /// Go on to the steps.
+    Go,
+    /// Something was journaled: decide again.
+    Again,
+    /// Wait for a wake (no slot free).
+    Stop,
+}
+
 /// A run's entries while a delivery drives it, shared by the attempts it runs side by
 /// side (appends are one at a time).
 type Entries = tokio::sync::Mutex<Vec<(u64, Entry)>>;
@@ -499,8 +512,7 @@ impl Engine {
             if self.append(r, entries, entry).await? {
                 return Ok(());
             }
-            let snapshot = entries.lock().await.clone();
-            let still = Run::from_entries(snapshot)
+            let still = Run::from_entries(&entries.lock().await)
                 .ok()
                 .flatten()
                 .and_then(|run| run.step(step).map(|s| s.status))
@@ -569,14 +581,20 @@ impl Engine {
         let entries = Entries::new(entries);
         let mut pinned: Option<Arc<Flow>> = None;
         loop {
-            let snapshot = entries.lock().await.clone();
-            let run = Run::from_entries(snapshot)
+            let run = Run::from_entries(&entries.lock().await)
                 .map_err(|e| DriveError::Broken(format!("run {r} does not fold: {e}")))?
                 .ok_or_else(|| DriveError::Retry(format!("run {r} has no entries")))?;
             let flow = match &pinned {
                 Some(f) => f.clone(),
                 None => pinned.insert(self.definition(deployed, &run)?).clone(),
             };
+            if let Some(c) = &flow.concurrency {
+                match self.gate(&flow, c, &run, r, &entries).await? {
+                    Gate::Go => {}
+                    Gate::Again => continue,
+                    Gate::Stop => return Ok(run.status),
+                }
+            }
             if let Some(child_end) = self.child_ended(&flow, &run).await? {
                 self.append(r, &entries, child_end).await?;
                 continue;
@@ -627,8 +645,8 @@ impl Engine {
                         }
                         // Side by side: once the others are not needed (a parallel step
                         // that joins on the first result got it), stop waiting for them.
-                        let snapshot = entries.lock().await.clone();
-                        if let Ok(Some(now_run)) = Run::from_entries(snapshot)
+                        let now_run = Run::from_entries(&entries.lock().await);
+                        if let Ok(Some(now_run)) = now_run
                             && let Next::Append(e) =
                                 decide(&flow, &now_run, OffsetDateTime::now_utc(), false)
                             && matches!(e.event, EntryEvent::StepSkipped { .. })
@@ -637,6 +655,91 @@ impl Engine {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The concurrency gate ([`crate::slots`]): a run takes its slot before its first
+    /// step (waiting as step `_slot` when none is free) and gives it back when it
+    /// ends, waking the waiters that fit.
+    async fn gate(
+        &self,
+        flow: &Flow,
+        c: &crate::slots::Concurrency,
+        run: &Run,
+        r: &RunRef,
+        entries: &Entries,
+    ) -> Result<Gate, DriveError> {
+        let key = match template::render(&c.key, &run.context()) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(e) => {
+                let error = ErrorPayload::invalid_request(format!("concurrency key: {e}"));
+                self.append(
+                    r,
+                    entries,
+                    Entry::of_run(r, run.retries + 1, EntryEvent::RunFailed { error }),
+                )
+                .await?;
+                return Ok(Gate::Again);
+            }
+        };
+        let slots = crate::slots::Slots::open(&self.bus).await?;
+        if run.status.is_terminal() {
+            for waiter in slots.release(&flow.name, &key, c.limit, &run.id).await? {
+                if let Ok(w) = RunRef::new(weft_bus::runs::RunKind::Flow, &flow.name, &waiter) {
+                    self.queue.wake(&w, &format!("slot_{}", run.id)).await?;
+                }
+            }
+            return Ok(Gate::Go);
+        }
+        if run.status == RunStatus::Cancelling {
+            return Ok(Gate::Go);
+        }
+        let slot = run.step(SLOT_STEP).map(|s| s.status);
+        match slot {
+            Some(StepStatus::Completed) if run.retries == 0 => Ok(Gate::Go),
+            Some(StepStatus::Completed) => {
+                // A retried run gave its slot back when it failed.
+                if slots.holds(&flow.name, &key, &run.id).await?
+                    || slots.acquire(&flow.name, &key, c.limit, &run.id).await?
+                {
+                    Ok(Gate::Go)
+                } else {
+                    Ok(Gate::Stop)
+                }
+            }
+            _ => {
+                let held = slots.acquire(&flow.name, &key, c.limit, &run.id).await?;
+                let attempt = slot.map_or(1, StepStatus::attempt).max(1);
+                if slot.is_none() || slot == Some(StepStatus::Pending) {
+                    let started = EntryEvent::StepStarted {
+                        input: json!({"key": key, "limit": c.limit}),
+                        idempotency_key: idempotency_key(&run.id, SLOT_STEP),
+                    };
+                    if !self
+                        .append(r, entries, Entry::new(r, SLOT_STEP, attempt, started))
+                        .await?
+                    {
+                        return Ok(Gate::Again);
+                    }
+                }
+                let event = if held {
+                    EntryEvent::StepCompleted {
+                        output: json!({"key": key}),
+                        duration_ms: 0,
+                    }
+                } else if matches!(slot, Some(StepStatus::Waiting { .. })) {
+                    return Ok(Gate::Stop);
+                } else {
+                    EntryEvent::StepWaiting {
+                        reason: "slot".into(),
+                        until: None,
+                    }
+                };
+                self.append(r, entries, Entry::new(r, SLOT_STEP, attempt, event))
+                    .await?;
+                Ok(if held { Gate::Again } else { Gate::Stop })
             }
         }
     }
@@ -660,7 +763,7 @@ impl Engine {
                 &crate::run::run_id(&c.flow, &key),
             )
             .map_err(|e| DriveError::Broken(e.to_string()))?;
-            let Ok(Some(child_run)) = Run::from_entries(self.journal.read(&child).await?) else {
+            let Ok(Some(child_run)) = Run::from_entries(&self.journal.read(&child).await?) else {
                 continue;
             };
             let event = match child_run.status {
@@ -988,12 +1091,12 @@ mod tests {
             },
         )];
         all.extend(events);
-        let entries = all
+        let entries: Vec<(u64, Entry)> = all
             .into_iter()
             .enumerate()
             .map(|(i, (s, a, e))| (i as u64 + 1, Entry::new(&r, s, a, e)))
             .collect();
-        Run::from_entries(entries).unwrap().unwrap()
+        Run::from_entries(&entries).unwrap().unwrap()
     }
 
     fn started() -> EntryEvent {

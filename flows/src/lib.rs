@@ -12,7 +12,8 @@
 //! - [`driver`]: what a run does next ([`driver::decide`]) and doing it;
 //! - [`run`]: a run as its journal tells it;
 //! - [`actions`]: reading, starting, cancelling, retrying and approving runs;
-//! - [`waits`]: waits for events; [`legacy`]: runs of earlier releases.
+//! - [`waits`]: waits for events; [`slots`]: concurrency limits; [`legacy`]: runs of
+//!   earlier releases.
 //!
 //! Flows meet services and agents on the bus only: a step reaches an agent by
 //! invoking its subject, never by linking its crate.
@@ -41,6 +42,7 @@ pub mod expr;
 pub mod legacy;
 pub mod metrics;
 pub mod run;
+pub mod slots;
 pub mod template;
 pub mod waits;
 pub mod worker;

@@ -143,11 +143,11 @@ impl Run {
     ///
     /// # Errors
     /// [`FoldError`] for the first entry the state machines refuse.
-    pub fn from_entries(entries: Vec<(u64, Entry)>) -> Result<Option<Run>, FoldError> {
-        let Some(state) = RunState::fold(entries.iter().cloned())? else {
+    pub fn from_entries(entries: &[(u64, Entry)]) -> Result<Option<Run>, FoldError> {
+        let Some(state) = RunState::fold(entries)? else {
             return Ok(None);
         };
-        Ok(Some(Run::assemble(state, &entries)))
+        Ok(Some(Run::assemble(state, entries)))
     }
 
     fn assemble(state: RunState, entries: &[(u64, Entry)]) -> Run {
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_run_lists_every_step_of_its_definition_with_what_happened() {
-        let run = Run::from_entries(entries(vec![
+        let run = Run::from_entries(&entries(vec![
             started(),
             ("one", step_started()),
             (
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_retry_starts_a_new_round_of_attempts_and_completed_outputs_feed_templates() {
-        let run = Run::from_entries(entries(vec![
+        let run = Run::from_entries(&entries(vec![
             started(),
             ("one", step_started()),
             (

@@ -127,7 +127,7 @@ async fn complete_if_matching(
     event: &weft_bus::Envelope,
 ) -> Result<Outcome, Error> {
     for _ in 0..5 {
-        let Some(run) = Run::from_entries(journal.read(r).await?)
+        let Some(run) = Run::from_entries(&journal.read(r).await?)
             .map_err(|e| Error::new(weft_bus::ErrorKind::Envelope, e.to_string()))?
         else {
             return Ok(Outcome::NotYet);

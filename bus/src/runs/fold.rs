@@ -87,17 +87,19 @@ impl RunState {
     ///
     /// # Errors
     /// [`FoldError`] for the first entry that does not fit.
-    pub fn fold(
-        entries: impl IntoIterator<Item = (u64, Entry)>,
+    pub fn fold<E: std::borrow::Borrow<(u64, Entry)>>(
+        entries: impl IntoIterator<Item = E>,
     ) -> Result<Option<RunState>, FoldError> {
         let mut state: Option<RunState> = None;
         let mut seen = HashSet::new();
-        for (seq, entry) in entries {
+        for item in entries {
+            let (seq, entry) = item.borrow();
+            let seq = *seq;
             if !seen.insert(entry.msg_id()) {
                 continue;
             }
             let event = entry.event.name().to_owned();
-            match (&mut state, entry.event) {
+            match (&mut state, &entry.event) {
                 (
                     None,
                     EntryEvent::RunStarted {
@@ -105,11 +107,11 @@ impl RunState {
                     },
                 ) => {
                     state = Some(RunState {
-                        run: entry.run,
+                        run: entry.run.clone(),
                         status: RunStatus::Running,
                         steps: Vec::new(),
-                        cause,
-                        definition,
+                        cause: cause.clone(),
+                        definition: definition.clone(),
                         output: None,
                         outputs: Vec::new(),
                         error: None,
@@ -156,7 +158,7 @@ impl RunState {
         Ok(next)
     }
 
-    fn apply(&mut self, step: &str, event: EntryEvent) -> Result<(), InvalidTransition> {
+    fn apply(&mut self, step: &str, event: &EntryEvent) -> Result<(), InvalidTransition> {
         match event {
             EntryEvent::RunStarted { .. } => unreachable!("handled by fold"),
             EntryEvent::StepStarted { .. } => {
@@ -175,8 +177,8 @@ impl RunState {
                     self.run_on(RunInput::Resume)?;
                 }
                 match self.outputs.iter_mut().find(|(s, _)| s == step) {
-                    Some((_, o)) => *o = output,
-                    None => self.outputs.push((step.to_owned(), output)),
+                    Some((_, o)) => o.clone_from(output),
+                    None => self.outputs.push((step.to_owned(), output.clone())),
                 }
             }
             EntryEvent::StepFailed { retry_at, .. } => {
@@ -210,11 +212,11 @@ impl RunState {
             EntryEvent::RetryRequested { .. } => self.run_on(RunInput::Retry)?,
             EntryEvent::RunCompleted { output } => {
                 self.run_on(RunInput::Complete)?;
-                self.output = Some(output);
+                self.output = Some(output.clone());
             }
             EntryEvent::RunFailed { error } => {
                 self.run_on(RunInput::Fail)?;
-                self.error = Some(error);
+                self.error = Some(error.clone());
             }
         }
         Ok(())
@@ -420,6 +422,6 @@ mod tests {
                 && e.to_string().contains("complete in state pending"),
             "{e}"
         );
-        assert_eq!(RunState::fold(Vec::new()).unwrap(), None);
+        assert_eq!(RunState::fold(Vec::<(u64, Entry)>::new()).unwrap(), None);
     }
 }

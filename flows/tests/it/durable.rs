@@ -523,3 +523,88 @@ async fn branches_choose_steps_parallel_steps_join_and_a_sub_flow_returns_its_ou
     assert!(err.contains("not a later step"), "{err}");
     handle.stop().await;
 }
+
+#[tokio::test]
+async fn a_concurrency_key_of_one_serializes_its_runs_while_other_keys_run_side_by_side() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    type Spans = Arc<std::sync::Mutex<Vec<(String, Instant, Instant)>>>;
+    let spans: Spans = Arc::default();
+    let s = spans.clone();
+    let _svc = Service::new("work", "1.0.0")
+        .endpoint(Endpoint::new("slow", move |r: Request| {
+            let s = s.clone();
+            async move {
+                let customer = r.payload()["customer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                s.lock().unwrap().push((customer, start, Instant::now()));
+                Ok(json!("done"))
+            }
+        }))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("orders")
+        .concurrency(json!("${trigger.payload.customer}"), 1)
+        .step(Step::invoke(
+            "work",
+            "work.slow".parse().unwrap(),
+            json!("${trigger.payload}"),
+        ));
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let mut ids = Vec::new();
+    for customer in ["ada", "bob", "ada", "bob", "ada", "bob"] {
+        ids.push(
+            runs.start("orders", json!({"customer": customer}))
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    for id in &ids {
+        let run = finished(&runs, id).await;
+        assert_eq!(run.status, RunStatus::Completed, "{run:#?}");
+    }
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 6);
+    let of_key = |c: &str| {
+        let mut v: Vec<(Instant, Instant)> = spans
+            .iter()
+            .filter(|(k, _, _)| k == c)
+            .map(|(_, a, b)| (*a, *b))
+            .collect();
+        v.sort();
+        v
+    };
+    for c in ["ada", "bob"] {
+        let v = of_key(c);
+        for pair in v.windows(2) {
+            assert!(pair[1].0 >= pair[0].1, "two runs of {c} overlapped");
+        }
+    }
+    // The two keys ran side by side: all six took about three runs' time, not six.
+    let first = spans.iter().map(|(_, a, _)| *a).min().unwrap();
+    let last = spans.iter().map(|(_, _, b)| *b).max().unwrap();
+    assert!(
+        last - first < Duration::from_millis(2200),
+        "{:?}",
+        last - first
+    );
+    let slotted = runs
+        .list(&of("orders"))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r.step("_slot")
+                .is_some_and(|s| s.status == StepStatus::Completed)
+        })
+        .count();
+    assert_eq!(slotted, 6, "every run took its slot through the journal");
+    handle.stop().await;
+}

@@ -1,5 +1,5 @@
-//! `flow_runs` and `flow_steps`: a 3-step flow of no-op invokes with checkpoints,
-//! runs/s and steps/s. There is no raw twin: flows are Weft's own.
+//! `flow_runs` and `flow_steps`: a 3-step flow of no-op invokes, journaled, runs/s and
+//! steps/s. There is no raw twin: flows are Weft's own.
 //!
 //! A flow `bench` triggered by `bench.flow` invokes the no-op endpoint `bench.noop`
 //! three times. Its worker is started once and stopped (creating its durable
@@ -9,7 +9,8 @@
 //!
 //! The rate at which the triggers were published is the figure's ceiling: a flow
 //! cannot complete runs faster than JetStream stores their triggers (and each run also
-//! writes its checkpoint to KV seven times: create, then start and finish per step).
+//! appends eight journal entries: `run.started`, a `step.started` and a
+//! `step.completed` per step, `run.completed`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +115,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         Figure {
             ceiling: Some(ceiling),
             note: format!(
-                "{} triggers; {concurrency} runs at once (worker default); ceiling = this run's trigger publish rate (JetStream acks, {IN_FLIGHT} in flight), and each run also writes 7 checkpoints",
+                "{} triggers; {concurrency} runs at once (worker default); ceiling = this run's trigger publish rate (JetStream acks, {IN_FLIGHT} in flight), and each run also appends 8 journal entries",
                 load.ops
             ),
             ..figure("flow_runs", "runs/s", runs)
