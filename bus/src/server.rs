@@ -4,7 +4,8 @@
 //! The binary is looked up in this order: the configured path, `$NATS_SERVER_BIN`,
 //! `nats-server` on `PATH`, then `.tools/nats-server/bin/nats-server` (where
 //! `scripts/install-nats-server` puts it) under the current directory or the Weft
-//! source tree. Version 2.10 or newer is needed.
+//! source tree. Version 2.14 or newer is needed (the run queue uses message schedules:
+//! `@at` timers since 2.12, cron since 2.14).
 //!
 //! # Process lifecycle
 //!

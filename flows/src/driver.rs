@@ -601,7 +601,16 @@ impl Engine {
             }
             let now = OffsetDateTime::now_utc();
             match decide(&flow, &run, now, takeover) {
-                Next::Done | Next::Busy => return Ok(run.status),
+                Next::Done => {
+                    // Again on a delivery that comes back after the run ended (the
+                    // worker died before the first wake went out); a wake of one cause
+                    // is queued once.
+                    if run.status.is_terminal() {
+                        self.wake_parent(&run).await?;
+                    }
+                    return Ok(run.status);
+                }
+                Next::Busy => return Ok(run.status),
                 Next::Append(entry) => {
                     let ended = match &entry.event {
                         EntryEvent::RunCompleted { .. } => Some("completed"),
@@ -617,7 +626,6 @@ impl Engine {
                             .with_label_values(&[&flow.name, outcome])
                             .inc();
                         tracing::info!(flow = %flow.name, run = %r.id, outcome, "run ended");
-                        self.wake_parent(&run).await?;
                     }
                 }
                 Next::Park(timer) => {
