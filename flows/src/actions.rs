@@ -71,6 +71,15 @@ impl Runs {
         fold(&r, self.journal.read(&r).await?)
     }
 
+    /// The raw journal entries of run `r` (stream sequence, entry), for tools and
+    /// tests that look underneath [`Run`].
+    ///
+    /// # Errors
+    /// [`FlowError::Bus`] when the journal cannot be read.
+    pub async fn entries(&self, r: &RunRef) -> Result<Vec<(u64, Entry)>, FlowError> {
+        Ok(self.journal.read(r).await?)
+    }
+
     /// Run `run_id`, of whichever flow.
     ///
     /// # Errors

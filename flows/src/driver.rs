@@ -653,7 +653,13 @@ impl Engine {
                         }
                         // Side by side: once the others are not needed (a parallel step
                         // that joins on the first result got it), stop waiting for them.
-                        let now_run = Run::from_entries(&entries.lock().await);
+                        // `try_lock`: an attempt waiting for the entries holds the next
+                        // turn of the (fair) lock, and it only runs when polled here.
+                        let Ok(now) = entries.try_lock() else {
+                            continue;
+                        };
+                        let now_run = Run::from_entries(&now);
+                        drop(now);
                         if let Ok(Some(now_run)) = now_run
                             && let Next::Append(e) =
                                 decide(&flow, &now_run, OffsetDateTime::now_utc(), false)

@@ -20,7 +20,24 @@ async fn finished(runs: &Runs, id: &str) -> weft_flows::Run {
         .await
         .unwrap()
         .unwrap();
-    assert!(run.status.is_terminal(), "run {id} did not end: {run:#?}");
+    if !run.status.is_terminal() {
+        let entries: Vec<String> = runs
+            .entries(&run.reference())
+            .await
+            .unwrap()
+            .iter()
+            .map(|(seq, e)| {
+                format!(
+                    "{seq} {} {} #{} by {:?}",
+                    e.step,
+                    e.event.name(),
+                    e.attempt,
+                    e.by
+                )
+            })
+            .collect();
+        panic!("run {id} did not end; its journal:\n{}", entries.join("\n"));
+    }
     run
 }
 
