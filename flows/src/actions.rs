@@ -287,19 +287,18 @@ fn retry_entry(run: &Run, by: &str) -> Result<Entry, FlowError> {
     ))
 }
 
-/// Journals a retry of failed run `r` (for a worker that finds its trigger replayed);
-/// returns the run's entries after it.
+/// Journals a retry of failed run `r` (for a worker that finds its trigger replayed).
 pub(crate) async fn request_retry(
     journal: &Journal,
     r: &RunRef,
     by: &str,
-) -> Result<Vec<(u64, Entry)>, FlowError> {
+) -> Result<(), FlowError> {
     loop {
         let entries = journal.read(r).await?;
         let run = fold(r, entries)?.ok_or_else(|| FlowError::NotFound(r.id.clone()))?;
         let e = retry_entry(&run, by)?;
         match journal.append(&e, Some(run.last_seq)).await {
-            Ok(_) => return Ok(journal.read(r).await?),
+            Ok(_) => return Ok(()),
             Err(AppendError::Conflict { .. }) => continue,
             Err(AppendError::Bus(e)) => return Err(e.into()),
         }

@@ -429,6 +429,10 @@ impl From<weft_bus::Error> for DriveError {
     }
 }
 
+fn broken(r: &RunRef, e: weft_bus::runs::fold::FoldError) -> DriveError {
+    DriveError::Broken(format!("run {r} does not fold: {e}"))
+}
+
 /// What a worker shares between the runs of its flows.
 #[derive(Clone)]
 pub(crate) struct Engine {
@@ -462,13 +466,14 @@ enum Gate {
     Stop,
 }
 
-/// A run's entries while a delivery drives it, shared by the attempts it runs side by
-/// side (appends are one at a time).
-type Entries = tokio::sync::Mutex<Vec<(u64, Entry)>>;
+/// A run as journaled so far while a delivery drives it (`None` before its first
+/// entry), folded entry by entry as the delivery appends, and shared by the attempts it
+/// runs side by side (appends are one at a time).
+type Entries = tokio::sync::Mutex<Option<Run>>;
 
 impl Engine {
-    /// Appends `entry` after the last entry; pushes it on success. `Ok(false)` on a
-    /// conflict: the entries are read again.
+    /// Appends `entry` after the last entry; folds it in on success. `Ok(false)` on a
+    /// conflict: the run is read again.
     async fn append(
         &self,
         r: &RunRef,
@@ -476,23 +481,38 @@ impl Engine {
         mut entry: Entry,
     ) -> Result<bool, DriveError> {
         entry.by = Some(self.by.clone());
-        let mut entries = entries.lock().await;
-        let expected = entries.last().map_or(0, |(seq, _)| *seq);
+        let mut run = entries.lock().await;
+        let expected = run.as_ref().map_or(0, |run| run.last_seq);
         match self.journal.append(&entry, Some(expected)).await {
-            Ok(a) if a.duplicate => {
-                *entries = self.journal.read(r).await?;
+            Ok(a) if !a.duplicate => {
+                match run.as_mut() {
+                    Some(run) => run.push(a.seq, &entry).map_err(|e| broken(r, e))?,
+                    None => *run = Some(Run::start(a.seq, &entry).map_err(|e| broken(r, e))?),
+                }
                 Ok(true)
             }
-            Ok(a) => {
-                entries.push((a.seq, entry));
+            Ok(_) => {
+                *run = self.reread(r).await?;
                 Ok(true)
             }
             Err(AppendError::Conflict { .. }) => {
-                *entries = self.journal.read(r).await?;
+                *run = self.reread(r).await?;
                 Ok(false)
             }
             Err(AppendError::Bus(e)) => Err(e.into()),
         }
+    }
+
+    /// Run `r` as the journal has it now (`None`: no entries).
+    ///
+    /// # Errors
+    /// As the journal's read; [`DriveError::Broken`] when its entries do not fold.
+    pub(crate) async fn read(&self, r: &RunRef) -> Result<Option<Run>, DriveError> {
+        self.reread(r).await
+    }
+
+    async fn reread(&self, r: &RunRef) -> Result<Option<Run>, DriveError> {
+        Run::from_entries(&self.journal.read(r).await?).map_err(|e| broken(r, e))
     }
 
     /// Appends the outcome of attempt `attempt` of `step`; after a conflict, again,
@@ -512,9 +532,10 @@ impl Engine {
             if self.append(r, entries, entry).await? {
                 return Ok(());
             }
-            let still = Run::from_entries(&entries.lock().await)
-                .ok()
-                .flatten()
+            let still = entries
+                .lock()
+                .await
+                .as_ref()
                 .and_then(|run| run.step(step).map(|s| s.status))
                 == Some(StepStatus::Running { attempt });
             if !still {
@@ -524,16 +545,15 @@ impl Engine {
     }
 
     /// Starts run `r` of `deployed` with `cause` and `input` (its first entry, expected
-    /// sequence 0), unless it exists; returns its entries and whether it is new.
+    /// sequence 0), unless it exists; returns it and whether it is new.
     pub(crate) async fn start(
         &self,
         deployed: &Deployed,
         r: &RunRef,
         cause: &str,
         input: &Envelope,
-    ) -> Result<(Vec<(u64, Entry)>, bool), DriveError> {
-        let entries = Entries::new(Vec::new());
-        let first = Entry::of_run(
+    ) -> Result<(Option<Run>, bool), DriveError> {
+        let mut first = Entry::of_run(
             r,
             1,
             EntryEvent::RunStarted {
@@ -542,16 +562,19 @@ impl Engine {
                 definition: deployed.json.clone(),
             },
         );
-        let appended = self.append(r, &entries, first).await?;
-        let entries = entries.into_inner();
-        let fresh = appended && entries.len() == 1;
-        if fresh {
-            metrics::flows()
-                .runs
-                .with_label_values(&[&deployed.flow.name, "started"])
-                .inc();
+        first.by = Some(self.by.clone());
+        match self.journal.append(&first, Some(0)).await {
+            Ok(a) if !a.duplicate => {
+                metrics::flows()
+                    .runs
+                    .with_label_values(&[&deployed.flow.name, "started"])
+                    .inc();
+                let run = Run::start(a.seq, &first).map_err(|e| broken(r, e))?;
+                Ok((Some(run), true))
+            }
+            Ok(_) | Err(AppendError::Conflict { .. }) => Ok((self.reread(r).await?, false)),
+            Err(AppendError::Bus(e)) => Err(e.into()),
         }
-        Ok((entries, fresh))
     }
 
     /// The definition run `run` started with: the deployed one, or its own.
@@ -569,20 +592,22 @@ impl Engine {
             })
     }
 
-    /// Drives run `r` from `entries` until it ends, waits, or is left to another
+    /// Drives run `r` from `run` (as journaled) until it ends, waits, or is left to another
     /// delivery; returns its status then.
     pub(crate) async fn drive(
         &self,
         deployed: &Deployed,
         r: &RunRef,
-        entries: Vec<(u64, Entry)>,
+        run: Run,
         takeover: bool,
     ) -> Result<RunStatus, DriveError> {
-        let entries = Entries::new(entries);
+        let entries = Entries::new(Some(run));
         let mut pinned: Option<Arc<Flow>> = None;
         loop {
-            let run = Run::from_entries(&entries.lock().await)
-                .map_err(|e| DriveError::Broken(format!("run {r} does not fold: {e}")))?
+            let run = entries
+                .lock()
+                .await
+                .clone()
                 .ok_or_else(|| DriveError::Retry(format!("run {r} has no entries")))?;
             let flow = match &pinned {
                 Some(f) => f.clone(),
@@ -658,11 +683,11 @@ impl Engine {
                         let Ok(now) = entries.try_lock() else {
                             continue;
                         };
-                        let now_run = Run::from_entries(&now);
+                        let next = now
+                            .as_ref()
+                            .map(|run| decide(&flow, run, OffsetDateTime::now_utc(), false));
                         drop(now);
-                        if let Ok(Some(now_run)) = now_run
-                            && let Next::Append(e) =
-                                decide(&flow, &now_run, OffsetDateTime::now_utc(), false)
+                        if let Some(Next::Append(e)) = next
                             && matches!(e.event, EntryEvent::StepSkipped { .. })
                         {
                             break;

@@ -9,7 +9,7 @@
 //! The definition the run started with is part of its first entry, so a run keeps its
 //! steps when a new version of the flow is deployed.
 
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 use serde_json::{Value, json};
 use weft_bus::Envelope;
 use weft_bus::envelope::ErrorPayload;
@@ -135,6 +135,9 @@ pub struct Run {
     /// append.
     #[serde(skip)]
     pub last_seq: u64,
+    /// The state machines' view, folded entry by entry.
+    #[serde(skip)]
+    state: RunState,
 }
 
 impl Run {
@@ -144,14 +147,23 @@ impl Run {
     /// # Errors
     /// [`FoldError`] for the first entry the state machines refuse.
     pub fn from_entries(entries: &[(u64, Entry)]) -> Result<Option<Run>, FoldError> {
-        let Some(state) = RunState::fold(entries)? else {
+        let Some(((seq, first), rest)) = entries.split_first() else {
             return Ok(None);
         };
-        Ok(Some(Run::assemble(state, entries)))
+        let mut run = Run::start(*seq, first)?;
+        for (seq, e) in rest {
+            run.push(*seq, e)?;
+        }
+        Ok(Some(run))
     }
 
-    fn assemble(state: RunState, entries: &[(u64, Entry)]) -> Run {
-        let mut steps: Vec<StepRun> = state
+    /// The run after its first entry (`run.started`).
+    ///
+    /// # Errors
+    /// [`FoldError::OutOfOrder`] for another event.
+    pub fn start(seq: u64, entry: &Entry) -> Result<Run, FoldError> {
+        let state = RunState::start(seq, entry)?;
+        let steps: Vec<StepRun> = state
             .definition
             .get("steps")
             .and_then(Value::as_array)
@@ -160,12 +172,16 @@ impl Run {
             .filter_map(|s| s.get("name").and_then(Value::as_str))
             .map(StepRun::pending)
             .collect();
-        let mut run = Run {
+        let trigger = match &entry.event {
+            EntryEvent::RunStarted { input, .. } => Envelope::deserialize(input).ok(),
+            _ => None,
+        };
+        Ok(Run {
             id: state.run.id.clone(),
             flow: state.run.name.clone(),
             status: state.status,
             cause: state.cause.clone(),
-            trigger: Envelope::new("weft.unknown"),
+            trigger: trigger.unwrap_or_else(|| Envelope::new("weft.unknown")),
             version: state
                 .definition
                 .get("version")
@@ -173,106 +189,112 @@ impl Run {
                 .unwrap_or_default()
                 .to_owned(),
             definition: state.definition.clone(),
-            steps: Vec::new(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            output: state.output.clone(),
-            error: state.error.clone(),
+            steps,
+            created_at: entry.at.clone(),
+            updated_at: entry.at.clone(),
+            output: None,
+            error: None,
             retries: 0,
             cancel_reason: None,
-            last_seq: state.last_seq,
-        };
-        for (seq, e) in entries {
-            run.updated_at.clone_from(&e.at);
-            if e.step == weft_bus::runs::entry::RUN_STEP {
-                match &e.event {
-                    EntryEvent::RunStarted { input, .. } => {
-                        run.created_at.clone_from(&e.at);
-                        if let Ok(env) = serde_json::from_value(input.clone()) {
-                            run.trigger = env;
-                        }
-                    }
-                    EntryEvent::RetryRequested { .. } => {
-                        run.retries += 1;
-                        for s in &mut steps {
-                            s.round_base = s.attempts;
-                        }
-                    }
-                    EntryEvent::CancelRequested { reason, by } => {
-                        run.cancel_reason = Some(if reason.is_empty() {
-                            format!("cancelled by {by}")
-                        } else {
-                            format!("cancelled by {by}: {reason}")
-                        });
-                    }
-                    EntryEvent::RunCancelled { reason } if run.error.is_none() => {
-                        run.error = Some(ErrorPayload::new(
-                            weft_bus::envelope::ErrorCode::Other("CANCELLED".into()),
-                            reason.clone(),
-                        ));
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            let i = match steps.iter().position(|s| s.name == e.step) {
-                Some(i) => i,
-                None => {
-                    steps.push(StepRun::pending(&e.step));
-                    steps.len() - 1
-                }
-            };
-            let s = &mut steps[i];
-            s.by.clone_from(&e.by);
+            last_seq: seq,
+            state,
+        })
+    }
+
+    /// Folds one more entry in (what the worker does after each append). An entry
+    /// folded already (the same message id) changes nothing.
+    ///
+    /// # Errors
+    /// [`FoldError`] when the state machines refuse it.
+    pub fn push(&mut self, seq: u64, e: &Entry) -> Result<(), FoldError> {
+        if !self.state.push(seq, e)? {
+            return Ok(());
+        }
+        self.status = self.state.status;
+        self.last_seq = seq;
+        self.updated_at.clone_from(&e.at);
+        if e.step == weft_bus::runs::entry::RUN_STEP {
             match &e.event {
-                EntryEvent::StepStarted { input, .. } => {
-                    s.attempts += 1;
-                    s.input = Some(input.clone());
-                    s.started_at = Some(e.at.clone());
-                    s.finished_at = None;
-                    s.until = None;
-                    s.waiting_for = None;
-                }
-                EntryEvent::StepCompleted {
-                    output,
-                    duration_ms,
-                } => {
-                    s.output = Some(output.clone());
-                    s.finished_seq = Some(*seq);
-                    s.duration_ms = Some(*duration_ms);
-                    s.finished_at = Some(e.at.clone());
-                    s.waiting_for = None;
-                    s.until = None;
-                }
-                EntryEvent::StepFailed { error, retry_at } => {
-                    s.error = Some(error.clone());
-                    s.waiting_for = None;
-                    s.until.clone_from(retry_at);
-                    if retry_at.is_none() {
-                        s.finished_at = Some(e.at.clone());
+                EntryEvent::RetryRequested { .. } => {
+                    self.retries += 1;
+                    // A retried run's earlier failure is history, in its steps.
+                    self.error = None;
+                    for s in &mut self.steps {
+                        s.round_base = s.attempts;
                     }
                 }
-                EntryEvent::StepWaiting { reason, until } => {
-                    s.waiting_for = Some(reason.clone());
-                    s.until.clone_from(until);
+                EntryEvent::CancelRequested { reason, by } => {
+                    self.cancel_reason = Some(if reason.is_empty() {
+                        format!("cancelled by {by}")
+                    } else {
+                        format!("cancelled by {by}: {reason}")
+                    });
                 }
-                EntryEvent::StepSkipped { .. } => {
-                    s.finished_at = Some(e.at.clone());
-                    s.waiting_for = None;
-                    s.until = None;
+                EntryEvent::RunCancelled { reason } => {
+                    self.error = Some(ErrorPayload::new(
+                        weft_bus::envelope::ErrorCode::Other("CANCELLED".into()),
+                        reason.clone(),
+                    ));
+                    for s in &mut self.steps {
+                        s.status = self.state.step(&s.name);
+                    }
                 }
+                EntryEvent::RunCompleted { output } => self.output = Some(output.clone()),
+                EntryEvent::RunFailed { error } => self.error = Some(error.clone()),
                 _ => {}
             }
+            return Ok(());
         }
-        for s in &mut steps {
-            s.status = state.step(&s.name);
+        let i = match self.steps.iter().position(|s| s.name == e.step) {
+            Some(i) => i,
+            None => {
+                self.steps.push(StepRun::pending(&e.step));
+                self.steps.len() - 1
+            }
+        };
+        let s = &mut self.steps[i];
+        s.status = self.state.step(&s.name);
+        s.by.clone_from(&e.by);
+        match &e.event {
+            EntryEvent::StepStarted { input, .. } => {
+                s.attempts += 1;
+                s.input = Some(input.clone());
+                s.started_at = Some(e.at.clone());
+                s.finished_at = None;
+                s.until = None;
+                s.waiting_for = None;
+            }
+            EntryEvent::StepCompleted {
+                output,
+                duration_ms,
+            } => {
+                s.output = Some(output.clone());
+                s.finished_seq = Some(seq);
+                s.duration_ms = Some(*duration_ms);
+                s.finished_at = Some(e.at.clone());
+                s.waiting_for = None;
+                s.until = None;
+            }
+            EntryEvent::StepFailed { error, retry_at } => {
+                s.error = Some(error.clone());
+                s.waiting_for = None;
+                s.until.clone_from(retry_at);
+                if retry_at.is_none() {
+                    s.finished_at = Some(e.at.clone());
+                }
+            }
+            EntryEvent::StepWaiting { reason, until } => {
+                s.waiting_for = Some(reason.clone());
+                s.until.clone_from(until);
+            }
+            EntryEvent::StepSkipped { .. } => {
+                s.finished_at = Some(e.at.clone());
+                s.waiting_for = None;
+                s.until = None;
+            }
+            _ => {}
         }
-        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
-            // A retried run's earlier failure is history, in its steps.
-            run.error = None;
-        }
-        run.steps = steps;
-        run
+        Ok(())
     }
 
     /// The step named `name`.

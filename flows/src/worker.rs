@@ -69,7 +69,8 @@ pub struct WorkerConfig {
     /// a step (steps follow their own retry policy). Default [`RetryPolicy::default`]
     /// (exponential from 1 s up to 60 s).
     pub store_retry: RetryPolicy,
-    /// Runs driven at once per flow in this worker. Default 8.
+    /// Runs driven at once per flow in this worker (they mostly wait on the network,
+    /// so many fit one worker). Default 64.
     pub concurrency: usize,
     /// Circuit breaker on the worker's invokes: a failing target is not called for a
     /// while; steps wait for it instead of spending attempts. Default
@@ -86,7 +87,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             lease: Duration::from_secs(10),
             store_retry: RetryPolicy::default(),
-            concurrency: 8,
+            concurrency: 64,
             breaker: BreakerConfig::default(),
             short_wait: Duration::from_secs(2),
         }
@@ -280,21 +281,21 @@ async fn on_delivery(
     );
     let takeover = d.attempt > 1;
     let result = async {
-        let entries = match cause {
+        let run = match cause {
             Some(cause) => {
-                let (entries, fresh) = engine.start(deployed, &r, cause, &d.envelope).await?;
+                let (run, fresh) = engine.start(deployed, &r, cause, &d.envelope).await?;
                 if !fresh && d.replayed {
                     return retry_failed(engine, deployed, &r, "replay").await;
                 }
-                entries
+                run
             }
-            None => engine.journal.read(&r).await?,
+            None => engine.read(&r).await?,
         };
-        if entries.is_empty() {
+        let Some(run) = run else {
             // A wake for a run that has not started (or was deleted): nothing to do.
             return Ok(RunStatus::Cancelled);
-        }
-        engine.drive(deployed, &r, entries, takeover).await
+        };
+        engine.drive(deployed, &r, run, takeover).await
     }
     .instrument(span.clone())
     .await;
@@ -317,11 +318,10 @@ async fn retry_failed(
     by: &str,
 ) -> Result<RunStatus, DriveError> {
     match crate::actions::request_retry(&engine.journal, r, by).await {
-        Ok(entries) => engine.drive(deployed, r, entries, false).await,
-        Err(FlowError::NotFailed { .. }) => {
-            let entries = engine.journal.read(r).await?;
-            engine.drive(deployed, r, entries, false).await
-        }
+        Ok(()) | Err(FlowError::NotFailed { .. }) => match engine.read(r).await? {
+            Some(run) => engine.drive(deployed, r, run, false).await,
+            None => Ok(RunStatus::Cancelled),
+        },
         Err(e) => Err(DriveError::Retry(e.to_string())),
     }
 }

@@ -36,6 +36,9 @@ pub struct RunState {
     /// The stream sequence of the last entry folded (the expected last subject
     /// sequence of the next append).
     pub last_seq: u64,
+    /// The message ids folded (an entry stored twice counts once).
+    #[serde(skip)]
+    seen: HashSet<String>,
 }
 
 /// An entry that does not fit the run so far.
@@ -91,60 +94,74 @@ impl RunState {
         entries: impl IntoIterator<Item = E>,
     ) -> Result<Option<RunState>, FoldError> {
         let mut state: Option<RunState> = None;
-        let mut seen = HashSet::new();
         for item in entries {
             let (seq, entry) = item.borrow();
-            let seq = *seq;
-            if !seen.insert(entry.msg_id()) {
-                continue;
-            }
-            let event = entry.event.name().to_owned();
-            match (&mut state, &entry.event) {
-                (
-                    None,
-                    EntryEvent::RunStarted {
-                        cause, definition, ..
-                    },
-                ) => {
-                    state = Some(RunState {
-                        run: entry.run.clone(),
-                        status: RunStatus::Running,
-                        steps: Vec::new(),
-                        cause: cause.clone(),
-                        definition: definition.clone(),
-                        output: None,
-                        outputs: Vec::new(),
-                        error: None,
-                        last_seq: seq,
-                    });
-                }
-                (None, _) => {
-                    return Err(FoldError::OutOfOrder {
-                        seq,
-                        event,
-                        what: "has not started",
-                    });
-                }
-                (Some(_), EntryEvent::RunStarted { .. }) => {
-                    return Err(FoldError::OutOfOrder {
-                        seq,
-                        event,
-                        what: "started already",
-                    });
-                }
-                (Some(s), e) => {
-                    s.apply(&entry.step, e)
-                        .map_err(|source| FoldError::Invalid {
-                            seq,
-                            event,
-                            step: entry.step.clone(),
-                            source,
-                        })?;
-                    s.last_seq = seq;
+            match &mut state {
+                None => state = Some(RunState::start(*seq, entry)?),
+                Some(s) => {
+                    s.push(*seq, entry)?;
                 }
             }
         }
         Ok(state)
+    }
+
+    /// The state after a run's first entry (`run.started`).
+    ///
+    /// # Errors
+    /// [`FoldError::OutOfOrder`] for another event.
+    pub fn start(seq: u64, entry: &Entry) -> Result<RunState, FoldError> {
+        let EntryEvent::RunStarted {
+            cause, definition, ..
+        } = &entry.event
+        else {
+            return Err(FoldError::OutOfOrder {
+                seq,
+                event: entry.event.name().to_owned(),
+                what: "has not started",
+            });
+        };
+        Ok(RunState {
+            run: entry.run.clone(),
+            status: RunStatus::Running,
+            steps: Vec::new(),
+            cause: cause.clone(),
+            definition: definition.clone(),
+            output: None,
+            outputs: Vec::new(),
+            error: None,
+            last_seq: seq,
+            seen: HashSet::from([entry.msg_id()]),
+        })
+    }
+
+    /// Folds one more entry in: what a run's driver does after each append, instead
+    /// of folding every entry again. An entry whose message id was folded already
+    /// counts once (`Ok(false)`).
+    ///
+    /// # Errors
+    /// [`FoldError`] when the entry does not fit the run.
+    pub fn push(&mut self, seq: u64, entry: &Entry) -> Result<bool, FoldError> {
+        if !self.seen.insert(entry.msg_id()) {
+            return Ok(false);
+        }
+        let event = entry.event.name();
+        if let EntryEvent::RunStarted { .. } = entry.event {
+            return Err(FoldError::OutOfOrder {
+                seq,
+                event: event.to_owned(),
+                what: "started already",
+            });
+        }
+        self.apply(&entry.step, &entry.event)
+            .map_err(|source| FoldError::Invalid {
+                seq,
+                event: event.to_owned(),
+                step: entry.step.clone(),
+                source,
+            })?;
+        self.last_seq = seq;
+        Ok(true)
     }
 
     fn run_on(&mut self, input: RunInput) -> Result<(), InvalidTransition> {

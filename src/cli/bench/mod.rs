@@ -85,7 +85,7 @@ pub enum Scenario {
     InvokeThroughput,
     /// Durable pull consumer handling and acking stored events, msgs/s.
     DurableConsume,
-    /// A 3-step flow of no-op invokes with checkpoints, runs/s and steps/s.
+    /// A 3-step flow of no-op invokes, journaled, runs/s and steps/s.
     Flow,
     /// Agent chats on the scripted model with one tool call each, 16 in flight,
     /// chats/s.
