@@ -587,8 +587,50 @@ pub struct Flow {
     /// At most `limit` runs of one `key` at a time ([`crate::slots`]); default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::slots::Concurrency>,
+    /// At most `limit` runs of one `key` start per `period`; triggers over it start a
+    /// run that is cancelled at once ([`RateLimit`]). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Triggers of one `key` start one run, with the last of them, once `period` passed
+    /// without another ([`Debounce`]). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Debounce>,
     /// Ordered steps (at least one).
     pub steps: Vec<Step>,
+}
+
+/// `"rate_limit": {"key": "${trigger.payload.customer_id}", "limit": 10, "period": "1m"}`:
+/// at most `limit` runs of one key start per fixed window of `period` (windows start at
+/// multiples of `period` since the Unix epoch). A trigger over the limit still gets its
+/// run, journaled and cancelled at once by `rate_limit` with the reason, so `weft flow
+/// runs --status cancelled` shows what was refused. Manual starts are not limited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// The key, a template over the trigger; default one key for the flow.
+    #[serde(default)]
+    pub key: Value,
+    /// Runs per period (at least 1).
+    pub limit: u32,
+    /// The window (`"1m"`, or ms).
+    #[serde(with = "duration_text")]
+    pub period: Duration,
+}
+
+/// `"debounce": {"key": "${trigger.payload.doc}", "period": "30s"}`: a trigger does not
+/// start a run at once; it sets (or moves) the key's timer to `period` from now,
+/// carrying the trigger, and when the timer fires one run starts with the last trigger
+/// (cause `debounce`). The timer is a message schedule of the run queue, one per key:
+/// setting it again replaces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debounce {
+    /// The key, a template over the trigger; default one key for the flow.
+    #[serde(default)]
+    pub key: Value,
+    /// How long without another trigger of the key (`"30s"`, or ms).
+    #[serde(with = "duration_text")]
+    pub period: Duration,
 }
 
 /// A cron schedule: five fields (minute, hour, day of month, month, day of week), or six
@@ -695,6 +737,8 @@ impl Flow {
             trigger: None,
             schedule: None,
             concurrency: None,
+            rate_limit: None,
+            debounce: None,
             steps: Vec::new(),
         }
     }
@@ -771,13 +815,25 @@ impl Flow {
         if self.steps.is_empty() {
             return Err(def("a flow needs at least one step".into()));
         }
-        if let Some(c) = &self.concurrency {
-            if c.limit == 0 {
-                return Err(def("concurrency limit must be at least 1".into()));
+        let keys = [
+            (
+                "concurrency",
+                self.concurrency.as_ref().map(|c| (&c.key, c.limit)),
+            ),
+            (
+                "rate_limit",
+                self.rate_limit.as_ref().map(|r| (&r.key, r.limit)),
+            ),
+            ("debounce", self.debounce.as_ref().map(|d| (&d.key, 1))),
+        ];
+        for (what, given) in keys {
+            let Some((key, limit)) = given else { continue };
+            if limit == 0 {
+                return Err(def(format!("{what} limit must be at least 1")));
             }
-            if let Some(step) = crate::template::step_references(&c.key).first() {
+            if let Some(step) = crate::template::step_references(key).first() {
                 return Err(def(format!(
-                    "the concurrency key refers to step {step}; it is known before any step runs, so it can use ${{trigger…}} only"
+                    "the {what} key refers to step {step}; it is known before any step runs, so it can use ${{trigger…}} only"
                 )));
             }
         }

@@ -577,6 +577,23 @@ impl Engine {
         }
     }
 
+    /// Asks to cancel new run `r` at once with `why` (a trigger over the rate limit);
+    /// returns the run after it.
+    pub(crate) async fn refuse(&self, r: &RunRef, why: &str) -> Result<Option<Run>, DriveError> {
+        let entries = Entries::new(self.reread(r).await?);
+        let mut cancel = Entry::of_run(
+            r,
+            1,
+            EntryEvent::CancelRequested {
+                by: "rate_limit".into(),
+                reason: why.to_owned(),
+            },
+        );
+        cancel.by = Some(self.by.clone());
+        self.append(r, &entries, cancel).await?;
+        Ok(entries.into_inner())
+    }
+
     /// The definition run `run` started with: the deployed one, or its own.
     fn definition(&self, deployed: &Deployed, run: &Run) -> Result<Arc<Flow>, DriveError> {
         if run.definition == deployed.json {

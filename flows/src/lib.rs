@@ -12,8 +12,8 @@
 //! - [`driver`]: what a run does next ([`driver::decide`]) and doing it;
 //! - [`run`]: a run as its journal tells it;
 //! - [`actions`]: reading, starting, cancelling, retrying and approving runs;
-//! - [`waits`]: waits for events; [`slots`]: concurrency limits; [`legacy`]: runs of
-//!   earlier releases.
+//! - [`waits`]: waits for events; [`slots`]: concurrency limits; [`control`]: rate
+//!   limits and debounce; [`legacy`]: runs of earlier releases.
 //!
 //! Flows meet services and agents on the bus only: a step reaches an agent by
 //! invoking its subject, never by linking its crate.
@@ -35,6 +35,7 @@
 //! ```
 
 pub mod actions;
+pub mod control;
 pub mod definition;
 pub mod driver;
 pub mod error;

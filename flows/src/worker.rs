@@ -251,8 +251,15 @@ async fn on_delivery(
 ) -> Result<(), DeliveryError> {
     let name = &deployed.flow.name;
     let what = d.subject.rsplit('.').next().unwrap_or_default();
+    if let (Source::Trigger, Some(debounce), false) = (source, &deployed.flow.debounce, d.replayed)
+    {
+        return crate::control::debounce(&engine.queue, name, debounce, &d.envelope)
+            .await
+            .map_err(|e| DeliveryError::Retry(e.to_string()));
+    }
     let (id, cause) = match (source, what) {
         (Source::Trigger, _) => (run_id(name, &d.envelope.event_id), Some("event")),
+        (Source::Queue, "debounced") => (run_id(name, &d.envelope.event_id), Some("debounce")),
         (Source::Queue, "start") => (run_id(name, &d.envelope.event_id), Some("manual")),
         (Source::Queue, "cron") => (
             run_id(name, &format!("cron:{}", d.stream_sequence)),
@@ -287,7 +294,18 @@ async fn on_delivery(
                 if !fresh && d.replayed {
                     return retry_failed(engine, deployed, &r, "replay").await;
                 }
-                run
+                match (&deployed.flow.rate_limit, fresh && cause != "manual") {
+                    (Some(limit), true) => {
+                        let refused = crate::control::admit(&engine.bus, name, limit, &d.envelope)
+                            .await
+                            .map_err(|e| DriveError::Retry(e.to_string()))?;
+                        match refused {
+                            Some(why) => engine.refuse(&r, &why).await?,
+                            None => run,
+                        }
+                    }
+                    _ => run,
+                }
             }
             None => engine.read(&r).await?,
         };

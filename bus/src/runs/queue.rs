@@ -6,6 +6,7 @@
 //! | `P.runq.<kind>.<name>.wake` | a wake: `{run}` as an event envelope (type `weft.run.wake`) |
 //! | `P.runq.<kind>.<name>.start` | a manual start: the run's input as an envelope ([`RunQueue::submit`]) |
 //! | `P.runq.<kind>.<name>.cron` | a cron tick of a flow's schedule |
+//! | `P.runq.<kind>.<name>.debounced` | a debounced trigger whose quiet period passed ([`RunQueue::schedule`]) |
 //! | `P.runq.sched.<kind>.<name>.<run_id>_<step>` | a run's timer: a message schedule (`Nats-Schedule: @at …`) whose target is the wake subject |
 //! | `P.runq.sched.<kind>.<name>._cron` | a flow's cron schedule, target the cron subject |
 //!
@@ -127,6 +128,36 @@ impl RunQueue {
                 self.wake_subject(run.kind, &run.name),
             );
         self.send(subject, publish).await
+    }
+
+    /// Schedules `envelope` for the workers of `kind` `name`: the server publishes it
+    /// on `P.runq.<kind>.<name>.<what>` at `at` (RFC 3339, UTC). The schedule is
+    /// `P.runq.sched.<kind>.<name>.<key>`: scheduling one key again replaces it (a
+    /// debounce moves its timer this way).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it.
+    pub async fn schedule(
+        &self,
+        kind: RunKind,
+        name: &str,
+        key: &str,
+        at: &str,
+        what: &str,
+        envelope: &Envelope,
+    ) -> Result<()> {
+        let s = self.bus.subjects();
+        let payload = envelope.to_bytes().map_err(|e| {
+            Error::new(
+                ErrorKind::Envelope,
+                format!("cannot encode a scheduled envelope: {e}"),
+            )
+        })?;
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .header("Nats-Schedule", format!("@at {at}"))
+            .header("Nats-Schedule-Target", s.runq(kind, name, what));
+        self.send(s.runq_schedule(kind, name, key), publish).await
     }
 
     /// Sets the cron schedule of flow `name`: the server publishes a tick on

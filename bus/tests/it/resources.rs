@@ -180,6 +180,7 @@ async fn replicas_beyond_a_single_server_are_refused_clearly_and_update_changes_
             "weft_tasks",
             "WEFT_DLQ",
             "WEFT_EVENTS",
+            "WEFT_RUNQ",
             "WEFT_RUNS"
         ]
     );

@@ -625,3 +625,191 @@ async fn a_concurrency_key_of_one_serializes_its_runs_while_other_keys_run_side_
     assert_eq!(slotted, 6, "every run took its slot through the journal");
     handle.stop().await;
 }
+
+#[tokio::test]
+async fn runs_of_the_kv_checkpoints_of_earlier_releases_are_migrated_into_the_journal_once() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _svc = counter_service("old", calls.clone())
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::new("legacy", "legacy.go".parse().unwrap())
+        .step(Step::invoke("one", "old.hit".parse().unwrap(), json!(1)))
+        .step(Step::invoke(
+            "two",
+            "old.hit".parse().unwrap(),
+            json!("${steps.one.output}"),
+        ));
+    // Two runs as the KV checkpoints of the last release held them: one half done
+    // (its trigger still unacked), one completed.
+    let kv = bus.kv(&bus.names().flows_bucket).await.unwrap();
+    let trigger = weft_bus::Envelope::event(&"legacy.go".parse().unwrap(), json!({"n": 1}));
+    let running = weft_flows::run::run_id("legacy", &trigger.event_id);
+    let done_trigger = weft_bus::Envelope::event(&"legacy.go".parse().unwrap(), json!({"n": 2}));
+    let done = weft_flows::run::run_id("legacy", &done_trigger.event_id);
+    let legacy = |id: &str, trigger: &weft_bus::Envelope, status: &str, two: &str| {
+        json!({
+            "id": id, "flow": "legacy", "trigger_event_id": trigger.event_id,
+            "status": status, "created_at": "2026-11-30T10:00:00.000Z",
+            "updated_at": "2026-11-30T10:00:01.000Z", "trigger": trigger,
+            "steps": [
+                {"name": "one", "status": "completed", "attempts": 1, "output": {"echo": 1}},
+                {"name": "two", "status": two, "attempts": if two == "pending" { 0 } else { 1 },
+                 "output": if two == "completed" { json!({"echo": "x"}) } else { json!(null) }}
+            ]
+        })
+    };
+    for (id, t, status, two) in [
+        (&running, &trigger, "running", "pending"),
+        (&done, &done_trigger, "completed", "completed"),
+    ] {
+        kv.put(
+            format!("legacy.{id}"),
+            serde_json::to_vec(&legacy(id, t, status, two))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
+    }
+    // Two workers start at once: each run is migrated once.
+    let (w1, w2) = tokio::join!(
+        worker::start(&bus, vec![flow.clone()], fast()),
+        worker::start(&bus, vec![flow], fast())
+    );
+    let (w1, w2) = (w1.unwrap(), w2.unwrap());
+    let runs = Runs::open(&bus).await.unwrap();
+    let migrated = runs.get("legacy", &done).await.unwrap().unwrap();
+    assert_eq!(
+        (migrated.status, migrated.cause.as_str()),
+        (RunStatus::Completed, "migration")
+    );
+    assert_eq!(migrated.output, Some(json!({"echo": "x"})));
+    let half = runs.get("legacy", &running).await.unwrap().unwrap();
+    assert_eq!(half.status, RunStatus::Running);
+    assert_eq!(half.step("one").unwrap().status, StepStatus::Completed);
+    let entries = runs.entries(&half.reference()).await.unwrap();
+    assert_eq!(
+        entries.len(),
+        3,
+        "started, one started, one completed: written once"
+    );
+    // Its trigger comes back (as the unacked delivery would): the run goes on at step
+    // two, step one is not called again.
+    bus.publish_envelope(&trigger).await.unwrap();
+    let run = finished(&runs, &running).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:#?}");
+    assert_eq!(run.output, Some(json!({"echo": {"echo": 1}})));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only step two ran");
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test]
+async fn a_debounce_runs_once_with_the_last_trigger_and_a_rate_limit_cancels_the_excess() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let quiet = Flow::from_json(
+        &json!({
+            "name": "quiet",
+            "trigger": "doc.edited",
+            "debounce": {"key": "${trigger.payload.doc}", "period": "2s"},
+            "steps": [{"name": "save", "transform": ".trigger.payload"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let limited = Flow::from_json(
+        &json!({
+            "name": "limited",
+            "trigger": "mail.send",
+            "rate_limit": {"key": "${trigger.payload.to}", "limit": 2, "period": "1h"},
+            "steps": [{"name": "send", "transform": ".trigger.payload.n"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let handle = worker::start(&bus, vec![quiet, limited], fast())
+        .await
+        .unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let edited: weft_bus::EventType = "doc.edited".parse().unwrap();
+    for (doc, v) in [("a", 1), ("b", 1), ("a", 2), ("a", 3)] {
+        bus.publish(&edited, json!({"doc": doc, "v": v}))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        runs.list(&of("quiet")).await.unwrap().is_empty(),
+        "a run started inside the quiet period"
+    );
+    let quiet = eventually(Duration::from_secs(10), || async {
+        let all = runs.list(&of("quiet")).await.unwrap();
+        (all.len() == 2 && all.iter().all(|r| r.status == RunStatus::Completed)).then_some(all)
+    })
+    .await
+    .expect("the debounced runs did not complete");
+    let mut outputs: Vec<Value> = quiet.iter().map(|r| r.output.clone().unwrap()).collect();
+    outputs.sort_by_key(|o| o["doc"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        outputs,
+        [json!({"doc": "a", "v": 3}), json!({"doc": "b", "v": 1})]
+    );
+    assert!(quiet.iter().all(|r| r.cause == "debounce"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        runs.list(&of("quiet")).await.unwrap().len(),
+        2,
+        "one run per key"
+    );
+
+    let mail: weft_bus::EventType = "mail.send".parse().unwrap();
+    for n in 0..4 {
+        bus.publish(&mail, json!({"to": "ada", "n": n}))
+            .await
+            .unwrap();
+    }
+    bus.publish(&mail, json!({"to": "bob", "n": 9}))
+        .await
+        .unwrap();
+    let all = eventually(Duration::from_secs(10), || async {
+        let all = runs.list(&of("limited")).await.unwrap();
+        (all.len() == 5 && all.iter().all(|r| r.status.is_terminal())).then_some(all)
+    })
+    .await
+    .expect("the limited runs did not end");
+    let completed = all
+        .iter()
+        .filter(|r| r.status == RunStatus::Completed)
+        .count();
+    let refused: Vec<_> = all
+        .iter()
+        .filter(|r| r.status == RunStatus::Cancelled)
+        .collect();
+    assert_eq!((completed, refused.len()), (3, 2), "{all:#?}");
+    for r in refused {
+        assert_eq!(r.trigger.payload.as_ref().unwrap()["to"], "ada");
+        assert!(
+            r.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("rate limited: 2 runs per 1h"),
+            "{:?}",
+            r.error
+        );
+    }
+    // A manual start is not limited.
+    let s = runs
+        .start("limited", json!({"to": "ada", "n": 5}))
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&runs, &s.run_id).await.status,
+        RunStatus::Completed
+    );
+    handle.stop().await;
+}
