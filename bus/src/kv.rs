@@ -102,3 +102,56 @@ pub async fn snapshot<T: DeserializeOwned>(
         last_sequence,
     })
 }
+
+/// Reads the JSON value under `key` (`T::default()` when there is none, it was
+/// deleted, or it does not decode), lets `change` edit it, and writes it back with
+/// compare-and-set on the revision read, again from a fresh read after a conflict, so
+/// concurrent writers never lose an update. `change` returns whether to write and what
+/// to return; it may run more than once.
+///
+/// # Errors
+/// [`ErrorKind::Kv`] naming the bucket and key when a read or a write fails otherwise.
+pub async fn update<T, R>(
+    store: &kv::Store,
+    key: &str,
+    mut change: impl FnMut(&mut T) -> (bool, R),
+) -> Result<R>
+where
+    T: DeserializeOwned + serde::Serialize + Default,
+{
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Kv,
+            format!("cannot update {key} in KV bucket {}: {e}", store.name),
+        )
+    };
+    loop {
+        let entry = store.entry(key).await.map_err(|e| failed(&e))?;
+        let (mut value, revision) = match &entry {
+            Some(e) if e.operation == kv::Operation::Put => (
+                serde_json::from_slice(&e.value).unwrap_or_default(),
+                Some(e.revision),
+            ),
+            Some(e) => (T::default(), Some(e.revision)),
+            None => (T::default(), None),
+        };
+        let (write, out) = change(&mut value);
+        if !write {
+            return Ok(out);
+        }
+        let bytes = serde_json::to_vec(&value).map_err(|e| failed(&e))?.into();
+        let conflict = match revision {
+            Some(rev) => match store.update(key, bytes, rev).await {
+                Ok(_) => return Ok(out),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => true,
+                Err(e) => return Err(failed(&e)),
+            },
+            None => match store.create(key, bytes).await {
+                Ok(_) => return Ok(out),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => true,
+                Err(e) => return Err(failed(&e)),
+            },
+        };
+        debug_assert!(conflict);
+    }
+}

@@ -243,7 +243,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
             config.dlq_max_age,
         ),
         runs_stream(&n.runs_stream, s.all_runs(), config, replicas),
-        runq_stream(&n.runq_stream, s.all_runq(), config, replicas),
+        runs_stream(&n.runq_stream, s.all_runq(), config, replicas),
         bucket_wanted(
             kv::Config {
                 bucket: n.registry_bucket.clone(),
@@ -328,50 +328,32 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
     })
 }
 
-/// The journal stream: like the events stream, with direct gets (a run's entries are
-/// read by subject) and the runs' own max age.
+/// A stream of durable runs, kept as long as the runs (`runs_max_age`): the journal
+/// (limits retention, direct gets: a run's entries are read by subject), or the run
+/// queue (a work queue: a wake is gone once a worker acked it; it holds message
+/// schedules, durable timers and cron ticks, nats-server 2.12 and later for `@at`,
+/// 2.14 for cron).
 fn runs_stream(name: &str, subjects: String, config: &ResourceConfig, replicas: usize) -> Wanted {
+    let queue = subjects.contains(".runq.");
     let stream = stream::Config {
         name: name.to_owned(),
-        description: Some("Weft journal of durable runs".into()),
+        description: Some(if queue {
+            "Weft run queue: wakes and timers of durable runs".into()
+        } else {
+            "Weft journal of durable runs".into()
+        }),
         subjects: vec![subjects.clone()],
-        retention: stream::RetentionPolicy::Limits,
+        retention: if queue {
+            stream::RetentionPolicy::WorkQueue
+        } else {
+            stream::RetentionPolicy::Limits
+        },
         storage: stream::StorageType::File,
         max_age: config.runs_max_age,
         duplicate_window: config.duplicate_window,
         num_replicas: replicas,
-        allow_direct: true,
-        ..Default::default()
-    };
-    Wanted {
-        what: format!("stream {name}"),
-        stream: name.to_owned(),
-        subjects: vec![subjects],
-        retention: stream.retention,
-        storage: stream.storage,
-        max_age: config.runs_max_age,
-        history: None,
-        duplicate_window: Some(config.duplicate_window),
-        markers: None,
-        recreatable: false,
-        create: Create::Stream(Box::new(stream)),
-    }
-}
-
-/// The run queue: a work queue (a wake is gone once a worker acked it) that holds
-/// message schedules (durable timers and cron ticks, nats-server 2.12 and later for
-/// `@at`, 2.14 for cron), kept as long as the journal.
-fn runq_stream(name: &str, subjects: String, config: &ResourceConfig, replicas: usize) -> Wanted {
-    let stream = stream::Config {
-        name: name.to_owned(),
-        description: Some("Weft run queue: wakes and timers of durable runs".into()),
-        subjects: vec![subjects.clone()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        max_age: config.runs_max_age,
-        duplicate_window: config.duplicate_window,
-        num_replicas: replicas,
-        allow_message_schedules: true,
+        allow_direct: !queue,
+        allow_message_schedules: queue,
         ..Default::default()
     };
     Wanted {

@@ -9,7 +9,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_bus::envelope::rfc3339;
@@ -94,51 +93,24 @@ pub(crate) async fn admit(
         .unwrap_or_default()
         .as_millis() as u64;
     let window = now_ms / period_ms;
-    let failed = |e: &dyn std::fmt::Display| Error::new(ErrorKind::Kv, format!("rate limit: {e}"));
-    loop {
-        let entry = store.entry(&k).await.map_err(|e| failed(&e))?;
-        let (mut w, revision) = match &entry {
-            Some(e) if e.operation == kv::Operation::Put => (
-                serde_json::from_slice::<Window>(&e.value).unwrap_or_default(),
-                Some(e.revision),
-            ),
-            Some(e) => (Window::default(), Some(e.revision)),
-            None => (Window::default(), None),
-        };
+    weft_bus::kv::update(&store, &k, |w: &mut Window| {
         if w.window != window {
-            w = Window {
+            *w = Window {
                 key: key.clone(),
                 window,
                 count: 0,
             };
         }
         if w.count >= limit.limit {
-            return Ok(Some(format!(
+            let why = format!(
                 "rate limited: {} runs per {} for key {key:?}",
                 limit.limit,
                 humantime::format_duration(limit.period)
-            )));
+            );
+            return (false, Some(why));
         }
         w.count += 1;
-        let value = serde_json::to_vec(&w).map_err(|e| failed(&e))?.into();
-        let written = match revision {
-            Some(rev) => store.update(&k, value, rev).await.map(drop).map_err(|e| {
-                (
-                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                    e.to_string(),
-                )
-            }),
-            None => store.create(&k, value).await.map(drop).map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            }),
-        };
-        match written {
-            Ok(()) => return Ok(None),
-            Err((true, _)) => continue,
-            Err((false, e)) => return Err(failed(&e)),
-        }
-    }
+        (true, None)
+    })
+    .await
 }

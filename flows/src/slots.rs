@@ -56,8 +56,7 @@ impl Slots {
         })
     }
 
-    /// Applies `change` to the slot of `key` with compare-and-set, again after a
-    /// conflict; returns what `change` returned.
+    /// Applies `change` to the slot of `key` ([`weft_bus::kv::update`]).
     async fn update<T>(
         &self,
         flow: &str,
@@ -65,44 +64,12 @@ impl Slots {
         limit: u32,
         change: impl Fn(&mut Slot) -> (bool, T),
     ) -> Result<T, Error> {
-        let k = kv_key(flow, key);
-        loop {
-            let entry = self.kv.entry(&k).await.map_err(failed)?;
-            let (mut slot, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice(&e.value).map_err(failed)?,
-                    Some(e.revision),
-                ),
-                Some(e) => (Slot::default(), Some(e.revision)),
-                None => (Slot::default(), None),
-            };
+        weft_bus::kv::update(&self.kv, &kv_key(flow, key), |slot: &mut Slot| {
             slot.key = key.to_owned();
             slot.limit = limit;
-            let (changed, out) = change(&mut slot);
-            if !changed {
-                return Ok(out);
-            }
-            let value = serde_json::to_vec(&slot).map_err(failed)?.into();
-            let written = match revision {
-                Some(rev) => self.kv.update(&k, value, rev).await.map(drop).map_err(|e| {
-                    (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                        e.to_string(),
-                    )
-                }),
-                None => self.kv.create(&k, value).await.map(drop).map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
-            match written {
-                Ok(()) => return Ok(out),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(failed(e)),
-            }
-        }
+            change(slot)
+        })
+        .await
     }
 
     /// Takes a slot of `key` for `run`, or queues it as a waiter. `true` when it holds
