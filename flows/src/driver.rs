@@ -660,9 +660,27 @@ impl Engine {
                         EntryEvent::RunCancelled { .. } => Some("cancelled"),
                         _ => None,
                     };
-                    if self.append(r, &entries, *entry).await?
-                        && let Some(outcome) = ended
-                    {
+                    // A wait for an event that ends otherwise (timeout, cancel) forgets
+                    // its registration.
+                    let waits: Vec<String> = flow
+                        .steps
+                        .iter()
+                        .filter(|s| matches!(s.kind, StepKind::WaitForEvent(_)))
+                        .filter(|s| {
+                            let waiting = run
+                                .step(&s.name)
+                                .is_some_and(|s| matches!(s.status, StepStatus::Waiting { .. }));
+                            waiting && (entry.step == s.name || ended == Some("cancelled"))
+                        })
+                        .map(|s| s.name.clone())
+                        .collect();
+                    let appended = self.append(r, &entries, *entry).await?;
+                    if appended {
+                        for step in waits {
+                            crate::waits::forget(&self.bus, r, &step).await;
+                        }
+                    }
+                    if appended && let Some(outcome) = ended {
                         metrics::flows()
                             .runs
                             .with_label_values(&[&flow.name, outcome])

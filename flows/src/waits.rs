@@ -7,8 +7,9 @@
 //! each event it reads the flow's waits of that type, and for each run whose step
 //! still waits and whose `match` expression gives `true` over `{event, trigger, steps,
 //! run}`, journals the step's completion with the event as its output (expected last
-//! sequence: a timeout or a cancel that came first wins) and wakes the run. A wait whose
-//! step no longer waits is deleted when an event of its type comes.
+//! sequence: a timeout or a cancel that came first wins) and wakes the run. A wait that
+//! ends by a timeout or a cancel is deleted by the worker that journals it (and, should
+//! that fail, when the next event of its type comes).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -49,6 +50,19 @@ pub async fn register(bus: &Bus, r: &RunRef, step: &str, event: &EventType) -> R
                 e,
             )
         })
+}
+
+/// Deletes the wait of `step` of run `r` (its wait ended by a timeout or a cancel); a
+/// failure is only logged: a stale wait is deleted when the next event of its type
+/// comes.
+pub async fn forget(bus: &Bus, r: &RunRef, step: &str) {
+    let result = match bus.kv(&bus.names().flows_bucket).await {
+        Ok(kv) => kv.purge(key(r, step)).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(run = %r, step, error = %e, "cannot delete a wait");
+    }
 }
 
 /// The event types `flow`'s steps wait for.

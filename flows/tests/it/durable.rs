@@ -240,6 +240,10 @@ async fn a_wait_for_event_takes_the_matching_event_and_times_out_without_one() {
     let error = timed_out.error.unwrap();
     assert_eq!(error.code.as_str(), "TIMEOUT");
     assert!(error.message.contains("payment.settled"), "{error}");
+    // Both waits are gone: the one the event ended and the one that timed out.
+    let kv = bus.kv(&bus.names().flows_bucket).await.unwrap();
+    let left: Vec<(String, Value)> = weft_bus::kv::read_all(&kv, "wait.checkout.").await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
     handle.stop().await;
 }
 
