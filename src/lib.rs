@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`bus`] | envelope, subjects, publish/subscribe, invoke, services, registry, durable consumers, dead letters, metrics |
 //! | [`agents`] | agents: model providers, the tool loop, memory |
-//! | [`flows`] | durable flows with checkpointed steps |
+//! | [`flows`] | durable flows, every step journaled |
 //! | [`gateway`] | the HTTP gateway |
 //! | [`telemetry`] | logs on stderr (text or JSON lines with trace ids) and OpenTelemetry span export (OTLP/HTTP) |
 //!

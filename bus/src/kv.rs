@@ -1,4 +1,4 @@
-//! JetStream KV helpers shared by the registry, flow checkpoints, agent memory and
+//! JetStream KV helpers shared by the registry, flow slots and waits, agent memory and
 //! applications.
 
 use async_nats::jetstream::kv;

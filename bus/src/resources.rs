@@ -9,7 +9,7 @@
 //! | KV `<prefix>_failures` | first failure of a message per durable consumer, for dead letters; max age = events max age |
 //! | KV `<prefix>_registry` | registry entries, file storage, max age = registry TTL (default 15 s), expiry markers on (a watch sees an entry expire) |
 //! | KV `<prefix>_memory` | agent memory by agent and session |
-//! | KV `<prefix>_flows` | flow runs and step checkpoints |
+//! | KV `<prefix>_flows` | flow waits, concurrency slots and rate windows; runs of earlier releases (read once, migrated into the journal) |
 //!
 //! Every stream and bucket has [`ResourceConfig::replicas`] replicas: 1 on a single
 //! server, 3 on a cluster, so losing one node loses nothing and stops nothing.
@@ -268,7 +268,7 @@ pub async fn ensure(bus: &Bus, config: &ResourceConfig) -> Result<Ensured> {
         bucket_wanted(
             bucket_config(
                 &n.flows_bucket,
-                "Weft flow runs and step checkpoints",
+                "Weft flows: waits, slots, rate windows (runs are in the journal)",
                 replicas,
             ),
             false,

@@ -26,8 +26,8 @@ async fn connect(urls: String, name: &str) -> Bus {
         .unwrap()
 }
 
-/// 450 triggers at about 30/s; the node leading the flows bucket (every run's
-/// checkpoints) is SIGKILLed a third of the way in and restarted two thirds in. Every
+/// 450 triggers at about 30/s; the node leading the journal stream `WEFT_RUNS` (every
+/// run's entries) is SIGKILLed a third of the way in and restarted two thirds in. Every
 /// run completes: none lost, none stuck, none failed because of the fault. Steps that
 /// met the election were retried (their attempts say so), not failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +72,7 @@ async fn a_node_killed_under_flow_load_loses_strands_and_fails_no_run() {
         .await
         .unwrap();
 
-    let victim = cluster.node_of_leader(&admin, "KV_weft_flows").await;
+    let victim = cluster.node_of_leader(&admin, "WEFT_RUNS").await;
     let publisher_bus = connect(cluster.urls(), "publisher").await;
     let t: weft_bus::EventType = "job.submitted".parse().unwrap();
     let mut publish_errors = Vec::new();
@@ -125,7 +125,7 @@ async fn a_node_killed_under_flow_load_loses_strands_and_fails_no_run() {
         .filter(|r| r.steps.iter().any(|s| s.attempts > 1))
         .count();
     eprintln!(
-        "node{victim} (flows bucket leader) killed: {RUNS} runs completed, {retried} with a step retried, {} calls",
+        "node{victim} (journal leader) killed: {RUNS} runs completed, {retried} with a step retried, {} calls",
         calls.load(Ordering::Relaxed)
     );
     assert!(
@@ -286,6 +286,8 @@ async fn a_mesh_scaled_to_three_replicas_starts_again_and_lists_its_replicas() {
     for want in [
         "WEFT_EVENTS",
         "WEFT_DLQ",
+        "WEFT_RUNS",
+        "WEFT_RUNQ",
         "weft_registry",
         "weft_flows",
         "weft_memory",
