@@ -161,7 +161,8 @@ impl Journal {
     }
 
     /// The runs of `kind` in the journal, of flow or agent `name` (all when `None`),
-    /// with run id `id` (all when `None`): what a listing folds.
+    /// with run id `id` (all when `None`): what a listing folds, each run once, by name
+    /// and id. Runs started while it lists may be left out.
     ///
     /// # Errors
     /// [`ErrorKind::JetStream`] when the stream cannot be read.
@@ -200,6 +201,10 @@ impl Journal {
                 out.push(r);
             }
         }
+        // The server pages the subjects; a run started meanwhile shifts the pages, so
+        // a subject can come twice (and one started during the listing can be missed).
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        out.dedup();
         Ok(out)
     }
 

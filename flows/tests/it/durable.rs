@@ -781,7 +781,10 @@ async fn a_debounce_runs_once_with_the_last_trigger_and_a_rate_limit_cancels_the
         .unwrap();
     let all = eventually(Duration::from_secs(10), || async {
         let all = runs.list(&of("limited")).await.unwrap();
-        (all.len() == 5 && all.iter().all(|r| r.status.is_terminal())).then_some(all)
+        let bob = all
+            .iter()
+            .any(|r| r.trigger.payload.as_ref().unwrap()["to"] == "bob");
+        (all.len() == 5 && bob && all.iter().all(|r| r.status.is_terminal())).then_some(all)
     })
     .await
     .expect("the limited runs did not end");
