@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_bus::envelope::rfc3339;
 use weft_bus::runs::{RunKind, RunQueue};
-use weft_bus::{Bus, Envelope, Error, ErrorKind};
+use weft_bus::{Envelope, Error, ErrorKind};
 
 use crate::definition::{Debounce, RateLimit};
 
@@ -78,14 +78,13 @@ struct Window {
 /// [`ErrorKind::Kv`] when the bucket fails; [`ErrorKind::InvalidConfig`] for a key that
 /// does not render.
 pub(crate) async fn admit(
-    bus: &Bus,
+    store: &async_nats::jetstream::kv::Store,
     flow: &str,
     limit: &RateLimit,
     trigger: &Envelope,
 ) -> Result<Option<String>, Error> {
     let key = key_of(&limit.key, trigger)
         .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("rate limit key: {e}")))?;
-    let store = bus.kv(&bus.names().flows_bucket).await?;
     let k = format!("rate.{flow}.{}", hash(&key));
     let period_ms = limit.period.as_millis().max(1) as u64;
     let now_ms = SystemTime::now()
@@ -93,7 +92,7 @@ pub(crate) async fn admit(
         .unwrap_or_default()
         .as_millis() as u64;
     let window = now_ms / period_ms;
-    weft_bus::kv::update(&store, &k, |w: &mut Window| {
+    weft_bus::kv::update(store, &k, |w: &mut Window| {
         if w.window != window {
             *w = Window {
                 key: key.clone(),

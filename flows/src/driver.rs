@@ -441,6 +441,8 @@ pub(crate) struct Engine {
     pub(crate) queue: RunQueue,
     pub(crate) invoker: BoxInvoker,
     pub(crate) breaker: CircuitBreakerLayer,
+    /// KV `<prefix>_flows`: waits, slots and rate windows, opened once.
+    pub(crate) flows_kv: async_nats::jetstream::kv::Store,
     /// Who this worker is in `by` of its entries.
     pub(crate) by: String,
     /// Waits shorter than this are slept in the delivery rather than on a timer.
@@ -492,11 +494,11 @@ impl Engine {
                 Ok(true)
             }
             Ok(_) => {
-                *run = self.reread(r).await?;
+                *run = self.read(r).await?;
                 Ok(true)
             }
             Err(AppendError::Conflict { .. }) => {
-                *run = self.reread(r).await?;
+                *run = self.read(r).await?;
                 Ok(false)
             }
             Err(AppendError::Bus(e)) => Err(e.into()),
@@ -508,10 +510,6 @@ impl Engine {
     /// # Errors
     /// As the journal's read; [`DriveError::Broken`] when its entries do not fold.
     pub(crate) async fn read(&self, r: &RunRef) -> Result<Option<Run>, DriveError> {
-        self.reread(r).await
-    }
-
-    async fn reread(&self, r: &RunRef) -> Result<Option<Run>, DriveError> {
         Run::from_entries(&self.journal.read(r).await?).map_err(|e| broken(r, e))
     }
 
@@ -572,7 +570,7 @@ impl Engine {
                 let run = Run::start(a.seq, &first).map_err(|e| broken(r, e))?;
                 Ok((Some(run), true))
             }
-            Ok(_) | Err(AppendError::Conflict { .. }) => Ok((self.reread(r).await?, false)),
+            Ok(_) | Err(AppendError::Conflict { .. }) => Ok((self.read(r).await?, false)),
             Err(AppendError::Bus(e)) => Err(e.into()),
         }
     }
@@ -580,7 +578,7 @@ impl Engine {
     /// Asks to cancel new run `r` at once with `why` (a trigger over the rate limit);
     /// returns the run after it.
     pub(crate) async fn refuse(&self, r: &RunRef, why: &str) -> Result<Option<Run>, DriveError> {
-        let entries = Entries::new(self.reread(r).await?);
+        let entries = Entries::new(self.read(r).await?);
         let mut cancel = Entry::of_run(
             r,
             1,
@@ -677,7 +675,7 @@ impl Engine {
                     let appended = self.append(r, &entries, *entry).await?;
                     if appended {
                         for step in waits {
-                            crate::waits::forget(&self.bus, r, &step).await;
+                            crate::waits::forget(&self.flows_kv, r, &step).await;
                         }
                     }
                     if appended && let Some(outcome) = ended {
@@ -758,7 +756,7 @@ impl Engine {
                 return Ok(Gate::Again);
             }
         };
-        let slots = crate::slots::Slots::open(&self.bus).await?;
+        let slots = crate::slots::Slots::new(self.flows_kv.clone());
         if run.status.is_terminal() {
             for waiter in slots.release(&flow.name, &key, c.limit, &run.id).await? {
                 if let Ok(w) = RunRef::new(weft_bus::runs::RunKind::Flow, &flow.name, &waiter) {
@@ -954,7 +952,7 @@ impl Engine {
             (StepKind::Sleep(d), _) => wait("sleep", *d),
             (StepKind::Approval(a), _) => wait("approval", a.timeout),
             (StepKind::WaitForEvent(w), _) => {
-                crate::waits::register(&self.bus, r, &step.name, &w.event).await?;
+                crate::waits::register(&self.flows_kv, r, &step.name, &w.event).await?;
                 wait("event", w.timeout)
             }
             (StepKind::SubFlow(c), Ok(input)) => {

@@ -12,9 +12,9 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use weft_bus::Envelope;
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::runs::{Entry, EntryEvent, Journal, RunKind, RunRef};
-use weft_bus::{Bus, Envelope};
 
 use crate::definition::Flow;
 use crate::error::FlowError;
@@ -43,17 +43,18 @@ struct LegacyStep {
 }
 
 /// Writes the journal entries of `flow`'s runs in the KV bucket that have none; returns
-/// how many runs it migrated. A missing bucket is nothing to migrate.
+/// how many runs it migrated.
 ///
 /// # Errors
 /// [`FlowError::Store`] when the bucket cannot be read; [`FlowError::Bus`] when an
 /// append fails.
-pub async fn migrate(bus: &Bus, journal: &Journal, flow: &Flow) -> Result<usize, FlowError> {
-    let Ok(store) = bus.kv(&bus.names().flows_bucket).await else {
-        return Ok(0);
-    };
+pub async fn migrate(
+    store: &async_nats::jetstream::kv::Store,
+    journal: &Journal,
+    flow: &Flow,
+) -> Result<usize, FlowError> {
     let runs: Vec<(String, LegacyRun)> =
-        weft_bus::kv::read_all(&store, &format!("{}.", flow.name)).await?;
+        weft_bus::kv::read_all(store, &format!("{}.", flow.name)).await?;
     let mut migrated = 0;
     for (_, run) in runs {
         let r = RunRef::new(RunKind::Flow, &run.flow, &run.id)?;
@@ -73,7 +74,7 @@ pub async fn migrate(bus: &Bus, journal: &Journal, flow: &Flow) -> Result<usize,
         migrated += 1;
     }
     if migrated > 0 {
-        tracing::info!(flow = %flow.name, runs = migrated, bucket = %bus.names().flows_bucket, "migrated runs from KV into the journal");
+        tracing::info!(flow = %flow.name, runs = migrated, bucket = %store.name, "migrated runs from KV into the journal");
     }
     Ok(migrated)
 }

@@ -12,7 +12,7 @@
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use weft_bus::{Bus, Error, ErrorKind};
+use weft_bus::{Error, ErrorKind};
 
 /// A flow's limit: runs of one key at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,10 +50,9 @@ fn failed(e: impl std::fmt::Display) -> Error {
 }
 
 impl Slots {
-    pub(crate) async fn open(bus: &Bus) -> Result<Slots, Error> {
-        Ok(Slots {
-            kv: bus.kv(&bus.names().flows_bucket).await?,
-        })
+    /// The slots in `kv`, the flows bucket.
+    pub(crate) fn new(kv: kv::Store) -> Slots {
+        Slots { kv }
     }
 
     /// Applies `change` to the slot of `key` ([`weft_bus::kv::update`]).

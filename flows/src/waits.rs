@@ -11,12 +11,13 @@
 //! ends by a timeout or a cancel is deleted by the worker that journals it (and, should
 //! that fail, when the next event of its type comes).
 
+use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use weft_bus::Error;
 use weft_bus::consumer::{Delivery, DeliveryError};
 use weft_bus::runs::{Entry, EntryEvent, Journal, RunKind, RunQueue, RunRef, StepStatus};
 use weft_bus::subject::EventType;
-use weft_bus::{Bus, Error};
 
 use crate::definition::{Flow, StepKind};
 use crate::run::Run;
@@ -34,8 +35,12 @@ fn key(r: &RunRef, step: &str) -> String {
 ///
 /// # Errors
 /// [`weft_bus::ErrorKind::JetStream`] when the bucket cannot be written.
-pub async fn register(bus: &Bus, r: &RunRef, step: &str, event: &EventType) -> Result<(), Error> {
-    let kv = bus.kv(&bus.names().flows_bucket).await?;
+pub async fn register(
+    kv: &kv::Store,
+    r: &RunRef,
+    step: &str,
+    event: &EventType,
+) -> Result<(), Error> {
     let value = serde_json::to_vec(&Wait {
         event: event.to_string(),
     })
@@ -55,12 +60,8 @@ pub async fn register(bus: &Bus, r: &RunRef, step: &str, event: &EventType) -> R
 /// Deletes the wait of `step` of run `r` (its wait ended by a timeout or a cancel); a
 /// failure is only logged: a stale wait is deleted when the next event of its type
 /// comes.
-pub async fn forget(bus: &Bus, r: &RunRef, step: &str) {
-    let result = match bus.kv(&bus.names().flows_bucket).await {
-        Ok(kv) => kv.purge(key(r, step)).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = result {
+pub async fn forget(kv: &kv::Store, r: &RunRef, step: &str) {
+    if let Err(e) = kv.purge(key(r, step)).await {
         tracing::debug!(run = %r, step, error = %e, "cannot delete a wait");
     }
 }
@@ -80,19 +81,15 @@ pub fn event_types(flow: &Flow) -> Vec<EventType> {
 
 /// Handles one event for the waits of `flow`: completes every matching wait.
 pub(crate) async fn on_event(
-    bus: &Bus,
+    kv: &kv::Store,
     journal: &Journal,
     queue: &RunQueue,
     flow: &Flow,
     delivery: Delivery,
 ) -> Result<(), DeliveryError> {
     let retry = |e: &dyn std::fmt::Display| DeliveryError::Retry(e.to_string());
-    let kv = bus
-        .kv(&bus.names().flows_bucket)
-        .await
-        .map_err(|e| retry(&e))?;
     let event = &delivery.envelope;
-    let waits: Vec<(String, Wait)> = weft_bus::kv::read_all(&kv, &format!("wait.{}.", flow.name))
+    let waits: Vec<(String, Wait)> = weft_bus::kv::read_all(kv, &format!("wait.{}.", flow.name))
         .await
         .map_err(|e| retry(&e))?;
     for (k, wait) in waits {
@@ -109,7 +106,9 @@ pub(crate) async fn on_event(
         match complete_if_matching(journal, queue, &r, step, event).await {
             Ok(Outcome::Waiting) => {}
             Ok(Outcome::Done) => {
-                let _ = kv.purge(&k).await;
+                if let Err(e) = kv.purge(&k).await {
+                    tracing::debug!(wait = %k, error = %e, "cannot delete a wait; the next event of its type tries again");
+                }
             }
             // The step is about to journal its wait: look at this event again shortly.
             Ok(Outcome::NotYet) => {

@@ -127,7 +127,7 @@ enum Source {
 ///
 /// # Errors
 /// [`FlowError::Definition`] for an invalid flow; [`FlowError::Bus`] when a stream,
-/// the registry or a schedule is refused (`weft up` creates the streams; cron
+/// the flows bucket, the registry or a schedule is missing or refused (`weft up` creates the streams; cron
 /// schedules need nats-server 2.14).
 pub async fn start(
     bus: &Bus,
@@ -141,6 +141,7 @@ pub async fn start(
         bus: bus.clone(),
         journal: journal.clone(),
         queue: RunQueue::new(bus),
+        flows_kv: bus.kv(&bus.names().flows_bucket).await?,
         invoker: Invoker::guarded(bus, &breaker),
         breaker,
         by: format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -150,7 +151,7 @@ pub async fn start(
     let mut registrations = Vec::new();
     for flow in flows {
         flow.validate()?;
-        crate::legacy::migrate(bus, &journal, &flow).await?;
+        crate::legacy::migrate(&engine.flows_kv, &journal, &flow).await?;
         let json = serde_json::to_value(&flow)
             .map_err(|e| FlowError::Definition(format!("flow {}: {e}", flow.name)))?;
         let deployed = Arc::new(Deployed {
@@ -180,7 +181,6 @@ pub async fn start(
                 .await?,
             );
         }
-        let queue = RunQueue::new(bus);
         let d = durable(DurableConfig::on_stream(
             format!("run_{}", flow.name),
             bus.names().runq_stream.clone(),
@@ -206,15 +206,15 @@ pub async fn start(
                 consumer::start(bus, d, move |d: Delivery| {
                     let (e, f) = (e.clone(), f.clone());
                     async move {
-                        crate::waits::on_event(&e.bus, &e.journal, &e.queue, &f.flow, d).await
+                        crate::waits::on_event(&e.flows_kv, &e.journal, &e.queue, &f.flow, d).await
                     }
                 })
                 .await?,
             );
         }
         match &flow.schedule {
-            Some(s) => queue.set_cron(&flow.name, &s.server_form()).await?,
-            None => queue.clear_cron(&flow.name).await?,
+            Some(s) => engine.queue.set_cron(&flow.name, &s.server_form()).await?,
+            None => engine.queue.clear_cron(&flow.name).await?,
         }
 
         let mut reg = Registration::new(Kind::Flow, flow.name.clone(), flow.version.clone());
@@ -296,9 +296,10 @@ async fn on_delivery(
                 }
                 match (&deployed.flow.rate_limit, fresh && cause != "manual") {
                     (Some(limit), true) => {
-                        let refused = crate::control::admit(&engine.bus, name, limit, &d.envelope)
-                            .await
-                            .map_err(|e| DriveError::Retry(e.to_string()))?;
+                        let refused =
+                            crate::control::admit(&engine.flows_kv, name, limit, &d.envelope)
+                                .await
+                                .map_err(|e| DriveError::Retry(e.to_string()))?;
                         match refused {
                             Some(why) => engine.refuse(&r, &why).await?,
                             None => run,

@@ -56,7 +56,7 @@ impl RunQueue {
         self.bus.subjects().runq(RunKind::Flow, name, "cron")
     }
 
-    fn wake_envelope(run: &RunRef, cause: &str) -> Result<Bytes> {
+    fn wake_envelope(run: &RunRef, cause: &str) -> Envelope {
         let mut env = Envelope::event(
             &WAKE_EVENT.parse().expect("a valid event type"),
             json!({"run": run.id, "cause": cause}),
@@ -66,9 +66,19 @@ impl RunQueue {
             format!("wake:{}:{cause}", run.id).as_bytes(),
         )
         .to_string();
-        env.to_bytes()
-            .map(Bytes::from)
-            .map_err(|e| Error::new(ErrorKind::Envelope, format!("cannot encode a wake: {e}")))
+        env
+    }
+
+    fn encode(envelope: &Envelope) -> Result<Bytes> {
+        envelope.to_bytes().map(Bytes::from).map_err(|e| {
+            Error::new(
+                ErrorKind::Envelope,
+                format!(
+                    "cannot encode {} for the run queue: {e}",
+                    envelope.event_type
+                ),
+            )
+        })
     }
 
     /// Wakes a worker of `run` now. `cause` names why, one token (e.g. the journal
@@ -78,7 +88,7 @@ impl RunQueue {
     /// [`ErrorKind::Publish`] when the queue does not take it (no stream: `weft up`).
     pub async fn wake(&self, run: &RunRef, cause: &str) -> Result<()> {
         let publish = PublishMessage::build()
-            .payload(Self::wake_envelope(run, cause)?)
+            .payload(Self::encode(&Self::wake_envelope(run, cause))?)
             .message_id(format!("wake:{}:{cause}", run.id));
         self.send(self.wake_subject(run.kind, &run.name), publish)
             .await
@@ -98,14 +108,8 @@ impl RunQueue {
         what: &str,
         envelope: &Envelope,
     ) -> Result<()> {
-        let payload = envelope.to_bytes().map_err(|e| {
-            Error::new(
-                ErrorKind::Envelope,
-                format!("cannot encode a run start: {e}"),
-            )
-        })?;
         let publish = PublishMessage::build()
-            .payload(Bytes::from(payload))
+            .payload(Self::encode(envelope)?)
             .message_id(&envelope.event_id);
         self.send(self.bus.subjects().runq(kind, name, what), publish)
             .await
@@ -118,16 +122,10 @@ impl RunQueue {
     /// [`ErrorKind::Publish`] when the queue does not take it (a server older than 2.12
     /// refuses message schedules).
     pub async fn set_timer(&self, run: &RunRef, step: &str, at: &str) -> Result<()> {
-        let s = self.bus.subjects();
-        let subject = s.runq_schedule(run.kind, &run.name, &format!("{}_{step}", run.id));
-        let publish = PublishMessage::build()
-            .payload(Self::wake_envelope(run, &format!("timer_{step}_{at}"))?)
-            .header("Nats-Schedule", format!("@at {at}"))
-            .header(
-                "Nats-Schedule-Target",
-                self.wake_subject(run.kind, &run.name),
-            );
-        self.send(subject, publish).await
+        let wake = Self::wake_envelope(run, &format!("timer_{step}_{at}"));
+        let key = format!("{}_{step}", run.id);
+        self.schedule(run.kind, &run.name, &key, at, "wake", &wake)
+            .await
     }
 
     /// Schedules `envelope` for the workers of `kind` `name`: the server publishes it
@@ -147,14 +145,8 @@ impl RunQueue {
         envelope: &Envelope,
     ) -> Result<()> {
         let s = self.bus.subjects();
-        let payload = envelope.to_bytes().map_err(|e| {
-            Error::new(
-                ErrorKind::Envelope,
-                format!("cannot encode a scheduled envelope: {e}"),
-            )
-        })?;
         let publish = PublishMessage::build()
-            .payload(Bytes::from(payload))
+            .payload(Self::encode(envelope)?)
             .header("Nats-Schedule", format!("@at {at}"))
             .header("Nats-Schedule-Target", s.runq(kind, name, what));
         self.send(s.runq_schedule(kind, name, key), publish).await
@@ -176,14 +168,8 @@ impl RunQueue {
             json!({"flow": name, "schedule": cron6}),
         );
         env.from = Some(format!("flow.{name}"));
-        let payload = env.to_bytes().map_err(|e| {
-            Error::new(
-                ErrorKind::Envelope,
-                format!("cannot encode a cron tick: {e}"),
-            )
-        })?;
         let publish = PublishMessage::build()
-            .payload(Bytes::from(payload))
+            .payload(Self::encode(&env)?)
             .header("Nats-Schedule", cron6)
             .header("Nats-Schedule-Target", self.cron_subject(name));
         self.send(subject, publish).await
