@@ -98,6 +98,7 @@ use weft_bus::stream::{StreamWriter, WriteError};
 use weft_bus::{Bus, Envelope, Error, ErrorKind, ServiceName};
 
 use crate::builtin::{Builtin, DelegateCtx, PlanSlot, WithBuiltins};
+use crate::durable::{self, Decision, Lease, Outcome, Pending, RunInput, RunLog, Runtime};
 use crate::guard::{
     self, Approval, ApprovalLayer, ApprovalPolicy, CallHistory, DEFAULT_LOOP_LIMIT, LoopLimitLayer,
     ToolLayerFn, ToolRequest, ToolService, needs_approval,
@@ -108,6 +109,8 @@ use crate::model::{
     Message, Model, ModelError, ModelErrorKind, ModelRequest, ModelTurn, ToolCall, ToolSpec,
 };
 use crate::tool::{DEFAULT_TOOL_TIMEOUT, ServiceTools, ToolOutcome, Tools, error_content};
+use weft_bus::consumer::{self, Delivery, DeliveryError, DurableConfig};
+use weft_bus::runs::{EntryEvent, RunKind, RunRef, RunState, RunStatus};
 
 /// Default longest served chat: 5 min ([`Agent::run_timeout`]).
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -145,6 +148,7 @@ pub struct Agent {
     approval: Option<ApprovalPolicy>,
     tool_layers: Vec<ToolLayerFn>,
     builtins: Vec<Builtin>,
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Agent {
@@ -181,6 +185,7 @@ impl Agent {
             approval: None,
             tool_layers: Vec::new(),
             builtins: Vec::new(),
+            lease: durable::DEFAULT_LEASE,
         }
     }
 
@@ -294,7 +299,15 @@ impl Agent {
     fn tool_stack(&self, tools: Arc<dyn Tools>) -> ToolService {
         let mut stack = ToolService::new(tower::service_fn(move |req: ToolRequest| {
             let tools = tools.clone();
-            async move { tools.call(&req.call.name, &req.call.arguments).await }
+            async move {
+                tools
+                    .call_keyed(
+                        &req.call.name,
+                        &req.call.arguments,
+                        req.idempotency_key.as_deref(),
+                    )
+                    .await
+            }
         }));
         for layer in self.tool_layers.iter().rev() {
             stack = layer(stack);
@@ -488,6 +501,7 @@ impl Agent {
         result
     }
 
+    /// One chat without a journal: memory, tools, the loop, memory again.
     async fn chat_inner(
         &self,
         bus: &Bus,
@@ -495,26 +509,67 @@ impl Agent {
         request: ChatRequest,
         events: Option<EventSink<'_>>,
     ) -> Result<ChatReply, AgentError> {
+        let history = self.recall(bus, buckets, &request).await?;
+        let (tools, history) = self
+            .prepare(
+                bus,
+                buckets,
+                request.session_id.as_ref(),
+                request.parent,
+                history,
+            )
+            .await?;
+        let conversation = request.session_id.as_ref().map(|s| s.to_string());
+        let run = self
+            .run_unjournaled(
+                tools,
+                history,
+                &request.message,
+                conversation.as_deref(),
+                events,
+            )
+            .await?;
+        if let Some(session) = &request.session_id {
+            self.remember(bus, buckets, session, &run).await;
+        }
+        Ok(run.reply())
+    }
+
+    /// The session's history (empty without a session), after checking the message.
+    async fn recall(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        request: &ChatRequest,
+    ) -> Result<Vec<Message>, AgentError> {
         if request.message.trim().is_empty() {
             return Err(AgentError::InvalidInput(format!(
                 "the message to agent {} is empty",
                 self.name
             )));
         }
-        let memory = match &request.session_id {
-            Some(session) => {
-                let memory = buckets
-                    .memory(bus, self.memory_limit, self.memory_tokens)
-                    .await
-                    .map_err(AgentError::Memory)?;
-                let history = memory
-                    .load(&self.name, session)
-                    .await
-                    .map_err(AgentError::Memory)?;
-                Some((memory, session, history))
-            }
-            None => None,
-        };
+        match &request.session_id {
+            Some(session) => buckets
+                .memory(bus, self.memory_limit, self.memory_tokens)
+                .await
+                .map_err(AgentError::Memory)?
+                .load(&self.name, session)
+                .await
+                .map_err(AgentError::Memory),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The tools of one run (the managed services' endpoints, with the built-ins and
+    /// the session's plan loaded) and the history it sees (with the plan shown).
+    async fn prepare(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        session: Option<&SessionId>,
+        parent: Option<Envelope>,
+        mut history: Vec<Message>,
+    ) -> Result<(Arc<dyn Tools>, Vec<Message>), AgentError> {
         let tools = if self.manages.is_empty() {
             ServiceTools::from_registrations(bus, &[])
         } else {
@@ -533,19 +588,19 @@ impl Agent {
         .invoker(Invoker::guarded(bus, &self.breaker))
         .timeout(self.tool_timeout)
         .caller(&self.name)
-        .session_id(request.session_id.as_ref().map(|s| s.to_string()))
-        .parent(request.parent);
-        let mut history = memory
-            .as_ref()
-            .map(|(_, _, h)| h.clone())
-            .unwrap_or_default();
-        let tools = self
-            .with_builtins(
-                bus,
-                Arc::new(tools),
-                memory.as_ref().map(|(m, s, _)| (*m, *s)),
-            )
-            .await?;
+        .session_id(session.map(|s| s.to_string()))
+        .parent(parent);
+        let memory = match session {
+            Some(s) => Some((
+                buckets
+                    .memory(bus, self.memory_limit, self.memory_tokens)
+                    .await
+                    .map_err(AgentError::Memory)?,
+                s,
+            )),
+            None => None,
+        };
+        let tools = self.with_builtins(bus, Arc::new(tools), memory).await?;
         if let Some(plan) = tools
             .plan
             .as_ref()
@@ -560,33 +615,39 @@ impl Agent {
                 )),
             );
         }
-        let conversation = request.session_id.as_ref().map(|s| s.to_string());
-        let run = self
-            .run_in(
-                Arc::new(tools),
-                history,
-                &request.message,
-                conversation.as_deref(),
-                events,
-            )
-            .await?;
-        if let Some((memory, session, mut history)) = memory {
+        Ok((Arc::new(tools), history))
+    }
+
+    /// Appends `run`'s exchange to what `session`'s memory holds now, once: when it
+    /// ends with the exchange already (an attempt that stored it and died before
+    /// saying so), nothing is written. Summarized when the agent summarizes. A failure
+    /// is logged; the reply is sent anyway. Returns whether it was stored.
+    async fn remember(&self, bus: &Bus, buckets: &Buckets, session: &SessionId, run: &Run) -> bool {
+        let stored = async {
+            let memory = buckets
+                .memory(bus, self.memory_limit, self.memory_tokens)
+                .await?;
+            let mut history = memory.load(&self.name, session).await?;
+            if history.ends_with(&run.messages) {
+                return Ok(false);
+            }
             history.extend(run.messages.iter().cloned());
             if self.summarize_memory {
                 history = self.summarized(memory, history).await;
             }
-            if let Err(e) = memory.save(&self.name, session, history).await {
+            memory
+                .save(&self.name, session, history)
+                .await
+                .map(|_| true)
+        };
+        match stored.await {
+            Ok(saved) => saved,
+            Err(e) => {
                 tracing::error!(agent = %self.name, run_id = %run.run_id, error = %e, "cannot store agent memory; the reply is sent anyway");
+                false
             }
         }
-        Ok(ChatReply {
-            reply: run.reply,
-            agent: self.name.clone(),
-            tool_calls: run.tool_calls,
-            run_id: run.run_id,
-        })
     }
-
     /// The tool loop ([module docs](self)): answers `message` given the earlier
     /// `history` (oldest first, without system prompt) and `tools`. Uses no memory and
     /// no registry, so it can run with any [`Tools`]. Counts model and tool calls in
@@ -603,7 +664,8 @@ impl Agent {
         message: &str,
     ) -> Result<Run, AgentError> {
         let tools = self.local_builtins(tools);
-        self.run_in(tools, history, message, None, None).await
+        self.run_unjournaled(tools, history, message, None, None)
+            .await
     }
 
     /// [`Agent::run`], reporting what happens as it happens to `on_event`: the model's
@@ -620,8 +682,29 @@ impl Agent {
         on_event: EventSink<'_>,
     ) -> Result<Run, AgentError> {
         let tools = self.local_builtins(tools);
-        self.run_in(tools, history, message, None, Some(on_event))
+        self.run_unjournaled(tools, history, message, None, Some(on_event))
             .await
+    }
+
+    /// The loop without a journal (so without pauses).
+    async fn run_unjournaled(
+        &self,
+        tools: Arc<dyn Tools>,
+        history: Vec<Message>,
+        message: &str,
+        conversation: Option<&str>,
+        events: Option<EventSink<'_>>,
+    ) -> Result<Run, AgentError> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        match self
+            .run_in(tools, history, message, conversation, events, run_id, None)
+            .await?
+        {
+            Ended::Done(run) => Ok(run),
+            Ended::Paused(_) => {
+                unreachable!("a run without a journal never pauses: Approval::Ask denies there")
+            }
+        }
     }
 
     /// `tools` with the built-ins a run without the bus can have: `plan` for the run
@@ -654,8 +737,10 @@ impl Agent {
         }
     }
 
-    /// [`Agent::run`] in an `invoke_agent {agent}` span (OpenTelemetry GenAI
-    /// conventions) whose `gen_ai.conversation.id` is `conversation` (the session).
+    /// The tool loop in an `invoke_agent {agent}` span (OpenTelemetry GenAI
+    /// conventions) whose `gen_ai.conversation.id` is `conversation` (the session),
+    /// journaled in `log` when there is one.
+    #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
         tools: Arc<dyn Tools>,
@@ -663,8 +748,9 @@ impl Agent {
         message: &str,
         conversation: Option<&str>,
         events: Option<EventSink<'_>>,
-    ) -> Result<Run, AgentError> {
-        let run_id = uuid::Uuid::now_v7().to_string();
+        run_id: String,
+        log: Option<&mut RunLog>,
+    ) -> Result<Ended, AgentError> {
         let span = tracing::info_span!(
             "invoke_agent",
             otel.name = %format_args!("invoke_agent {}", self.name),
@@ -675,7 +761,7 @@ impl Agent {
             weft.agent.run_id = %run_id,
         );
         let result = self
-            .run_loop(tools, history, message, run_id, events)
+            .run_loop(tools, history, message, run_id, events, log)
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
@@ -691,7 +777,8 @@ impl Agent {
         message: &str,
         run_id: String,
         events: Option<EventSink<'_>>,
-    ) -> Result<Run, AgentError> {
+        mut log: Option<&mut RunLog>,
+    ) -> Result<Ended, AgentError> {
         let Some(model) = self.model.as_deref() else {
             return Err(AgentError::Model {
                 provider: "none".into(),
@@ -721,20 +808,23 @@ impl Agent {
         request.messages.push(Message::user(message));
         let mut records = Vec::new();
         for step in 1..=self.max_steps {
-            let turn = complete(model, &request, events).await?;
+            let turn = self
+                .turn(model, &request, events, log.as_deref_mut(), step)
+                .await?;
             if turn.tool_calls.is_empty() {
                 let reply = turn.content.unwrap_or_default();
                 request
                     .messages
                     .push(Message::assistant(reply.clone(), Vec::new()));
                 tracing::debug!(steps = step, tool_calls = records.len(), "run finished");
-                return Ok(Run {
+                return Ok(Ended::Done(Run {
                     run_id,
+                    agent: self.name.clone(),
                     reply,
                     tool_calls: records,
                     messages: request.messages.split_off(first_new),
                     steps: step,
-                });
+                }));
             }
             if step == self.max_steps {
                 break;
@@ -743,31 +833,51 @@ impl Agent {
                 turn.content.unwrap_or_default(),
                 turn.tool_calls.clone(),
             ));
-            for call in turn.tool_calls {
-                if let Some(events) = events {
-                    events(RunEvent::ToolCall {
-                        id: call.id.clone(),
-                        name: call.name.clone(),
-                        arguments: call.arguments.clone(),
-                    });
-                }
-                let (record, content) = self.call_tool(&stack, &run, &request.tools, &call).await;
-                if let Some(events) = events {
-                    events(RunEvent::ToolResult {
-                        id: call.id.clone(),
-                        name: record.name.clone(),
-                        result: record.result.clone(),
-                        error: record.error.clone(),
-                    });
-                }
-                if let Some(error) = record.error.as_ref().filter(|e| is_unavailable(e)) {
-                    return Err(AgentError::Tool {
-                        agent: self.name.clone(),
-                        tool: record.name.clone(),
-                        error: Box::new(error.clone()),
-                    });
-                }
-                request.messages.push(Message::tool(call.id, content));
+            for (i, call) in turn.tool_calls.into_iter().enumerate() {
+                let name = durable::tool_step(step, i);
+                let replayed = match log.as_deref() {
+                    Some(l) => l.output::<ToolCallRecord>(&name)?,
+                    None => None,
+                };
+                let record = match replayed {
+                    Some(record) => {
+                        // Counted again, so the loop limit holds across a resume.
+                        run.1.record(&call);
+                        record
+                    }
+                    None => {
+                        let approved = match self
+                            .approval_of(&run, &call, log.as_deref_mut(), step, i)
+                            .await?
+                        {
+                            Gate::Pause(p) => return Ok(Ended::Paused(p)),
+                            Gate::Denied(record) => {
+                                if let Some(l) = log.as_deref_mut() {
+                                    l.start(&name, tool_input(&call)).await?;
+                                    l.complete(&name, &record, Duration::ZERO).await?;
+                                }
+                                record
+                            }
+                            Gate::Go(approved) => {
+                                self.tool(
+                                    &stack,
+                                    &run,
+                                    &request.tools,
+                                    &call,
+                                    events,
+                                    log.as_deref_mut(),
+                                    &name,
+                                    approved,
+                                )
+                                .await?
+                            }
+                        };
+                        approved
+                    }
+                };
+                request
+                    .messages
+                    .push(Message::tool(call.id, record.content()));
                 records.push(record);
             }
         }
@@ -777,13 +887,162 @@ impl Agent {
         })
     }
 
+    /// Model turn `step`: replayed from the journal when it holds it, else asked for
+    /// and journaled.
+    async fn turn(
+        &self,
+        model: &dyn Model,
+        request: &ModelRequest,
+        events: Option<EventSink<'_>>,
+        log: Option<&mut RunLog>,
+        step: usize,
+    ) -> Result<ModelTurn, AgentError> {
+        let name = durable::turn_step(step);
+        let Some(log) = log else {
+            return complete(model, request, events).await;
+        };
+        if let Some(turn) = log.output::<ModelTurn>(&name)? {
+            return Ok(turn);
+        }
+        log.start(&name, Value::Null).await?;
+        let started = Instant::now();
+        match complete(model, request, events).await {
+            Ok(turn) => {
+                log.complete(&name, &turn, started.elapsed()).await?;
+                Ok(turn)
+            }
+            Err(e) => {
+                log.fail(&name, &e.to_error_payload()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether tool call `i` of turn `step` may run: a journaled run whose policy
+    /// asks a person pauses on step `approval_<step>_<i>` until the decision is
+    /// journaled ([`crate::durable`]); a run without a journal leaves the policy to
+    /// the [`ApprovalLayer`], which refuses.
+    async fn approval_of(
+        &self,
+        (run_id, history): &(Arc<str>, Arc<CallHistory>),
+        call: &ToolCall,
+        log: Option<&mut RunLog>,
+        step: usize,
+        i: usize,
+    ) -> Result<Gate, AgentError> {
+        let (Some(log), Some(policy)) = (log, &self.approval) else {
+            return Ok(Gate::Go(false));
+        };
+        let name = durable::approval_step(step, i);
+        if let Some(d) = log.output::<Decision>(&name)? {
+            if d.approved {
+                return Ok(Gate::Go(true));
+            }
+            return Ok(Gate::Denied(ToolCallRecord {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                result: None,
+                error: Some(ErrorPayload::new(
+                    ErrorCode::Other(guard::APPROVAL_DENIED.into()),
+                    format!(
+                        "{} denied this call{}; do not call it again, answer without it",
+                        d.by,
+                        d.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ),
+                )),
+            }));
+        }
+        let probe = ToolRequest {
+            agent: Arc::from(self.name.as_str()),
+            run_id: run_id.clone(),
+            call: call.clone(),
+            history: history.clone(),
+            idempotency_key: None,
+            approved: false,
+        };
+        let Approval::Ask(prompt) = policy(&probe) else {
+            return Ok(Gate::Go(false));
+        };
+        let pending = Pending {
+            step: name.clone(),
+            tool: call.name.clone(),
+            arguments: call.arguments.clone(),
+            prompt,
+        };
+        if !log.waiting(&name) {
+            log.start(
+                &name,
+                json!({"tool": pending.tool, "arguments": pending.arguments, "prompt": pending.prompt}),
+            )
+            .await?;
+            log.wait(&name, "approval").await?;
+        }
+        Ok(Gate::Pause(pending))
+    }
+
+    /// Runs tool call `call` (journaled as step `name` when there is a journal) and
+    /// reports it to `events`.
+    #[allow(clippy::too_many_arguments)]
+    async fn tool(
+        &self,
+        stack: &ToolService,
+        run: &(Arc<str>, Arc<CallHistory>),
+        specs: &[ToolSpec],
+        call: &ToolCall,
+        events: Option<EventSink<'_>>,
+        mut log: Option<&mut RunLog>,
+        name: &str,
+        approved: bool,
+    ) -> Result<ToolCallRecord, AgentError> {
+        let key = match log.as_deref_mut() {
+            Some(l) => {
+                l.start(name, tool_input(call)).await?;
+                Some(Arc::from(durable::idempotency_key(l.id(), name)))
+            }
+            None => None,
+        };
+        if let Some(events) = events {
+            events(RunEvent::ToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            });
+        }
+        let started = Instant::now();
+        let record = self.call_tool(stack, run, specs, call, key, approved).await;
+        if let Some(events) = events {
+            events(RunEvent::ToolResult {
+                id: call.id.clone(),
+                name: record.name.clone(),
+                result: record.result.clone(),
+                error: record.error.clone(),
+            });
+        }
+        if let Some(error) = record.error.as_ref().filter(|e| is_unavailable(e)) {
+            if let Some(l) = log {
+                l.fail(name, error).await?;
+            }
+            return Err(AgentError::Tool {
+                agent: self.name.clone(),
+                tool: record.name.clone(),
+                error: Box::new(error.clone()),
+            });
+        }
+        if let Some(l) = log {
+            l.complete(name, &record, started.elapsed()).await?;
+        }
+        Ok(record)
+    }
+
     async fn call_tool(
         &self,
         stack: &ToolService,
         (run_id, history): &(Arc<str>, Arc<CallHistory>),
         specs: &[ToolSpec],
         call: &ToolCall,
-    ) -> (ToolCallRecord, String) {
+        idempotency_key: Option<Arc<str>>,
+        approved: bool,
+    ) -> ToolCallRecord {
         let known = specs.iter().any(|s| s.name == call.name);
         let (outcome, result): (&str, ToolOutcome) = if !known {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -825,6 +1084,8 @@ impl Agent {
                 run_id: run_id.clone(),
                 call: call.clone(),
                 history: history.clone(),
+                idempotency_key,
+                approved,
             };
             let result = stack
                 .clone()
@@ -858,32 +1119,38 @@ impl Agent {
         if let Err(e) = &result {
             tracing::info!(tool = %call.name, code = %e.code, message = %e.message, "tool call failed; the error goes back to the model");
         }
-        let content = match &result {
-            Ok(v) => v.to_string(),
-            Err(e) => error_content(e).to_string(),
-        };
         let (result, error) = match result {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(e)),
         };
-        (
-            ToolCallRecord {
-                name: call.name.clone(),
-                arguments: call.arguments.clone(),
-                result,
-                error,
-            },
-            content,
-        )
+        ToolCallRecord {
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            result,
+            error,
+        }
+    }
+
+    /// Sets how long an instance's hold on a run lasts without renewal: past it,
+    /// another instance takes the run over ([`crate::durable`]). At least 300 ms.
+    /// Default [`durable::DEFAULT_LEASE`] (10 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(300));
+        self
     }
 
     /// Starts serving the agent: a [`Service`] of kind [`Kind::Agent`] with the default
     /// endpoint `chat` (input and output schemas included) and registry metadata
-    /// `{"manages": [...], "model": <provider>, "model_id"?: <model>}`.
+    /// `{"manages": [...], "model": <provider>, "model_id"?: <model>}`. Every chat is a
+    /// journaled run ([`crate::durable`]); the instance also takes over runs whose
+    /// lease ran out and resumes approved ones (consumer `agent_<name>` of the run
+    /// queue).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidSubject`] for a bad agent or managed service name;
-    /// [`ErrorKind::Other`] when no model is set; otherwise as [`Service::serve`].
+    /// [`ErrorKind::Other`] when no model is set; [`ErrorKind::JetStream`] when the
+    /// journal or the run queue is missing (`weft up` creates them); otherwise as
+    /// [`Service::serve`].
     pub async fn serve(self, bus: &Bus) -> weft_bus::Result<ServiceHandle> {
         for s in &self.manages {
             s.parse::<ServiceName>().map_err(|e| {
@@ -911,15 +1178,31 @@ impl Agent {
             service = service.metadata("model_id", json!(id));
         }
         let run_timeout = self.run_timeout;
+        let rt = Runtime::open(bus, &self.name, self.lease).await?;
         // Every chat of this service shares the KV handles, opened on first use.
         let agent = Arc::new(self);
         let buckets = Arc::new(Buckets::default());
-        let handler = move |req: Request, out: StreamWriter| {
-            let agent = agent.clone();
-            let buckets = buckets.clone();
-            async move { agent.handle(req, &buckets, out).await }
+        let wakes = {
+            let mut d = DurableConfig::on_stream(
+                format!("agent_{}", agent.name),
+                bus.names().runq_stream.clone(),
+                vec![rt.queue.wake_subject(RunKind::Agent, &agent.name)],
+            );
+            d.ack_wait = agent.lease;
+            d.max_deliver = 1000;
+            d.concurrency = 16;
+            let (a, b, r, bus2) = (agent.clone(), buckets.clone(), rt.clone(), bus.clone());
+            consumer::start(bus, d, move |d: Delivery| {
+                let (a, b, r, bus) = (a.clone(), b.clone(), r.clone(), bus2.clone());
+                async move { a.on_wake(&bus, &b, &r, d).await }
+            })
+            .await?
         };
-        service
+        let handler = move |req: Request, out: StreamWriter| {
+            let (agent, buckets, rt) = (agent.clone(), buckets.clone(), rt.clone());
+            async move { agent.handle(req, &buckets, &rt, out).await }
+        };
+        Ok(service
             .endpoint(
                 Endpoint::streaming(CHAT_ENDPOINT, handler)
                     .description("Chat with the agent: send a message, get its reply and the tools it called")
@@ -929,27 +1212,30 @@ impl Agent {
             )
             .default_endpoint(CHAT_ENDPOINT)
             .serve(bus)
-            .await
+            .await?
+            .with_consumer(wakes))
     }
 
     /// Serves one `chat`: a streaming caller gets the run's events as `delta` frames
     /// ([`RunEvent`]) and the reply as the final frame; a plain caller the reply only.
-    /// A caller that goes away cancels the run (and its model request).
+    /// A caller that goes away cancels the run (journaled as cancelled).
     async fn handle(
         &self,
         req: Request,
         buckets: &Buckets,
+        rt: &Runtime,
         out: StreamWriter,
     ) -> Result<Value, ErrorPayload> {
         if !out.is_streaming() {
-            return self.handle_events(req, buckets, None).await;
+            return self.handle_events(req, buckets, rt, None).await;
         }
+        let run_id = durable::run_id(&self.name, &req.envelope.event_id);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
         let run = async move {
             let sink = move |event: RunEvent| {
                 let _ = tx.send(event);
             };
-            self.handle_events(req, buckets, Some(&sink)).await
+            self.handle_events(req, buckets, rt, Some(&sink)).await
             // `sink`, and with it the sender, drops here: `forward` then ends.
         };
         let forward = async {
@@ -962,7 +1248,12 @@ impl Agent {
         };
         tokio::select! {
             (result, ()) = async { tokio::join!(run, forward) } => result,
-            () = out.cancelled() => Err(WriteError::Cancelled.into()),
+            () = out.cancelled() => {
+                if let Ok(run) = RunRef::new(RunKind::Agent, &self.name, &run_id) {
+                    durable::cancel(rt, &run, "the caller cancelled the chat").await;
+                }
+                Err(WriteError::Cancelled.into())
+            }
         }
     }
 
@@ -970,6 +1261,7 @@ impl Agent {
         &self,
         req: Request,
         buckets: &Buckets,
+        rt: &Runtime,
         events: Option<EventSink<'_>>,
     ) -> Result<Value, ErrorPayload> {
         let mut request =
@@ -980,11 +1272,13 @@ impl Agent {
                     return Err(e.to_error_payload());
                 }
             };
+        let event_id = req.envelope.event_id.clone();
         request.parent = Some(req.envelope);
-        let reply = self
-            .chat_with(&req.bus, buckets, request, events)
-            .await
-            .map_err(|e| e.to_error_payload())?;
+        let result = self
+            .chat_journaled(&req.bus, buckets, rt, request, &event_id, events)
+            .await;
+        record_run(&self.name, &result);
+        let reply = result.map_err(|e| e.to_error_payload())?;
         serde_json::to_value(reply).map_err(|e| {
             ErrorPayload::new(
                 ErrorCode::CodecFailure,
@@ -992,8 +1286,277 @@ impl Agent {
             )
         })
     }
+
+    /// One chat as a journaled run ([`crate::durable`]): run id from the request's
+    /// `event_id`; a run that exists answers from its journal (its reply, its error,
+    /// its pending approval), is waited for while it runs elsewhere, and is retried
+    /// when it failed with a retryable error. A chat naming a waiting `run_id` is a
+    /// person's answer to its approval.
+    async fn chat_journaled(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        rt: &Runtime,
+        request: ChatRequest,
+        event_id: &str,
+        events: Option<EventSink<'_>>,
+    ) -> Result<ChatReply, AgentError> {
+        let invalid = |e: weft_bus::subject::SubjectError| AgentError::InvalidInput(e.to_string());
+        if let Some(id) = &request.run_id {
+            let run = RunRef::new(RunKind::Agent, &self.name, id).map_err(invalid)?;
+            let by = request
+                .parent
+                .as_ref()
+                .and_then(|p| p.user_id.clone())
+                .unwrap_or_else(|| "chat".into());
+            let deny = (!durable::is_yes(&request.message)).then_some(request.message.as_str());
+            durable::decide(rt, &run, &by, deny).await?;
+            return self.settle(rt, &run).await;
+        }
+        let run = RunRef::new(
+            RunKind::Agent,
+            &self.name,
+            &durable::run_id(&self.name, event_id),
+        )
+        .map_err(invalid)?;
+        if let Some(state) = rt.state(&run).await? {
+            return self.rejoin(bus, buckets, rt, state, events).await;
+        }
+        let history = self.recall(bus, buckets, &request).await?;
+        let input = RunInput {
+            message: request.message,
+            session_id: request.session_id.map(|s| s.to_string()),
+            history,
+            parent: request.parent,
+        };
+        let lease = rt.hold(&run).await?;
+        match RunLog::begin(rt, &run, &input, self.definition()).await? {
+            Ok(log) => self.drive(bus, buckets, rt, log, lease, events).await,
+            Err(state) => {
+                drop(lease);
+                self.rejoin(bus, buckets, rt, state, events).await
+            }
+        }
+    }
+
+    /// What the definition of a run records: model, prompt, limits.
+    fn definition(&self) -> Value {
+        json!({
+            "version": self.version,
+            "model": self.model.as_ref().map(|m| m.name()),
+            "model_id": self.model.as_ref().and_then(|m| m.model_id()),
+            "system_prompt": self.system_prompt,
+            "manages": self.manages,
+            "max_steps": self.max_steps,
+        })
+    }
+
+    /// A caller of run `state`, which exists: its stored outcome, or its retry.
+    async fn rejoin(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        rt: &Runtime,
+        state: RunState,
+        events: Option<EventSink<'_>>,
+    ) -> Result<ChatReply, AgentError> {
+        let run = state.run.clone();
+        match durable::outcome(rt, &self.name, &state).await? {
+            Outcome::Failed(error) if error.retryable => {
+                let lease = rt.hold(&run).await?;
+                let mut log = RunLog::resume(rt, state);
+                let attempt = log.state.retries + 1;
+                log.run_event(attempt, EntryEvent::RetryRequested { by: rt.by.clone() })
+                    .await?;
+                tracing::info!(agent = %self.name, run = %run.id, "the same request came again for a run that failed with a retryable error; retrying it");
+                self.drive(bus, buckets, rt, log, lease, events).await
+            }
+            Outcome::Running => self.settle(rt, &run).await,
+            other => other.into_reply(&run),
+        }
+    }
+
+    /// Waits for run `run` (driven elsewhere) to end or to wait for a person.
+    async fn settle(&self, rt: &Runtime, run: &RunRef) -> Result<ChatReply, AgentError> {
+        let state = durable::follow(rt, run, self.run_timeout).await?;
+        let Some(state) = state else {
+            return Err(AgentError::Journal(format!("run {run} has no entries")));
+        };
+        durable::outcome(rt, &self.name, &state)
+            .await?
+            .into_reply(run)
+    }
+
+    /// Drives run `log` (whose lease is held) to its end or its next pause, and
+    /// journals that: a completed run's memory and reply, a failed run's error; then
+    /// announces it ([`durable::RUN_COMPLETED`]). When another instance took the run
+    /// over meanwhile, waits for it instead.
+    async fn drive(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        rt: &Runtime,
+        mut log: RunLog,
+        lease: Lease,
+        events: Option<EventSink<'_>>,
+    ) -> Result<ChatReply, AgentError> {
+        let run = log.state.run.clone();
+        let attempt = log.state.retries + 1;
+        let ended = self.drive_steps(bus, buckets, &mut log, events).await;
+        let ended = match ended {
+            Err(AgentError::Moved { .. }) => {
+                drop(lease);
+                tracing::info!(agent = %self.name, run = %run.id, "another instance took the run over; following it");
+                return self.settle(rt, &run).await;
+            }
+            other => other,
+        };
+        let result = match ended {
+            Ok(Ended::Paused(pending)) => {
+                lease.release().await;
+                return Ok(durable::input_required(&self.name, &run.id, pending));
+            }
+            Ok(Ended::Done(run)) => {
+                let reply = run.reply();
+                let output = serde_json::to_value(&reply).unwrap_or(Value::Null);
+                log.run_event(attempt, EntryEvent::RunCompleted { output })
+                    .await
+                    .map(|()| reply)
+            }
+            Err(e) => {
+                let error = e.to_error_payload();
+                if let Err(j) = log
+                    .run_event(attempt, EntryEvent::RunFailed { error })
+                    .await
+                {
+                    tracing::warn!(agent = %self.name, run = %run.id, error = %j, "cannot journal the run's failure");
+                }
+                Err(e)
+            }
+        };
+        if let Err(AgentError::Moved { .. }) = &result {
+            drop(lease);
+            return self.settle(rt, &run).await;
+        }
+        lease.release().await;
+        let wire = result
+            .as_ref()
+            .map_err(AgentError::to_error_payload)
+            .cloned();
+        durable::announce(bus, &self.name, &run.id, &wire).await;
+        result
+    }
+
+    /// The steps of run `log` from its input: tools, the loop, memory.
+    async fn drive_steps(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        log: &mut RunLog,
+        events: Option<EventSink<'_>>,
+    ) -> Result<Ended, AgentError> {
+        let input = log.input()?;
+        let session = input
+            .session_id
+            .as_deref()
+            .map(str::parse::<SessionId>)
+            .transpose()
+            .map_err(|e| AgentError::InvalidInput(e.to_string()))?;
+        let (tools, history) = self
+            .prepare(bus, buckets, session.as_ref(), input.parent, input.history)
+            .await?;
+        let run_id = log.id().to_owned();
+        let ended = self
+            .run_in(
+                tools,
+                history,
+                &input.message,
+                input.session_id.as_deref(),
+                events,
+                run_id,
+                Some(&mut *log),
+            )
+            .await?;
+        let Ended::Done(run) = ended else {
+            return Ok(ended);
+        };
+        if let Some(session) = &session
+            && log.output::<Value>(durable::MEMORY_STEP)?.is_none()
+        {
+            log.start(durable::MEMORY_STEP, Value::Null).await?;
+            let started = Instant::now();
+            let saved = self.remember(bus, buckets, session, &run).await;
+            log.complete(
+                durable::MEMORY_STEP,
+                &json!({"saved": saved}),
+                started.elapsed(),
+            )
+            .await?;
+        }
+        Ok(Ended::Done(run))
+    }
+
+    /// A wake of one of this agent's runs ([`crate::durable`]): a run whose lease ran
+    /// out is taken over, an approved one resumed; anything else (a run that ended,
+    /// waits, or whose lease someone holds) is left alone.
+    async fn on_wake(
+        &self,
+        bus: &Bus,
+        buckets: &Buckets,
+        rt: &Runtime,
+        d: Delivery,
+    ) -> Result<(), DeliveryError> {
+        let Some(id) = d.envelope.payload.as_ref().and_then(|p| p["run"].as_str()) else {
+            return Err(DeliveryError::Permanent(
+                "a run-queue wake without {\"run\": id}".into(),
+            ));
+        };
+        let run = RunRef::new(RunKind::Agent, &self.name, id)
+            .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
+        let retry = |e: AgentError| DeliveryError::Retry(e.to_string());
+        let Some(state) = rt.state(&run).await.map_err(retry)? else {
+            return Ok(());
+        };
+        if state.status != RunStatus::Running {
+            return Ok(());
+        }
+        let held = rt
+            .queue
+            .lease(&run)
+            .await
+            .map_err(|e| DeliveryError::Retry(e.to_string()))?;
+        if durable::holds(held.as_deref()) {
+            return Ok(());
+        }
+        tracing::info!(agent = %self.name, run = %run.id, "taking the run over");
+        let lease = rt.hold(&run).await.map_err(retry)?;
+        let log = RunLog::resume(rt, state);
+        let result = self.drive(bus, buckets, rt, log, lease, None).await;
+        record_run(&self.name, &result);
+        Ok(())
+    }
 }
 
+/// How a run's loop ended: done, or paused for a person.
+enum Ended {
+    Done(Run),
+    Paused(Pending),
+}
+
+/// What the approval check says about one tool call.
+enum Gate {
+    /// Call it; `true` when a person approved it.
+    Go(bool),
+    /// A person denied it: this record goes back to the model.
+    Denied(ToolCallRecord),
+    /// Wait for a person.
+    Pause(Pending),
+}
+
+/// A tool step's journaled input.
+fn tool_input(call: &ToolCall) -> Value {
+    json!({"name": call.name, "arguments": call.arguments, "id": call.id})
+}
 /// Whether a tool call's error says the tool cannot be reached now (timed out, nobody
 /// serves it, its circuit is open, the transport failed) rather than that it answered
 /// no: then the run fails with a retryable error instead of answering without it.
@@ -1169,6 +1732,11 @@ pub struct ChatRequest {
     /// The request envelope the chat came in, if any: tool requests inherit its trace,
     /// tenant, user, conversation and channel ([`ServiceTools::parent`]).
     pub parent: Option<Envelope>,
+    /// A run waiting for a person's approval that this message answers (payload field
+    /// `run_id`): `yes`, `y`, `ok`, `approve` or `approved` approve the pending tool
+    /// call, anything else denies it with the message as the reason. Served agents
+    /// only ([`crate::durable`]).
+    pub run_id: Option<String>,
 }
 
 impl ChatRequest {
@@ -1178,6 +1746,7 @@ impl ChatRequest {
             message: message.into(),
             session_id: None,
             parent: None,
+            run_id: None,
         }
     }
 
@@ -1200,8 +1769,8 @@ impl ChatRequest {
         envelope_session: Option<&str>,
     ) -> Result<ChatRequest, AgentError> {
         let invalid = |m: String| AgentError::InvalidInput(m);
-        let (message, session) = match payload {
-            Value::String(s) => (s.clone(), None),
+        let (message, session, run_id) = match payload {
+            Value::String(s) => (s.clone(), None, None),
             Value::Object(o) => {
                 let message = match (o.get("message"), o.get("text")) {
                     (Some(Value::String(s)), _) => s.clone(),
@@ -1224,6 +1793,16 @@ impl ChatRequest {
                         ));
                     }
                 };
+                let run_id = match o.get("run_id") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "chat input field `run_id` must be a string, not {}",
+                            json_type(other)
+                        )));
+                    }
+                };
                 let session = match o.get("session_id") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) if s.is_empty() => None,
@@ -1235,7 +1814,7 @@ impl ChatRequest {
                         )));
                     }
                 };
-                (message, session)
+                (message, session, run_id)
             }
             other => {
                 return Err(invalid(format!(
@@ -1260,6 +1839,7 @@ impl ChatRequest {
             message,
             session_id,
             parent: None,
+            run_id,
         })
     }
 }
@@ -1284,8 +1864,27 @@ pub struct ChatReply {
     pub agent: String,
     /// The tools called during the run, in order.
     pub tool_calls: Vec<ToolCallRecord>,
-    /// The run's id (UUIDv7), also in the agent's logs.
+    /// The run's id (a UUIDv5 of agent and request for a served agent, see
+    /// [`durable::run_id`]; a UUIDv7 otherwise), also in the agent's logs.
     pub run_id: String,
+    /// `completed`, or `input_required` when the run waits for a person to approve a
+    /// tool call (then `reply` says how, and `pending` names the call).
+    #[serde(default)]
+    pub status: ReplyStatus,
+    /// The tool call the run waits on, when `status` is `input_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// Where the run of a [`ChatReply`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    /// It answered.
+    #[default]
+    Completed,
+    /// It waits for a person ([`crate::durable`]).
+    InputRequired,
 }
 
 /// What a run reports while it runs (DESIGN §16): the payload of each `delta` frame
@@ -1351,8 +1950,10 @@ pub struct ToolCallRecord {
 /// The result of [`Agent::run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
-    /// The run's id (UUIDv7).
+    /// The run's id.
     pub run_id: String,
+    /// The agent's name.
+    pub agent: String,
     /// The model's final text.
     pub reply: String,
     /// The tools called, in order.
@@ -1362,6 +1963,59 @@ pub struct Run {
     pub messages: Vec<Message>,
     /// Model calls made.
     pub steps: usize,
+}
+
+impl Run {
+    /// The run as a chat's reply.
+    pub fn reply(&self) -> ChatReply {
+        ChatReply {
+            reply: self.reply.clone(),
+            agent: self.agent.clone(),
+            tool_calls: self.tool_calls.clone(),
+            run_id: self.run_id.clone(),
+            status: ReplyStatus::Completed,
+            pending: None,
+        }
+    }
+}
+
+impl ToolCallRecord {
+    /// The tool message content the model reads: the result as JSON text, or
+    /// `{"error": {…}}` ([`error_content`]).
+    pub fn content(&self) -> String {
+        match (&self.result, &self.error) {
+            (_, Some(e)) => error_content(e).to_string(),
+            (Some(v), None) => v.to_string(),
+            (None, None) => Value::Null.to_string(),
+        }
+    }
+}
+
+impl Outcome {
+    /// A stored outcome as a chat's answer.
+    fn into_reply(self, run: &RunRef) -> Result<ChatReply, AgentError> {
+        match self {
+            Outcome::Completed(reply) | Outcome::InputRequired(reply) => Ok(reply),
+            Outcome::Failed(error) => Err(AgentError::Stored {
+                run: run.id.clone(),
+                error: Box::new(error),
+            }),
+            Outcome::Cancelled(why) => Err(AgentError::Stored {
+                run: run.id.clone(),
+                error: Box::new(ErrorPayload::new(ErrorCode::Other("CANCELLED".into()), why)),
+            }),
+            Outcome::Running => Err(AgentError::Stored {
+                run: run.id.clone(),
+                error: Box::new(
+                    ErrorPayload::new(
+                        ErrorCode::AgentTimeout,
+                        format!("run {} is still running; ask again for its reply", run.id),
+                    )
+                    .retryable(),
+                ),
+            }),
+        }
+    }
 }
 
 /// Why a chat failed. `#[non_exhaustive]`: new variants may appear.
@@ -1417,6 +2071,23 @@ pub enum AgentError {
         /// The tool call's error.
         error: Box<ErrorPayload>,
     },
+    /// The run's journal (stream `<PREFIX>_RUNS`) or run queue cannot be used.
+    #[error("the run journal failed: {0}")]
+    Journal(String),
+    /// Another instance drives the run now (its lease ran out here).
+    #[error("run {run} is driven by another instance now")]
+    Moved {
+        /// The run.
+        run: String,
+    },
+    /// The run's journal holds this outcome already: the same request came again.
+    #[error("run {run}: {}", error.message)]
+    Stored {
+        /// The run.
+        run: String,
+        /// What it ended with.
+        error: Box<ErrorPayload>,
+    },
 }
 
 impl AgentError {
@@ -1432,6 +2103,9 @@ impl AgentError {
             AgentError::Registry(_) => "registry_error",
             AgentError::NoTools { .. } => "no_tools",
             AgentError::Tool { .. } => "tool_unavailable",
+            AgentError::Journal(_) => "journal_error",
+            AgentError::Moved { .. } => "moved",
+            AgentError::Stored { .. } => "stored",
         }
     }
 
@@ -1469,6 +2143,10 @@ impl AgentError {
                 };
                 ErrorPayload::new(code, self.to_string()).retryable()
             }
+            AgentError::Journal(_) | AgentError::Moved { .. } => {
+                ErrorPayload::new(ErrorCode::TransportFailure, self.to_string()).retryable()
+            }
+            AgentError::Stored { error, .. } => (**error).clone(),
         }
     }
 }

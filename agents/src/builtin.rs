@@ -121,10 +121,14 @@ impl Tools for WithBuiltins {
     }
 
     async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome {
+        self.call_keyed(name, arguments, None).await
+    }
+
+    async fn call_keyed(&self, name: &str, arguments: &Value, key: Option<&str>) -> ToolOutcome {
         match (name, &self.plan, &self.delegate) {
             (PLAN, Some(slot), _) => plan(slot, arguments).await,
             (DELEGATE, _, Some(ctx)) => delegate(ctx, self.inner.clone(), arguments).await,
-            _ => self.inner.call(name, arguments).await,
+            _ => self.inner.call_keyed(name, arguments, key).await,
         }
     }
 }

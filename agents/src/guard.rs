@@ -11,9 +11,11 @@
 //! - [`ApprovalLayer`]: a policy ([`Approval`]) per call, as a Rust callback
 //!   ([`Agent::approval`](crate::Agent::approval)) or as a list of tool-name patterns
 //!   that need approval ([`Agent::approve`](crate::Agent::approve), e.g.
-//!   `["tickets_*"]`). Until runs can pause for a person (the durable-execution
-//!   issue), a listed tool is denied with [`APPROVAL_REQUIRED`] and a reason the model
-//!   reads.
+//!   `["tickets_*"]`, which asks a person: [`Approval::Ask`]). A served agent's run is
+//!   journaled, so it pauses for the person ([`crate::durable`]: `weft agent approve
+//!   RUN`) and the call goes through once approved ([`ToolRequest::approved`]); a run
+//!   that cannot pause (one without the bus, [`Agent::run`](crate::Agent::run)) gets
+//!   [`APPROVAL_REQUIRED`] and a reason the model reads.
 //! - Tool layers: any tower [`Layer`] over [`ToolService`] (logging,
 //!   retry, metrics of your own), the same shape the bus uses for handlers.
 //!
@@ -40,6 +42,9 @@ pub const LOOP_LIMIT: &str = "LOOP_LIMIT";
 /// The error code of a call refused by the approval policy.
 pub const APPROVAL_REQUIRED: &str = "APPROVAL_REQUIRED";
 
+/// The error code of a call a person denied ([`Approval::Ask`]).
+pub const APPROVAL_DENIED: &str = "APPROVAL_DENIED";
+
 /// One tool call as the middleware sees it.
 #[derive(Debug, Clone)]
 pub struct ToolRequest {
@@ -51,6 +56,12 @@ pub struct ToolRequest {
     pub call: ToolCall,
     /// What the run has called so far (for the loop limit).
     pub history: Arc<CallHistory>,
+    /// The callee's idempotency key (a journaled run's UUIDv5 of run and step, the
+    /// same on every attempt), sent as the tool request's `event_id`; `None` outside a
+    /// journaled run.
+    pub idempotency_key: Option<Arc<str>>,
+    /// A person approved this call ([`Approval::Ask`] lets it through).
+    pub approved: bool,
 }
 
 /// The tool calls of one run, counted by tool and arguments.
@@ -131,6 +142,10 @@ pub enum Approval {
     Allow,
     /// The call is refused; the reason goes back to the model.
     Deny(String),
+    /// A person decides: a journaled run pauses with this prompt until someone
+    /// approves or denies ([`crate::durable`]); a run that cannot pause treats it as
+    /// [`Approval::Deny`].
+    Ask(String),
 }
 
 /// A policy deciding each call ([`Agent::approval`](crate::Agent::approval)).
@@ -167,13 +182,12 @@ impl<S> Layer<S> for ApprovalLayer {
 
 /// The policy of [`Agent::approve`](crate::Agent::approve): tools whose names match one
 /// of `patterns` (`*` matches any run of characters: `tickets_*`, `*_delete`, `*`)
-/// need a person's approval, which a run cannot ask for yet, so they are denied; other
-/// tools run.
+/// need a person's approval ([`Approval::Ask`]); other tools run.
 pub fn needs_approval(patterns: Vec<String>) -> ApprovalPolicy {
     Arc::new(move |req: &ToolRequest| {
         match patterns.iter().find(|p| glob_match(p, &req.call.name)) {
-            Some(p) => Approval::Deny(format!(
-                "tool {} needs a person's approval (agent {} lists {p:?} under approve), and this run cannot ask for it; do not call it again, answer without it or say that it needs approval",
+            Some(p) => Approval::Ask(format!(
+                "tool {} needs a person's approval (agent {} lists {p:?} under approve)",
                 req.call.name, req.agent
             )),
             None => Approval::Allow,
@@ -227,9 +241,16 @@ impl Check for ApprovalPolicy {
     fn check(&self, request: &ToolRequest) -> Result<(), ErrorPayload> {
         match self(request) {
             Approval::Allow => Ok(()),
+            Approval::Ask(_) if request.approved => Ok(()),
             Approval::Deny(reason) => Err(ErrorPayload::new(
                 ErrorCode::Other(APPROVAL_REQUIRED.into()),
                 reason,
+            )),
+            Approval::Ask(prompt) => Err(ErrorPayload::new(
+                ErrorCode::Other(APPROVAL_REQUIRED.into()),
+                format!(
+                    "{prompt}, and this run cannot ask for it; do not call it again, answer without it or say that it needs approval"
+                ),
             )),
         }
     }
@@ -279,6 +300,8 @@ mod tests {
             run_id: "r".into(),
             call: ToolCall::new("c", name, args),
             history: history.clone(),
+            idempotency_key: None,
+            approved: false,
         }
     }
 
@@ -359,6 +382,10 @@ mod tests {
                 .await
                 .is_ok()
         );
+        // Once a person approved it, the call goes through.
+        let mut approved = request(&history, "tickets_close", json!({}));
+        approved.approved = true;
+        assert!(stack.clone().oneshot(approved).await.is_ok());
     }
 
     #[test]

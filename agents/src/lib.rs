@@ -12,6 +12,7 @@
 //! | [`tool`] | tools from the endpoints of managed services, called over the bus |
 //! | [`memory`] | conversation history per agent and session in KV |
 //! | [`agent`] | the agent definition, the tool loop shared by every provider, serving |
+//! | [`durable`] | served agents' runs in the journal: resume after a crash, approvals, one run per request |
 //! | [`metrics`] | `weft_agent_*` and `weft_model_*` Prometheus metrics |
 //!
 //! # Examples
@@ -32,6 +33,7 @@
 pub mod agent;
 pub mod builtin;
 pub mod definition;
+pub mod durable;
 pub mod guard;
 pub mod memory;
 pub mod metrics;
@@ -40,7 +42,8 @@ pub mod router;
 pub mod tool;
 
 pub use agent::{
-    Agent, AgentError, AgentInfo, ChatReply, ChatRequest, EventSink, Run, RunEvent, ToolCallRecord,
+    Agent, AgentError, AgentInfo, ChatReply, ChatRequest, EventSink, ReplyStatus, Run, RunEvent,
+    ToolCallRecord,
 };
 pub use memory::{Memory, SessionId};
 pub use model::anthropic::AnthropicModel;

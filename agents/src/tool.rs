@@ -44,6 +44,18 @@ pub trait Tools: Send + Sync {
     /// # Errors
     /// The error payload goes back to the model; `NO_HANDLER` for an unknown name.
     async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome;
+
+    /// [`Tools::call`] with the callee's idempotency key (a journaled run's UUIDv5 of
+    /// run and step, the same on every attempt), so a call repeated after a crash can
+    /// be recognised: tools over the bus send it as the request's `event_id`. By
+    /// default the key is dropped.
+    ///
+    /// # Errors
+    /// As [`Tools::call`].
+    async fn call_keyed(&self, name: &str, arguments: &Value, key: Option<&str>) -> ToolOutcome {
+        let _ = key;
+        self.call(name, arguments).await
+    }
 }
 
 /// An error payload as tool message content: `{"error": {code, message, retryable,
@@ -196,6 +208,10 @@ impl Tools for ServiceTools {
     }
 
     async fn call(&self, name: &str, arguments: &Value) -> ToolOutcome {
+        self.call_keyed(name, arguments, None).await
+    }
+
+    async fn call_keyed(&self, name: &str, arguments: &Value, key: Option<&str>) -> ToolOutcome {
         let Some(tool) = self.tools.get(name) else {
             let known: Vec<&str> = self.tools.tools().iter().map(|t| t.name.as_str()).collect();
             return Err(ErrorPayload::new(
@@ -213,6 +229,10 @@ impl Tools for ServiceTools {
         }
         request.from = self.caller.clone();
         request.session_id = self.session_id.clone();
+        if let Some(key) = key {
+            // The callee sees the same event_id on every attempt of a journaled step.
+            request.event_id = key.to_owned();
+        }
         let call = InvokeRequest::new(target.clone(), request, self.timeout);
         match self.invoker.clone().oneshot(call).await {
             Ok(reply) => Ok(reply.payload.unwrap_or(Value::Null)),

@@ -471,6 +471,7 @@ impl Service {
             loops,
             registered,
             drain_timeout: self.drain_timeout,
+            consumers: Vec::new(),
         })
     }
 }
@@ -699,16 +700,26 @@ pub struct ServiceHandle {
     loops: Vec<tokio::task::JoinHandle<()>>,
     registered: Registered,
     drain_timeout: Duration,
+    consumers: Vec<crate::consumer::ConsumerHandle>,
 }
 
 impl ServiceHandle {
+    /// Ties `consumer` to this service: [`ServiceHandle::stop`] stops it (draining
+    /// its in-flight deliveries) once the service's own requests are drained. An agent
+    /// keeps the consumer of its run queue this way.
+    pub fn with_consumer(mut self, consumer: crate::consumer::ConsumerHandle) -> Self {
+        self.consumers.push(consumer);
+        self
+    }
+
     /// The registration this instance keeps alive.
     pub fn registration(&self) -> &Registration {
         &self.registration
     }
 
     /// Stops taking requests, waits up to the drain timeout for in-flight ones (and
-    /// cancels those still running then), stops the micro service and deletes the
+    /// cancels those still running then), stops the consumers tied to it
+    /// ([`ServiceHandle::with_consumer`]), stops the micro service and deletes the
     /// registry entry.
     ///
     /// # Errors
@@ -727,6 +738,9 @@ impl ServiceHandle {
             for l in &loops {
                 l.abort();
             }
+        }
+        for c in self.consumers {
+            c.stop().await;
         }
         if let Err(e) = self.micro.stop().await {
             tracing::warn!(error = %e, "cannot stop micro service");

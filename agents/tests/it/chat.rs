@@ -96,8 +96,29 @@ async fn a_chat_calls_two_tools_and_answers_from_their_results() {
         "Of 2 open tickets, the first is T-1: \"Printer on fire\"."
     );
     assert_eq!(reply.agent, "support");
+    // A served chat is a journaled run whose id comes from the request.
     let run_id = uuid::Uuid::parse_str(&reply.run_id).unwrap();
-    assert_eq!(run_id.get_version_num(), 7);
+    assert_eq!(run_id.get_version_num(), 5);
+    let journal = weft_bus::runs::Journal::open(&bus).await.unwrap();
+    let run = weft_bus::runs::RunRef::new(weft_bus::runs::RunKind::Agent, "support", &reply.run_id)
+        .unwrap();
+    let state = journal
+        .state(&run)
+        .await
+        .unwrap()
+        .expect("the run is journaled");
+    assert_eq!(state.status, weft_bus::runs::RunStatus::Completed);
+    let steps: Vec<&str> = state.steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["turn_1", "tool_1_0", "turn_2", "tool_2_0", "turn_3"]
+    );
+    assert_eq!(state.output.as_ref().unwrap()["reply"], json!(reply.reply));
+    // The tool request carried the step's idempotency key as its event_id.
+    assert_eq!(
+        calls.list_requests.lock().unwrap()[0].event_id,
+        weft_agents::durable::idempotency_key(&reply.run_id, "tool_1_0")
+    );
 
     // Both tool calls are recorded with their arguments and results…
     assert_eq!(reply.tool_calls.len(), 2, "{out}");

@@ -25,6 +25,8 @@ pub struct RunState {
     pub steps: Vec<(String, StepStatus)>,
     /// What started it (`run.started`'s cause).
     pub cause: String,
+    /// Its input (`run.started`'s input).
+    pub input: Value,
     /// The definition it runs.
     pub definition: Value,
     /// Its output, once completed.
@@ -33,6 +35,8 @@ pub struct RunState {
     pub outputs: Vec<(String, Value)>,
     /// Why it failed, when it did.
     pub error: Option<ErrorPayload>,
+    /// How many times it was retried after failing (`run.retry_requested` entries).
+    pub retries: u32,
     /// The stream sequence of the last entry folded (the expected last subject
     /// sequence of the next append).
     pub last_seq: u64,
@@ -112,7 +116,9 @@ impl RunState {
     /// [`FoldError::OutOfOrder`] for another event.
     pub fn start(seq: u64, entry: &Entry) -> Result<RunState, FoldError> {
         let EntryEvent::RunStarted {
-            cause, definition, ..
+            cause,
+            input,
+            definition,
         } = &entry.event
         else {
             return Err(FoldError::OutOfOrder {
@@ -126,10 +132,12 @@ impl RunState {
             status: RunStatus::Running,
             steps: Vec::new(),
             cause: cause.clone(),
+            input: input.clone(),
             definition: definition.clone(),
             output: None,
             outputs: Vec::new(),
             error: None,
+            retries: 0,
             last_seq: seq,
             seen: HashSet::from([entry.msg_id()]),
         })
@@ -226,7 +234,10 @@ impl RunState {
                 }
                 self.run_on(RunInput::Cancelled)?;
             }
-            EntryEvent::RetryRequested { .. } => self.run_on(RunInput::Retry)?,
+            EntryEvent::RetryRequested { .. } => {
+                self.run_on(RunInput::Retry)?;
+                self.retries += 1;
+            }
             EntryEvent::RunCompleted { output } => {
                 self.run_on(RunInput::Complete)?;
                 self.output = Some(output.clone());

@@ -12,7 +12,7 @@
 //!
 //! Flows and agents both use this module and never link each other.
 //!
-//! Flow runs are journaled (`weft-flows`); agent runs are not journaled yet.
+//! Flow runs are journaled by `weft-flows`, agent runs by `weft-agents` (`durable`).
 
 pub mod entry;
 pub mod fold;

@@ -9,6 +9,7 @@
 //! | `P.runq.<kind>.<name>.debounced` | a debounced trigger whose quiet period passed ([`RunQueue::schedule`]) |
 //! | `P.runq.sched.<kind>.<name>.<run_id>_<step>` | a run's timer: a message schedule (`Nats-Schedule: @at …`) whose target is the wake subject |
 //! | `P.runq.sched.<kind>.<name>._cron` | a flow's cron schedule, target the cron subject |
+//! | `P.runq.sched.<kind>.<name>.<run_id>_lease` | a run's lease ([`RunQueue::hold`]): a wake when its holder stops renewing it |
 //!
 //! A run waiting for a timer, an event or an approval holds no worker and no
 //! delivery: the journal says what it waits for, and a wake brings a worker back.
@@ -180,16 +181,84 @@ impl RunQueue {
     /// # Errors
     /// [`ErrorKind::JetStream`] when the stream cannot be read.
     pub async fn clear_cron(&self, name: &str) -> Result<()> {
-        let s = self.bus.subjects();
-        let subject = s.runq_schedule(RunKind::Flow, name, "_cron");
-        let stream = self
-            .bus
-            .jetstream()
-            .get_stream(&self.bus.names().runq_stream)
+        self.clear(RunKind::Flow, name, "_cron").await
+    }
+
+    /// Holds `run`'s lease until `until` (RFC 3339, UTC): a dead man's switch. The
+    /// schedule `P.runq.sched.<kind>.<name>.<run_id>_lease` wakes a worker of the run
+    /// at `until` unless the holder moves it on first (calling this again, a
+    /// heartbeat) or lets go ([`RunQueue::release`]). A holder that dies stops moving
+    /// it, so another worker takes the run over when the lease runs out.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Publish`] when the queue does not take it.
+    pub async fn hold(&self, run: &RunRef, until: &str) -> Result<()> {
+        let wake = Self::wake_envelope(run, &format!("lease_{until}"));
+        let key = format!("{}_lease", run.id);
+        self.schedule(run.kind, &run.name, &key, until, "wake", &wake)
             .await
-            .map_err(|e| Error::with_source(ErrorKind::JetStream, "no run queue", e))?;
-        stream.purge().filter(subject).await.map(drop).map_err(|e| {
-            Error::with_source(ErrorKind::JetStream, "cannot clear a cron schedule", e)
+    }
+
+    /// When `run`'s lease runs out (RFC 3339), if someone holds it
+    /// ([`RunQueue::hold`]); `None` when nobody does or it ran out already.
+    ///
+    /// # Errors
+    /// [`ErrorKind::JetStream`] when the stream cannot be read.
+    pub async fn lease(&self, run: &RunRef) -> Result<Option<String>> {
+        let subject =
+            self.bus
+                .subjects()
+                .runq_schedule(run.kind, &run.name, &format!("{}_lease", run.id));
+        let stream = self.stream().await?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(m
+                .headers
+                .get("Nats-Schedule")
+                .and_then(|v| v.as_str().strip_prefix("@at "))
+                .map(str::to_owned)),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::with_source(
+                ErrorKind::JetStream,
+                format!("cannot read the lease of run {run}"),
+                e,
+            )),
+        }
+    }
+
+    /// Lets go of `run`'s lease: the run ended, or waits without a worker.
+    ///
+    /// # Errors
+    /// [`ErrorKind::JetStream`] when the stream cannot be read.
+    pub async fn release(&self, run: &RunRef) -> Result<()> {
+        self.clear(run.kind, &run.name, &format!("{}_lease", run.id))
+            .await
+    }
+
+    /// Removes the schedule `key` of `kind` `name`.
+    async fn clear(&self, kind: RunKind, name: &str, key: &str) -> Result<()> {
+        let subject = self.bus.subjects().runq_schedule(kind, name, key);
+        self.stream()
+            .await?
+            .purge()
+            .filter(subject)
+            .await
+            .map(drop)
+            .map_err(|e| Error::with_source(ErrorKind::JetStream, "cannot clear a schedule", e))
+    }
+
+    async fn stream(&self) -> Result<async_nats::jetstream::stream::Stream> {
+        let name = &self.bus.names().runq_stream;
+        self.bus.jetstream().get_stream(name).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::JetStream,
+                format!("no run queue {name} (`weft up` creates it)"),
+                e,
+            )
         })
     }
 
