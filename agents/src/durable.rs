@@ -53,7 +53,7 @@ use serde_json::{Value, json};
 use weft_bus::envelope::{ErrorCode, ErrorPayload};
 use weft_bus::runs::{
     AppendError, Entry, EntryEvent, Journal, RunKind, RunQueue, RunRef, RunState, RunStatus,
-    StepStatus,
+    RunView, StepStatus,
 };
 use weft_bus::{Bus, Envelope};
 
@@ -663,5 +663,82 @@ pub(crate) async fn cancel(rt: &Runtime, run: &RunRef, reason: &str) {
     };
     if let Err(e) = cancelled.await {
         tracing::warn!(run = %run, error = %e, "cannot journal the run's cancel; its lease runs out and another instance finishes it");
+    }
+}
+
+/// The agent runs of `bus`'s mesh, oldest first: of `agent` only when given, in
+/// `status` only when given, started at or after `since` (RFC 3339) when given.
+///
+/// # Errors
+/// [`AgentError::Journal`] when the journal cannot be read or a run does not fold.
+pub async fn runs(
+    bus: &Bus,
+    agent: Option<&str>,
+    status: Option<RunStatus>,
+    since: Option<&str>,
+) -> Result<Vec<RunView>, AgentError> {
+    let journal = Journal::open(bus).await.map_err(journal_error)?;
+    let refs = journal
+        .runs(RunKind::Agent, agent, None)
+        .await
+        .map_err(journal_error)?;
+    let mut out = Vec::new();
+    for (r, entries) in journal.read_many(refs).await.map_err(journal_error)? {
+        let Some(run) = RunView::from_entries(&entries)
+            .map_err(|e| journal_error(format!("run {r} does not fold: {e}")))?
+        else {
+            continue;
+        };
+        if status.is_some_and(|s| s != run.status)
+            || since.is_some_and(|t| run.created_at.as_str() < t)
+        {
+            continue;
+        }
+        out.push(run);
+    }
+    out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// The agent run `run_id`, whichever agent's it is; `None` when there is none.
+///
+/// # Errors
+/// As [`runs`].
+pub async fn find(bus: &Bus, run_id: &str) -> Result<Option<RunView>, AgentError> {
+    let journal = Journal::open(bus).await.map_err(journal_error)?;
+    weft_bus::subject::validate_token("run id", run_id)
+        .map_err(|e| AgentError::InvalidInput(e.to_string()))?;
+    let refs = journal
+        .runs(RunKind::Agent, None, Some(run_id))
+        .await
+        .map_err(journal_error)?;
+    let Some(r) = refs.into_iter().next() else {
+        return Ok(None);
+    };
+    let entries = journal.read(&r).await.map_err(journal_error)?;
+    RunView::from_entries(&entries)
+        .map_err(|e| journal_error(format!("run {r} does not fold: {e}")))
+}
+
+/// Waits until agent run `run_id` ends or waits for a person (or `timeout` passes),
+/// polling every 100 ms; returns it as it is then.
+///
+/// # Errors
+/// As [`find`].
+pub async fn wait(
+    bus: &Bus,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<Option<RunView>, AgentError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let run = find(bus, run_id).await?;
+        let settled = run
+            .as_ref()
+            .is_some_and(|r| !matches!(r.status, RunStatus::Running | RunStatus::Compensating));
+        if settled || tokio::time::Instant::now() >= deadline {
+            return Ok(run);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

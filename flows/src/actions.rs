@@ -98,20 +98,14 @@ impl Runs {
     /// # Errors
     /// As [`Runs::get`].
     pub async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, FlowError> {
-        use futures::{StreamExt as _, TryStreamExt as _};
         let refs = self
             .journal
             .runs(RunKind::Flow, filter.flow.as_deref(), None)
             .await?;
-        // Each run is read with its own direct gets; 32 runs are read at once.
-        let runs: Vec<Option<Run>> = futures::stream::iter(refs)
-            .map(|r| async move { fold(&r, self.journal.read(&r).await?) })
-            .buffered(32)
-            .try_collect()
-            .await?;
+        let runs = self.journal.read_many(refs).await?;
         let mut out = Vec::with_capacity(runs.len());
-        for run in runs {
-            let Some(run) = run else {
+        for (r, entries) in runs {
+            let Some(run) = fold(&r, entries)? else {
                 continue;
             };
             if filter.status.is_some_and(|s| s != run.status)

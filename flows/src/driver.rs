@@ -851,7 +851,11 @@ impl Engine {
                             child.id,
                             c.flow,
                             child_run.status.as_str(),
-                            child_run.error.map(|e| e.message).unwrap_or_default()
+                            child_run
+                                .error
+                                .as_ref()
+                                .map(|e| e.message.clone())
+                                .unwrap_or_default()
                         ),
                     ),
                     retry_at: None,

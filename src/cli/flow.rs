@@ -11,6 +11,7 @@ use weft_bus::registry::{Kind, Registry};
 use weft_flows::worker::{self, WorkerConfig};
 use weft_flows::{Flow, Run, RunFilter, RunStatus, Runs};
 
+use super::journal::{actor, parse_status, print_steps, since};
 use super::{Global, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -61,18 +62,6 @@ pub struct RunsArgs {
     /// Show at most the newest N runs.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-}
-
-fn parse_status(s: &str) -> Result<RunStatus, String> {
-    serde_json::from_value(json!(s)).map_err(|_| {
-        format!(
-            "{s:?} is not a run status (running, waiting, cancelling, completed, failed, cancelled)"
-        )
-    })
-}
-
-fn since(d: Option<Duration>) -> Option<String> {
-    d.map(|d| weft_bus::envelope::rfc3339(time::OffsetDateTime::now_utc() - d))
 }
 
 #[derive(Debug, Args)]
@@ -171,11 +160,6 @@ pub async fn run(g: &Global, cmd: FlowCommand) -> anyhow::Result<()> {
         }
         FlowCommand::Worker(args) => run_worker(g, args).await,
     }
-}
-
-/// Who acts, for the journal: `$USER`, else `cli`.
-fn actor() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".into())
 }
 
 fn status(s: RunStatus) -> &'static str {
@@ -316,29 +300,7 @@ fn print_run(g: &Global, run: &Run) -> anyhow::Result<()> {
     if let Some(o) = &run.output {
         println!("output   {o}");
     }
-    for s in &run.steps {
-        let st = json!(s.status.state());
-        println!(
-            "\n  {} [{}] attempts {}",
-            s.name,
-            st.as_str().unwrap_or("?"),
-            s.attempts
-        );
-        let line = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                println!("    {k:<9}{v}");
-            }
-        };
-        line("input", s.input.as_ref().map(Value::to_string));
-        line("output", s.output.as_ref().map(Value::to_string));
-        line("error", s.error.as_ref().map(ToString::to_string));
-        line("started", s.started_at.clone());
-        line("finished", s.finished_at.clone());
-        line("took", s.duration_ms.map(|ms| format!("{ms} ms")));
-        line("waits for", s.waiting_for.clone());
-        line("until", s.until.clone());
-        line("by", s.by.clone());
-    }
+    print_steps(&run.steps);
     Ok(())
 }
 
@@ -417,7 +379,7 @@ async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
             })
             .await?
             .into_iter()
-            .map(|r| r.id)
+            .map(|r| r.id.clone())
             .collect(),
     };
     let who = actor();

@@ -1,11 +1,13 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod a2a;
+mod agent;
 mod bench;
 mod call;
 mod chat;
 mod dlq;
 mod flow;
+mod journal;
 mod ls;
 mod mcp;
 mod pubsub;
@@ -90,7 +92,7 @@ pub enum Command {
     Flow(flow::FlowCommand),
     /// Agents: list them.
     #[command(subcommand)]
-    Agent(ls::AgentCommand),
+    Agent(agent::AgentCommand),
     /// Dead letters: list, show, replay.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -152,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => chat::run(g, args).await,
         Command::Ls => ls::ls(g).await,
         Command::Flow(cmd) => flow::run(g, cmd).await,
-        Command::Agent(cmd) => ls::agent(g, cmd).await,
+        Command::Agent(cmd) => agent::agent(g, cmd).await,
         Command::Bench(args) => bench::run(g, args).await,
         Command::Dlq(cmd) => dlq::run(g, cmd).await,
         Command::Replay(args) => replay::run(g, args).await,

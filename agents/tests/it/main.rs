@@ -6,5 +6,6 @@
 mod builtins;
 mod chat;
 mod conformance;
+mod durable;
 mod openai;
 mod support;

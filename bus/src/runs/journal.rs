@@ -238,6 +238,23 @@ impl Journal {
         }
     }
 
+    /// The entries of each of `runs` ([`Journal::read`]), in their order; 32 runs are
+    /// read at once. A run without entries comes with none.
+    ///
+    /// # Errors
+    /// As [`Journal::read`], for the first run that fails.
+    pub async fn read_many(&self, runs: Vec<RunRef>) -> Result<Vec<(RunRef, Vec<(u64, Entry)>)>> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        futures::stream::iter(runs)
+            .map(|r| async move {
+                let entries = self.read(&r).await?;
+                Ok::<_, Error>((r, entries))
+            })
+            .buffered(32)
+            .try_collect()
+            .await
+    }
+
     /// The run's state: the fold of its entries; `None` when it has none.
     ///
     /// # Errors

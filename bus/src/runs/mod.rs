@@ -7,6 +7,7 @@
 //!   appends with de-duplication and optimistic concurrency, reads;
 //! - [`fold`]: a run's state from its entries;
 //! - [`machine`]: the states, inputs and transition tables (with their diagrams);
+//! - [`view`]: a run with every step's story, for listings and `show`;
 //! - [`queue`]: stream `<PREFIX>_RUNQ`, the wakes and durable timers that bring a
 //!   worker back to a run that waited.
 //!
@@ -19,6 +20,7 @@ pub mod fold;
 pub mod journal;
 pub mod machine;
 pub mod queue;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,7 @@ pub use fold::RunState;
 pub use journal::{AppendError, Appended, Journal};
 pub use machine::{RunStatus, StepStatus};
 pub use queue::RunQueue;
+pub use view::{RunView, StepRun};
 
 /// What kind of thing runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -192,7 +192,13 @@ async fn approvals_resume_on_a_decision_and_take_their_default_after_the_timeout
     );
     let d = finished(&runs, &d.run_id).await;
     assert_eq!(d.status, RunStatus::Failed);
-    assert!(d.error.unwrap().message.contains("the default is deny"));
+    assert!(
+        d.error
+            .clone()
+            .unwrap()
+            .message
+            .contains("the default is deny")
+    );
     handle.stop().await;
 }
 
@@ -237,7 +243,7 @@ async fn a_wait_for_event_takes_the_matching_event_and_times_out_without_one() {
     assert_eq!(done.output, Some(json!({"order": "o-1", "amount": 42})));
     let timed_out = finished(&runs, &two).await;
     assert_eq!(timed_out.status, RunStatus::Failed);
-    let error = timed_out.error.unwrap();
+    let error = timed_out.error.clone().unwrap();
     assert_eq!(error.code.as_str(), "TIMEOUT");
     assert!(error.message.contains("payment.settled"), "{error}");
     // Both waits are gone: the one the event ended and the one that timed out.
@@ -273,6 +279,7 @@ async fn a_cancelled_run_stops_waiting_and_an_ended_run_refuses_a_cancel() {
     assert_eq!(run.step("nap").unwrap().status, StepStatus::Cancelled);
     assert!(
         run.error
+            .clone()
             .unwrap()
             .message
             .contains("cancelled by ada: not needed")
