@@ -12,7 +12,7 @@
 //! guardrails:
 //!   max_steps: 8
 //!   loop_limit: 3
-//!   approve: ["tickets_close*"]  # denied until runs can pause for a person
+//!   approve: ["tickets_close*"]  # pauses the run for a person: weft agent approve RUN
 //!   tool_timeout_ms: 30000
 //!   run_timeout_ms: 300000
 //! builtins: [plan, delegate]
