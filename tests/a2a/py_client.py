@@ -2,12 +2,13 @@
 against Weft's A2A server, and against echo_server.py beside this file.
 
     python py_client.py --url URL [--token T] [--check NAME]... [--message TEXT]
-                        [--expect REGEX] [--slow TEXT]
+                        [--expect REGEX] [--slow TEXT] [--approval TEXT [--approval-expect REGEX]]
 
 URL is the agent's base URL: its card is at URL/.well-known/agent-card.json, and the SDK's
 client factory picks the JSON-RPC interface (protocol 1.0) the card lists. With --token every
 request carries `Authorization: Bearer T`. --check selects checks (repeatable; default all, in
-the order of CHECKS below; `unauthorized` only runs with --token). --message is what the
+the order of CHECKS below; `unauthorized` only runs with --token, `approval` only with
+--approval). --message is what the
 send/stream checks send, and --expect a regular expression its reply must match (searched, not
 anchored); --slow is a message the agent takes some seconds to answer, for the checks that
 cancel or subscribe to a running task.
@@ -119,11 +120,12 @@ def task_summary(task: Task) -> dict[str, Any]:
     }
 
 
-def user_message(text: str, context_id: str | None = None) -> Message:
+def user_message(text: str, context_id: str | None = None, task_id: str | None = None) -> Message:
     return Message(
         role=Role.ROLE_USER,
         message_id=str(uuid.uuid4()),
         context_id=context_id or "",
+        task_id=task_id or "",
         parts=[Part(text=text)],
     )
 
@@ -160,11 +162,16 @@ class Session:
         return self._clients[streaming]
 
     async def send(
-        self, text: str, *, context_id: str | None = None, return_immediately: bool = False
+        self,
+        text: str,
+        *,
+        context_id: str | None = None,
+        task_id: str | None = None,
+        return_immediately: bool = False,
     ) -> Task:
         """SendMessage (not streaming), whose answer must be a task."""
         request = SendMessageRequest(
-            message=user_message(text, context_id),
+            message=user_message(text, context_id, task_id),
             configuration=SendMessageConfiguration(return_immediately=return_immediately),
         )
         client = await self.client(streaming=False)
@@ -345,6 +352,24 @@ async def check_memory(session: Session) -> tuple[bool, Any]:
     return ok, {"contextId": context_id, "tasks": [task_summary(first), task_summary(second)]}
 
 
+async def check_approval(session: Session) -> tuple[bool, Any]:
+    """--approval is a message whose run needs a person's approval: the task is INPUT_REQUIRED,
+    saying how to approve; the next message of the task, "yes", resumes it: the same task ends
+    COMPLETED with a reply matching --approval-expect."""
+    first = await session.send(session.args.approval)
+    asked = status_text(first) or ""
+    second = await session.send("yes", context_id=first.context_id, task_id=first.id)
+    answered = status_text(second) or ""
+    ok = (
+        first.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        and "approve" in asked
+        and second.id == first.id
+        and second.status.state == TaskState.TASK_STATE_COMPLETED
+        and bool(re.search(session.args.approval_expect, answered))
+    )
+    return ok, {"asked": task_summary(first), "answered": task_summary(second)}
+
+
 async def check_unknown_task(session: Session) -> tuple[bool, Any]:
     """GetTask of an id that does not exist is TaskNotFoundError (-32001)."""
     try:
@@ -432,6 +457,7 @@ CHECKS: dict[str, Callable[[Session], Awaitable[tuple[bool, Any]]]] = {
     "unknown_task": check_unknown_task,
     "bad_params": check_bad_params,
     "unauthorized": check_unauthorized,
+    "approval": check_approval,
 }
 
 
@@ -451,10 +477,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="draft a first reply to ticket T-none",
         help="a message the agent takes ~5 s to answer",
     )
+    parser.add_argument("--approval", help="a message whose run waits for a person's approval")
+    parser.add_argument(
+        "--approval-expect", default=".", help="regex the reply after approving --approval must match"
+    )
     args = parser.parse_args(argv)
     if args.check and "unauthorized" in args.check and not args.token:
         parser.error("the unauthorized check needs --token")
-    args.check = args.check or [name for name in CHECKS if name != "unauthorized" or args.token]
+    if args.check and "approval" in args.check and not args.approval:
+        parser.error("the approval check needs --approval")
+    optional = {"unauthorized": args.token, "approval": args.approval}
+    args.check = args.check or [name for name in CHECKS if optional.get(name, True)]
     try:
         re.compile(args.expect)
     except re.error as error:

@@ -222,6 +222,115 @@ async fn the_official_python_client_uses_every_method_of_a_demo_agent() {
     );
 }
 
+/// An agent whose tool needs a person's approval, reached by the official client: the
+/// task goes to `TASK_STATE_INPUT_REQUIRED` (the run waits in the journal, no process
+/// waiting on it), and the task's next message, "yes", resumes the run to
+/// `TASK_STATE_COMPLETED`; `weft agent show` then tells the run's story.
+#[tokio::test]
+async fn a_run_waiting_for_approval_is_input_required_and_the_next_message_resumes_it() {
+    let mut up = Up::start(&["--demo"]);
+    up.proc.banner();
+    let dir = up.dir.path();
+    std::fs::write(
+        dir.join("gatekeeper.script.json"),
+        json!({"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "tickets_list", "arguments": {}}]},
+            {"content": "{{result.0./count}}{{result.0./error/code}} tickets, approved"}
+        ]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let file = dir.join("gatekeeper.json");
+    std::fs::write(
+        &file,
+        json!({"name": "gatekeeper", "manages": ["tickets"], "provider": "scripted",
+               "script": dir.join("gatekeeper.script.json"),
+               "guardrails": {"approve": ["tickets_*"]}})
+        .to_string(),
+    )
+    .unwrap();
+    let nats = nats_url(&up);
+    let _agent = Proc::weft(
+        "gatekeeper",
+        &["agent", "run", file.to_str().unwrap(), "--server", &nats],
+        dir,
+    );
+    let bus = weft_bus::ConnectOptions::new(&nats)
+        .connect()
+        .await
+        .unwrap();
+    let registry = weft_bus::registry::Registry::open(&bus).await.unwrap();
+    let up_now = eventually(Duration::from_secs(20), || async {
+        (!registry
+            .list_kind(weft_bus::registry::Kind::Agent, Some("gatekeeper"))
+            .await
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    assert!(up_now.is_some(), "agent gatekeeper never registered");
+
+    let url = format!("http://{}/a2a/gatekeeper", up.http);
+    let report = py_client(&[
+        "--url",
+        &url,
+        "--check",
+        "approval",
+        "--approval",
+        "count the tickets",
+        "--approval-expect",
+        "^[0-9]+ tickets, approved$",
+    ])
+    .await;
+    let asked = &report["checks"]["approval"]["detail"]["asked"];
+    assert_eq!(asked["state"], "TASK_STATE_INPUT_REQUIRED", "{report:#}");
+
+    let runs = weft_output(&["agent", "runs", "gatekeeper", "--json", "--server", &nats]);
+    let runs: Vec<Value> = serde_json::from_str(runs.trim()).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "completed");
+    let id = runs[0]["id"].as_str().unwrap();
+    let shown = weft_output(&["agent", "show", id, "--json", "--server", &nats]);
+    let shown: Value = serde_json::from_str(shown.trim()).unwrap();
+    let steps: Vec<&str> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["turn_1", "approval_1_0", "tool_1_0", "turn_2", "memory"],
+        "{shown:#}"
+    );
+    assert_eq!(shown["steps"][1]["output"]["approved"], true);
+    assert_eq!(shown["input"]["message"], "count the tickets");
+
+    // The same run over HTTP; approving it again is a conflict.
+    let base = format!("http://{}", up.http);
+    let listed = get_json(format!("{base}/v1/agents/gatekeeper/runs?status=completed")).await;
+    assert_eq!(listed[0]["id"], id, "{listed:#}");
+    let one = get_json(format!("{base}/v1/runs/{id}")).await;
+    assert_eq!(one["kind"], "agent");
+    assert_eq!(one["steps"], shown["steps"]);
+    let again = http_client()
+        .post(format!("{base}/v1/runs/{id}/approve"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let body: Value = again.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("waits for no approval"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn with_a_token_cards_stay_public_and_everything_else_needs_it() {
     let mut up = Up::start(&["--demo", "--token", "s3cret"]);

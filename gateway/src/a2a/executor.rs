@@ -7,9 +7,15 @@
 //! | `delta` `{"type": "text", "text"}` | `artifactUpdate` of the artifact `reply` (the first replaces, later ones `append`) |
 //! | `delta` `tool_call` / `tool_result` | `statusUpdate` `TASK_STATE_WORKING` whose message has one `data` part (the frame) and metadata `weft.event` |
 //! | `final` `{reply, agent, tool_calls, run_id}` | `artifactUpdate` replacing `reply` with the whole text (`lastChunk: true`, metadata `weft.run_id`), then `statusUpdate` `TASK_STATE_COMPLETED` with the reply as its message |
+//! | `final` with `status: "input_required"` (the run waits for a person to approve a tool call) | `statusUpdate` `TASK_STATE_INPUT_REQUIRED` whose message says what waits and how to answer (metadata `weft.run_id`, `weft.pending`) |
 //! | `error` `{code, message}` | `statusUpdate` `TASK_STATE_FAILED`, message `CODE: message` |
 //! | the stream failed (timeout, nobody serves the agent) | `statusUpdate` `TASK_STATE_FAILED` saying why |
 //! | the task was canceled (on any gateway) | the invoke is cancelled on the bus, then `statusUpdate` `TASK_STATE_CANCELED` |
+//!
+//! The next message of a task in `TASK_STATE_INPUT_REQUIRED` answers the approval: the
+//! chat carries the waiting run's `run_id`, and `yes`, `y`, `ok`, `approve` or
+//! `approved` approve the call, anything else denies it with the text as the reason
+//! (`weft_agents::durable`); the task then goes on to the run's outcome.
 //!
 //! The A2A `contextId` is the agent's `session_id`, so a context keeps its memory. A
 //! `contextId` that is not a session token (`[A-Za-z0-9_-]{1,128}`) maps to
@@ -189,6 +195,14 @@ impl Events {
                 if let Some(calls) = p.get("tool_calls") {
                     meta.insert("weft.tool_calls".to_owned(), calls.clone());
                 }
+                if p["status"] == "input_required" {
+                    if let Some(pending) = p.get("pending") {
+                        meta.insert("weft.pending".to_owned(), pending.clone());
+                    }
+                    let mut ask = self.agent_message(vec![Part::text(reply)]);
+                    ask.metadata = Some(meta);
+                    return (vec![self.status(TaskState::InputRequired, Some(ask))], true);
+                }
                 let mut done = self.agent_message(vec![Part::text(reply.clone())]);
                 done.metadata = Some(meta.clone());
                 let done = self.status(TaskState::Completed, Some(done));
@@ -241,6 +255,15 @@ impl ChatExecutor {
         } else {
             ctx.stored_task.clone()
         };
+        // A task waiting for a person: this message answers the run it waits on.
+        let waiting_run = stored
+            .as_ref()
+            .filter(|t| t.status.state == TaskState::InputRequired)
+            .and_then(|t| t.status.message.as_ref())
+            .and_then(|m| m.metadata.as_ref())
+            .and_then(|m| m.get("weft.run_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let mut task = stored.unwrap_or_else(|| Task {
             id: ctx.task_id.clone(),
             context_id: ctx.context_id.clone(),
@@ -266,7 +289,8 @@ impl ChatExecutor {
             .as_ref()
             .and_then(message_text)
             .unwrap_or_default();
-        let (mut updates, mut frames) = match open_chat(&bus, &agent, &ctx, text, options).await {
+        let opened = open_chat(&bus, &agent, &ctx, text, waiting_run, options).await;
+        let (mut updates, mut frames) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 let _ = tx.send(ev.failed(&e)).await;
@@ -311,12 +335,14 @@ impl ChatExecutor {
 }
 
 /// Subscribes to the task's updates (a cancel may come from any gateway, as an update
-/// on the task's subject), then starts the streaming `chat` of `agent` with `text`.
+/// on the task's subject), then starts the streaming `chat` of `agent` with `text`
+/// (the answer to the approval run `waiting_run` waits for, when there is one).
 async fn open_chat(
     bus: &Bus,
     agent: &str,
     ctx: &ExecutorContext,
     text: String,
+    waiting_run: Option<String>,
     options: StreamOptions,
 ) -> Result<(async_nats::Subscriber, weft_bus::stream::FrameStream), ErrorPayload> {
     let updates = bus
@@ -330,10 +356,11 @@ async fn open_chat(
             ErrorPayload::invalid_request(e.to_string())
         })?;
     let session = session_for(&ctx.context_id);
-    let mut request = Envelope::request(
-        target.to_string(),
-        json!({"message": text, "session_id": session}),
-    );
+    let mut payload = json!({"message": text, "session_id": session});
+    if let Some(run) = waiting_run {
+        payload["run_id"] = json!(run);
+    }
+    let mut request = Envelope::request(target.to_string(), payload);
     request.session_id = Some(session);
     request.channel = Some(A2A_CHANNEL.to_owned());
     request.from = Some(A2A_CHANNEL.to_owned());

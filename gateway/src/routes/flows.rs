@@ -6,10 +6,10 @@
 //! | `GET /v1/flows` | the flows the mesh's workers run | 200 `[{name, versions, instances, description, metadata: {trigger, schedule?, steps}}]` |
 //! | `GET /v1/flows/{flow}/runs?status=&since=&limit=` | its runs, oldest first | 200 `[run summary]` |
 //! | `POST /v1/flows/{flow}/runs` | start a run; the body is its input (`${trigger.payload}`) | 202 `{run_id, event_id}` |
-//! | `GET /v1/runs/{id}` | one run with every step's input, output, attempts, timings, errors | 200 |
+//! | `GET /v1/runs/{id}` | one run (a flow's or an agent's) with every step's input, output, attempts, timings, errors | 200 |
 //! | `POST /v1/runs/{id}/cancel` | cancel it; body `{"reason"?}` | 200 run summary |
 //! | `POST /v1/runs/{id}/retry` | resume a failed run from its failed step | 200 run summary |
-//! | `POST /v1/runs/{id}/approve` | decide an approval step; body `{"step", "deny"?: reason}` | 200 run summary |
+//! | `POST /v1/runs/{id}/approve` | decide an approval step; body `{"step", "deny"?: reason}` (an agent run's: `{"deny"?}`, the call it waits on) | 200 run summary |
 //!
 //! The actor journaled for an action is the `X-User-Id` header, else `http`. Errors:
 //! 400 `INVALID_REQUEST` (bad name, query or body), 404 `NOT_FOUND` (no such run), 409
@@ -95,6 +95,47 @@ pub struct RunsQuery {
     limit: Option<usize>,
 }
 
+impl RunsQuery {
+    /// The status and since (RFC 3339) it asks for.
+    pub(super) fn parse(&self) -> Result<(Option<RunStatus>, Option<String>), ApiError> {
+        let status = self
+            .status
+            .as_ref()
+            .map(|s| {
+                serde_json::from_value::<RunStatus>(Value::String(s.clone()))
+                    .map_err(|_| ApiError::InvalidRequest(format!("{s:?} is not a run status")))
+            })
+            .transpose()?;
+        let since = self
+            .since
+            .as_ref()
+            .map(|s| match humantime::parse_duration(s) {
+                Ok(d) => Ok(weft_bus::envelope::rfc3339(
+                    time::OffsetDateTime::now_utc() - d,
+                )),
+                Err(_)
+                    if time::OffsetDateTime::parse(
+                        s,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_ok() =>
+                {
+                    Ok(s.clone())
+                }
+                Err(_) => Err(ApiError::InvalidRequest(format!(
+                    "since {s:?} is neither a duration (2h) nor an RFC 3339 time"
+                ))),
+            })
+            .transpose()?;
+        Ok((status, since))
+    }
+
+    /// How many runs at most (the newest): default 100.
+    pub(super) fn limit(&self) -> usize {
+        self.limit.unwrap_or(100)
+    }
+}
+
 /// `GET /v1/flows/{flow}/runs`.
 ///
 /// # Errors
@@ -119,40 +160,14 @@ pub async fn list_runs(
     let Path(flow) = path?;
     let Query(q) = query?;
     weft_bus::subject::validate_token("flow name", &flow)?;
-    let status = q
-        .status
-        .map(|s| {
-            serde_json::from_value::<RunStatus>(Value::String(s.clone()))
-                .map_err(|_| ApiError::InvalidRequest(format!("{s:?} is not a run status")))
-        })
-        .transpose()?;
-    let since = q
-        .since
-        .map(|s| match humantime::parse_duration(&s) {
-            Ok(d) => Ok(weft_bus::envelope::rfc3339(
-                time::OffsetDateTime::now_utc() - d,
-            )),
-            Err(_)
-                if time::OffsetDateTime::parse(
-                    &s,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .is_ok() =>
-            {
-                Ok(s)
-            }
-            Err(_) => Err(ApiError::InvalidRequest(format!(
-                "since {s:?} is neither a duration (2h) nor an RFC 3339 time"
-            ))),
-        })
-        .transpose()?;
+    let (status, since) = q.parse()?;
     let filter = RunFilter {
         flow: Some(flow),
         status,
         since,
     };
     let mut list = runs(&state).await?.list(&filter).await?;
-    let skip = list.len().saturating_sub(q.limit.unwrap_or(100));
+    let skip = list.len().saturating_sub(q.limit());
     list.drain(..skip);
     Ok(Json(list.iter().map(Run::summary).collect()))
 }
@@ -216,14 +231,15 @@ pub async fn get_run(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = path?;
-    let run = runs(&state)
-        .await?
-        .find(&id)
+    if let Some(run) = runs(&state).await?.find(&id).await? {
+        let mut v = serde_json::to_value(&run).unwrap_or_default();
+        v["definition"] = run.definition.clone();
+        return Ok(Json(v));
+    }
+    let run = super::agents::find(&state, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
-    let mut v = serde_json::to_value(&run).unwrap_or_default();
-    v["definition"] = run.definition.clone();
-    Ok(Json(v))
+    Ok(Json(super::agents::detail(&run)))
 }
 
 /// The body of `POST /v1/runs/{id}/cancel`.
@@ -236,11 +252,12 @@ pub struct CancelBody {
 }
 
 /// The body of `POST /v1/runs/{id}/approve`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {
-    /// The approval step.
-    step: String,
+    /// The approval step (a flow run's; an agent run waits on one call at most).
+    #[serde(default)]
+    step: Option<String>,
     /// Deny, for this reason (absent: approve).
     #[serde(default)]
     deny: Option<String>,
@@ -319,14 +336,14 @@ pub async fn retry_run(
     post,
     path = "/v1/runs/{id}/approve",
     tag = "flows",
-    summary = "Approve or deny a run's approval step",
+    summary = "Approve or deny a run's approval step (a flow's), or the tool call an agent run waits on",
     params(("id" = String, Path, description = "the run id")),
     request_body(content = ApproveBody),
     responses(
         (status = 200, description = "the run summary after the decision", body = Value),
-        (status = 400, description = "bad body", body = crate::error::ErrorBody),
+        (status = 400, description = "bad body (a flow run's approval needs a step)", body = crate::error::ErrorBody),
         (status = 404, description = "no such run", body = crate::error::ErrorBody),
-        (status = 409, description = "the step does not wait for an approval", body = crate::error::ErrorBody),
+        (status = 409, description = "the step (or the agent run) does not wait for an approval", body = crate::error::ErrorBody),
     )
 )]
 pub async fn approve_run(
@@ -336,11 +353,18 @@ pub async fn approve_run(
     JsonPayload(payload): JsonPayload,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = path?;
-    let b: ApproveBody = serde_json::from_value(payload)
-        .map_err(|e| ApiError::InvalidRequest(format!("bad body: {e}")))?;
-    let run = runs(&state)
-        .await?
-        .approve(&id, &b.step, &actor(&headers), b.deny.as_deref())
+    let b: ApproveBody = body(payload)?;
+    let flows = runs(&state).await?;
+    if flows.find(&id).await?.is_none()
+        && let Some(run) = super::agents::find(&state, &id).await?
+    {
+        return super::agents::approve(&state, &run, &actor(&headers), b.deny.as_deref()).await;
+    }
+    let step = b.step.ok_or_else(|| {
+        ApiError::InvalidRequest("a flow run's approval needs {\"step\": name}".into())
+    })?;
+    let run = flows
+        .approve(&id, &step, &actor(&headers), b.deny.as_deref())
         .await?;
     Ok(Json(run.summary()))
 }

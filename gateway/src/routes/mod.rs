@@ -2,6 +2,7 @@
 //! [`JsonPayload`] and the mapping of HTTP headers onto envelope fields
 //! ([`HttpContext`]).
 
+pub mod agents;
 pub mod events;
 pub mod flows;
 pub mod invoke;
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         (name = "events", description = "durable events"),
         (name = "invoke", description = "request-reply to services and agents"),
         (name = "flows", description = "flows and their durable runs"),
+        (name = "agents", description = "agents' durable runs"),
     )
 )]
 pub struct ApiDoc;
@@ -122,6 +124,7 @@ fn v1_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(flows::cancel_run))
         .routes(utoipa_axum::routes!(flows::retry_run))
         .routes(utoipa_axum::routes!(flows::approve_run))
+        .routes(utoipa_axum::routes!(agents::list_runs))
         .split_for_parts()
 }
 
