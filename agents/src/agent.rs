@@ -5,14 +5,19 @@
 //! - input: `{"message": "...", "session_id"?: "..."}`, a bare JSON string, or
 //!   `{"text": "..."}`; without `session_id` in the payload, the request envelope's
 //!   `session_id` is used;
+//! - input `run_id` beside `message`: the message answers the approval that run waits
+//!   on ([`crate::durable`]);
 //! - output ([`ChatReply`]): `{"reply", "agent", "tool_calls": [{"name", "arguments",
-//!   "result" | "error"}], "run_id"}` with `run_id` a UUIDv7;
+//!   "result" | "error"}], "run_id", "status", "pending"?}` with `run_id` a UUIDv5 of
+//!   agent and request (the run in the journal, [`crate::durable`]) and `status`
+//!   `completed`, or `input_required` while a tool call waits for a person;
 //! - streaming (DESIGN §16): `chat` is a streaming endpoint. A streaming caller
 //!   (`weft call --stream`, `POST /v1/invoke/{agent}/stream`) gets the run as it
 //!   happens, one `delta` frame per [`RunEvent`] (`{"type": "text", "text"}` pieces of
 //!   the model's text as the provider streams them, `tool_call` and `tool_result`),
 //!   then the reply as the final frame; a plain caller gets the reply only. A
-//!   streaming caller that goes away cancels the run and its model request.
+//!   streaming caller that goes away cancels the run and its model request (journaled
+//!   as cancelled).
 //!
 //! Its tools are the endpoints of the services it manages ([`ServiceTools`]); its
 //! memory is kept per session in KV ([`Memory`]).
@@ -58,6 +63,8 @@
 //! | `NoTools` (no managed service registered) | `AGENT_UNAVAILABLE` | yes |
 //! | `Tool` (a tool timed out) | `AGENT_TIMEOUT` | yes |
 //! | `Tool` (a tool unreachable otherwise) | `AGENT_UNAVAILABLE` | yes |
+//! | `Journal`, `Moved` (the run journal or queue failed; another instance took the run) | `TRANSPORT_FAILURE` | yes |
+//! | `Stored` (the same request again: the run's stored error) | as stored | as stored |
 //!
 //! # Examples
 //! ```no_run
@@ -218,9 +225,10 @@ impl Agent {
     }
 
     /// Tools whose names match one of `patterns` (`*` globs, e.g. `tickets_*`) need a
-    /// person's approval; until a run can pause for one, they are denied with a reason
-    /// the model reads ([`needs_approval`]). Replaces an earlier [`Agent::approval`].
-    /// Default none: every tool runs.
+    /// person's approval ([`needs_approval`]): a served agent's run pauses until
+    /// someone approves or denies ([`crate::durable`]); a run in process, which cannot
+    /// pause, is refused with a reason the model reads. Replaces an earlier
+    /// [`Agent::approval`]. Default none: every tool runs.
     pub fn approve<I, S>(self, patterns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -230,9 +238,10 @@ impl Agent {
         self.approval_policy(needs_approval(patterns))
     }
 
-    /// Decides every tool call with `policy` ([`Approval::Allow`], or
-    /// [`Approval::Deny`] with a reason the model reads). Replaces an earlier
-    /// [`Agent::approve`]. Default none: every tool runs.
+    /// Decides every tool call with `policy` ([`Approval::Allow`],
+    /// [`Approval::Deny`] with a reason the model reads, or [`Approval::Ask`] a
+    /// person, as [`Agent::approve`] does). Replaces an earlier [`Agent::approve`].
+    /// Default none: every tool runs.
     pub fn approval(
         self,
         policy: impl Fn(&ToolRequest) -> Approval + Send + Sync + 'static,
