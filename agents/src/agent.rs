@@ -854,35 +854,32 @@ impl Agent {
                         run.1.record(&call);
                         record
                     }
-                    None => {
-                        let approved = match self
-                            .approval_of(&run, &call, log.as_deref_mut(), step, i)
+                    None => match self
+                        .approval_of(&run, &call, log.as_deref_mut(), step, i)
+                        .await?
+                    {
+                        Gate::Pause(p) => return Ok(Ended::Paused(p)),
+                        Gate::Denied(record) => {
+                            if let Some(l) = log.as_deref_mut() {
+                                l.start(&name, tool_input(&call)).await?;
+                                l.complete(&name, &record, Duration::ZERO).await?;
+                            }
+                            record
+                        }
+                        Gate::Go(approved) => {
+                            self.tool(
+                                &stack,
+                                &run,
+                                &request.tools,
+                                &call,
+                                events,
+                                log.as_deref_mut(),
+                                &name,
+                                approved,
+                            )
                             .await?
-                        {
-                            Gate::Pause(p) => return Ok(Ended::Paused(p)),
-                            Gate::Denied(record) => {
-                                if let Some(l) = log.as_deref_mut() {
-                                    l.start(&name, tool_input(&call)).await?;
-                                    l.complete(&name, &record, Duration::ZERO).await?;
-                                }
-                                record
-                            }
-                            Gate::Go(approved) => {
-                                self.tool(
-                                    &stack,
-                                    &run,
-                                    &request.tools,
-                                    &call,
-                                    events,
-                                    log.as_deref_mut(),
-                                    &name,
-                                    approved,
-                                )
-                                .await?
-                            }
-                        };
-                        approved
-                    }
+                        }
+                    },
                 };
                 request
                     .messages
