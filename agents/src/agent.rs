@@ -627,25 +627,28 @@ impl Agent {
         Ok((Arc::new(tools), history))
     }
 
-    /// Appends `run`'s exchange to what `session`'s memory holds now, once: when it
-    /// ends with the exchange already (an attempt that stored it and died before
-    /// saying so), nothing is written. Summarized when the agent summarizes. A failure
-    /// is logged; the reply is sent anyway. Returns whether it was stored.
+    /// Appends `run`'s exchange to what `session`'s memory holds now, once per run
+    /// ([`Memory::append`]: an attempt that stored it and died before saying so does
+    /// not store it twice). Summarized when the agent summarizes. A failure is logged;
+    /// the reply is sent anyway. Returns whether it was stored.
     async fn remember(&self, bus: &Bus, buckets: &Buckets, session: &SessionId, run: &Run) -> bool {
         let stored = async {
             let memory = buckets
                 .memory(bus, self.memory_limit, self.memory_tokens)
                 .await?;
-            let mut history = memory.load(&self.name, session).await?;
-            if history.ends_with(&run.messages) {
+            if !self.summarize_memory {
+                return memory
+                    .append(&self.name, session, &run.run_id, &run.messages)
+                    .await;
+            }
+            if memory.holds_run(&self.name, session, &run.run_id).await? {
                 return Ok(false);
             }
+            let mut history = memory.load(&self.name, session).await?;
             history.extend(run.messages.iter().cloned());
-            if self.summarize_memory {
-                history = self.summarized(memory, history).await;
-            }
+            let history = self.summarized(memory, history).await;
             memory
-                .save(&self.name, session, history)
+                .save(&self.name, session, history, Some(&run.run_id))
                 .await
                 .map(|_| true)
         };
@@ -657,6 +660,7 @@ impl Agent {
             }
         }
     }
+
     /// The tool loop ([module docs](self)): answers `message` given the earlier
     /// `history` (oldest first, without system prompt) and `tools`. Uses no memory and
     /// no registry, so it can run with any [`Tools`]. Counts model and tool calls in
@@ -1444,12 +1448,14 @@ impl Agent {
             drop(lease);
             return self.settle(rt, &run).await;
         }
-        lease.release().await;
+        // Announced before the lease is let go: a driver that dies in between leaves
+        // the lease to run out, and the wake then announces the run (`on_wake`).
         let wire = result
             .as_ref()
             .map_err(AgentError::to_error_payload)
             .cloned();
         durable::announce(bus, &self.name, &run.id, &wire).await;
+        lease.release().await;
         result
     }
 
@@ -1503,8 +1509,9 @@ impl Agent {
     }
 
     /// A wake of one of this agent's runs ([`crate::durable`]): a run whose lease ran
-    /// out is taken over, an approved one resumed; anything else (a run that ended,
-    /// waits, or whose lease someone holds) is left alone.
+    /// out is taken over (or, when it ended meanwhile, announced), an approved one
+    /// resumed; anything else (a run that ended, waits, or whose lease someone holds)
+    /// is left alone.
     async fn on_wake(
         &self,
         bus: &Bus,
@@ -1523,6 +1530,26 @@ impl Agent {
         let Some(state) = rt.state(&run).await.map_err(retry)? else {
             return Ok(());
         };
+        let lease_ran_out = d
+            .envelope
+            .payload
+            .as_ref()
+            .and_then(|p| p["cause"].as_str())
+            .is_some_and(|c| c.starts_with("lease_"));
+        if lease_ran_out && matches!(state.status, RunStatus::Completed | RunStatus::Failed) {
+            // Its driver journaled the end and died before announcing it (it lets go of
+            // the lease only after): announce it now (stored once, by its event id).
+            let ended = match durable::outcome(rt, &self.name, &state)
+                .await
+                .map_err(retry)?
+            {
+                Outcome::Completed(reply) => Ok(reply),
+                Outcome::Failed(e) => Err(e),
+                _ => return Ok(()),
+            };
+            durable::announce(bus, &self.name, &run.id, &ended).await;
+            return Ok(());
+        }
         if state.status != RunStatus::Running {
             return Ok(());
         }

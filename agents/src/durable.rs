@@ -164,13 +164,19 @@ impl Runtime {
 
     /// The run `id` of `agent`, as its journal says; `None` before it started.
     pub(crate) async fn state(&self, run: &RunRef) -> Result<Option<RunState>, AgentError> {
-        self.journal.state(run).await.map_err(journal_error)
+        patiently("read a run", any_bus_error, || self.journal.state(run))
+            .await
+            .map_err(journal_error)
     }
 
     /// Takes `run`'s lease and keeps it until the returned guard is released or dropped.
     pub(crate) async fn hold(&self, run: &RunRef) -> Result<Lease, AgentError> {
         let until = at_after(self.lease);
-        self.queue.hold(run, &until).await.map_err(journal_error)?;
+        patiently("take a lease", any_bus_error, || {
+            self.queue.hold(run, &until)
+        })
+        .await
+        .map_err(journal_error)?;
         let (queue, r, lease) = (self.queue.clone(), run.clone(), self.lease);
         let task = tokio::spawn(async move {
             loop {
@@ -186,6 +192,43 @@ impl Runtime {
             run: run.clone(),
         })
     }
+}
+
+/// How long a driver keeps trying a journal or run-queue operation that fails on the
+/// bus (a stream leader being elected after its node died takes seconds): 20 s.
+pub const JOURNAL_PATIENCE: Duration = Duration::from_secs(20);
+
+/// `op` again after a bus failure, with back-off from 100 ms to 2 s, until it works or
+/// [`JOURNAL_PATIENCE`] passed. `transient` says which errors are worth another try.
+async fn patiently<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + JOURNAL_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(what, error = %e, "the journal is unavailable; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn any_bus_error<E>(_: &E) -> bool {
+    true
+}
+
+fn bus_append_error(e: &AppendError) -> bool {
+    matches!(e, AppendError::Bus(_))
 }
 
 /// RFC 3339 `d` from now.
@@ -253,7 +296,11 @@ impl RunLog {
             },
         );
         entry.by = Some(rt.by.clone());
-        match rt.journal.append(&entry, Some(0)).await {
+        let appended = patiently("start a run", bus_append_error, || {
+            rt.journal.append(&entry, Some(0))
+        })
+        .await;
+        match appended {
             Ok(a) if !a.duplicate => {
                 let state = RunState::start(a.seq, &entry).map_err(journal_error)?;
                 Ok(Ok(RunLog {
@@ -410,7 +457,12 @@ impl RunLog {
     ) -> Result<(), AgentError> {
         let mut entry = Entry::new(&self.state.run, step, attempt, event);
         entry.by = Some(self.by.clone());
-        match self.journal.append(&entry, Some(self.state.last_seq)).await {
+        let expected = self.state.last_seq;
+        let appended = patiently("append to a run", bus_append_error, || {
+            self.journal.append(&entry, Some(expected))
+        })
+        .await;
+        match appended {
             Ok(a) => {
                 self.state.push(a.seq, &entry).map_err(journal_error)?;
                 Ok(())

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | bucket | `<prefix>_memory` ([`Names::memory_bucket`](weft_bus::resources::Names)) |
 //! | key | `<agent>.<session_id>` |
-//! | value | JSON list of [`Message`]s, oldest first, without the system prompt |
+//! | value | `{"messages": [...], "runs": [...]}`: the [`Message`]s, oldest first, without the system prompt, and the ids of the last [`RUNS_KEPT`] runs whose exchange was appended ([`Memory::append`]); a bare list of messages (earlier releases) reads as messages without runs |
 //! | plan key | `<agent>.<session_id>.plan`: the session's [`Plan`] (the `plan` built-in tool, [`crate::builtin`]) |
 //!
 //! The list is bounded: [`Memory::save`] keeps the last [`DEFAULT_MEMORY_LIMIT`] (50)
@@ -15,9 +15,9 @@
 //! older turns an agent writes when it summarizes, [`Memory::split`]) is kept. A chat
 //! without a session id has no memory.
 //!
-//! Two chats on the same session at the same time are not serialized: the last one to
-//! finish writes the history (the other's exchange is lost from memory, not from its
-//! reply).
+//! Appends ([`Memory::append`]) are compare-and-set writes, so two chats on the same
+//! session at the same time both land; a summarizing agent's [`Memory::save`] writes
+//! the whole history it summarized.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,6 +49,42 @@ pub fn approx_tokens(messages: &[Message]) -> usize {
             (m.content.chars().count() + args) / 4 + 4
         })
         .sum()
+}
+
+/// Run ids a session remembers having appended ([`Memory::append`]): 32.
+pub const RUNS_KEPT: usize = 32;
+
+/// A session's stored value ([module docs](self)).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Wire")]
+struct Stored {
+    messages: Vec<Message>,
+    #[serde(default)]
+    runs: Vec<String>,
+}
+
+/// What may be stored: the current shape, or an earlier release's bare list.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Wire {
+    Current {
+        messages: Vec<Message>,
+        #[serde(default)]
+        runs: Vec<String>,
+    },
+    Bare(Vec<Message>),
+}
+
+impl From<Wire> for Stored {
+    fn from(w: Wire) -> Stored {
+        match w {
+            Wire::Current { messages, runs } => Stored { messages, runs },
+            Wire::Bare(messages) => Stored {
+                messages,
+                runs: Vec::new(),
+            },
+        }
+    }
 }
 
 /// Largest stored history in bytes (512 KiB, half the NATS default `max_payload`).
@@ -222,21 +258,26 @@ impl Memory {
     /// # Errors
     /// [`ErrorKind::Kv`] when the bucket cannot be read.
     pub async fn load(&self, agent: &str, session: &SessionId) -> weft_bus::Result<Vec<Message>> {
+        Ok(self.stored(agent, session).await?.messages)
+    }
+
+    async fn stored(&self, agent: &str, session: &SessionId) -> weft_bus::Result<Stored> {
         let key = memory_key(agent, session);
         let entry = self.store.get(&key).await.map_err(|e| {
             Error::with_source(ErrorKind::Kv, format!("cannot read agent memory {key}"), e)
         })?;
         Ok(match entry {
-            None => Vec::new(),
+            None => Stored::default(),
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(%key, error = %e, "unreadable agent memory; starting afresh");
-                Vec::new()
+                Stored::default()
             }),
         })
     }
 
     /// Stores `history` (oldest first) for `agent` with `session`, trimmed as the
-    /// [module docs](self) say, and returns what was stored.
+    /// [module docs](self) say, and returns what was stored. With `run`, also records
+    /// that run `run`'s exchange is in it ([`Memory::holds_run`]).
     ///
     /// # Errors
     /// [`ErrorKind::Kv`] when the write fails.
@@ -245,15 +286,67 @@ impl Memory {
         agent: &str,
         session: &SessionId,
         history: Vec<Message>,
+        run: Option<&str>,
     ) -> weft_bus::Result<Vec<Message>> {
         let key = memory_key(agent, session);
         let history = trim(history, self.limit, self.tokens);
-        let bytes = serde_json::to_vec(&history)
-            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot encode {key}: {e}")))?;
-        self.store.put(&key, bytes.into()).await.map_err(|e| {
-            Error::with_source(ErrorKind::Kv, format!("cannot write agent memory {key}"), e)
-        })?;
+        weft_bus::kv::update(&self.store, &key, |s: &mut Stored| {
+            s.messages.clone_from(&history);
+            if let Some(run) = run {
+                remember_run(&mut s.runs, run);
+            }
+            (true, ())
+        })
+        .await?;
         Ok(history)
+    }
+
+    /// Appends `exchange` (a run's new messages, oldest first) to what `agent` holds
+    /// for `session` now, trimmed, once per `run`: when the session records the run
+    /// already (an attempt that stored it and died before saying so), nothing is
+    /// written. Returns whether it was written. A compare-and-set on the entry's
+    /// revision, so a concurrent writer's exchange is not lost.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket cannot be read or written.
+    pub async fn append(
+        &self,
+        agent: &str,
+        session: &SessionId,
+        run: &str,
+        exchange: &[Message],
+    ) -> weft_bus::Result<bool> {
+        let key = memory_key(agent, session);
+        let (limit, tokens) = (self.limit, self.tokens);
+        weft_bus::kv::update(&self.store, &key, |s: &mut Stored| {
+            if s.runs.iter().any(|r| r == run) {
+                return (false, false);
+            }
+            let mut history = std::mem::take(&mut s.messages);
+            history.extend(exchange.iter().cloned());
+            s.messages = trim(history, limit, tokens);
+            remember_run(&mut s.runs, run);
+            (true, true)
+        })
+        .await
+    }
+
+    /// Whether `agent`'s memory of `session` holds run `run`'s exchange.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Kv`] when the bucket cannot be read.
+    pub async fn holds_run(
+        &self,
+        agent: &str,
+        session: &SessionId,
+        run: &str,
+    ) -> weft_bus::Result<bool> {
+        Ok(self
+            .stored(agent, session)
+            .await?
+            .runs
+            .iter()
+            .any(|r| r == run))
     }
 
     /// The plan of `agent` for `session`, if one was stored. An unreadable entry is
@@ -309,8 +402,9 @@ impl Memory {
             .filter_map(|(key, value)| {
                 let session = key.strip_prefix(agent)?.strip_prefix('.')?;
                 // `<agent>.<session>` only: not the `.plan` keys.
+                let messages = value.get("messages").unwrap_or(&value);
                 (!session.contains('.'))
-                    .then(|| (session.to_owned(), value.as_array().map_or(0, Vec::len)))
+                    .then(|| (session.to_owned(), messages.as_array().map_or(0, Vec::len)))
             })
             .collect())
     }
@@ -334,6 +428,14 @@ impl Memory {
 /// Keeps the last `limit` messages, starting at a user message, within about
 /// `tokens` tokens and [`MAX_MEMORY_BYTES`]; a leading system message (a summary) stays
 /// in front.
+/// Records `run` in `runs`, keeping the last [`RUNS_KEPT`].
+fn remember_run(runs: &mut Vec<String>, run: &str) {
+    runs.push(run.to_owned());
+    if runs.len() > RUNS_KEPT {
+        runs.drain(..runs.len() - RUNS_KEPT);
+    }
+}
+
 fn trim(mut history: Vec<Message>, limit: usize, tokens: usize) -> Vec<Message> {
     let summary = match history.first() {
         Some(m) if m.role == Role::System => Some(history.remove(0)),

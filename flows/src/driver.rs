@@ -400,6 +400,10 @@ impl From<weft_bus::Error> for StepFailure {
     }
 }
 
+/// The error code of an agent step whose agent run waits for a person (retryable: the
+/// next attempt, with the same `event_id`, gets the run's reply once it is decided).
+pub const INPUT_REQUIRED: &str = "INPUT_REQUIRED";
+
 fn permanent(code: &str, message: impl Into<String>) -> StepFailure {
     StepFailure(ErrorPayload::new(ErrorCode::Other(code.into()), message))
 }
@@ -1056,8 +1060,23 @@ impl Engine {
         match &step.kind {
             StepKind::Invoke(target) => self.invoke(target, input, step, inherit).await,
             StepKind::Agent(agent) => {
-                self.invoke(&Target::service(agent.clone()), input, step, inherit)
-                    .await
+                let reply = self
+                    .invoke(&Target::service(agent.clone()), input, step, inherit)
+                    .await?;
+                if reply["status"] == "input_required" {
+                    // The agent's run waits for a person. The step's next attempt sends
+                    // the same event_id, so it gets that run's reply once it is decided.
+                    let run_id = reply["run_id"].as_str().unwrap_or("?");
+                    let mut e = ErrorPayload::new(
+                        ErrorCode::Other(INPUT_REQUIRED.into()),
+                        format!(
+                            "agent {agent}'s run {run_id} waits for a person to approve a tool call (`weft agent approve {run_id}`)"
+                        ),
+                    );
+                    e.retryable = true;
+                    return Err(StepFailure(e));
+                }
+                Ok(reply)
             }
             StepKind::A2a(url) => {
                 let request = match input {

@@ -193,7 +193,8 @@ fn an_agent_from_a_yaml_file_runs_and_the_chat_routes_between_agents() {
         "{line}"
     );
 
-    // The file's guardrails hold: the listed tool is denied, and the model says so.
+    // The file's guardrails hold: the listed tool waits for a person; denied, the
+    // model says so.
     let out = crate::weft_output(&[
         "call",
         "helper",
@@ -202,7 +203,21 @@ fn an_agent_from_a_yaml_file_runs_and_the_chat_routes_between_agents() {
         &nats,
     ]);
     let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(reply["reply"], "APPROVAL_REQUIRED", "{out}");
+    assert_eq!(reply["status"], "input_required", "{out}");
+    assert_eq!(reply["pending"]["tool"], "tickets_classify", "{out}");
+    let run = reply["run_id"].as_str().unwrap();
+    let waiting = crate::weft_output(&[
+        "agent", "runs", "helper", "--status", "waiting", "--json", "--server", &nats,
+    ]);
+    let waiting: Vec<serde_json::Value> = serde_json::from_str(waiting.trim()).unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["id"], run);
+    let decided = crate::weft_output(&[
+        "agent", "approve", run, "--deny", "not now", "--wait", "--json", "--server", &nats,
+    ]);
+    let decided: serde_json::Value = serde_json::from_str(decided.trim()).unwrap();
+    assert_eq!(decided["status"], "completed", "{decided:#}");
+    assert_eq!(decided["output"]["reply"], "APPROVAL_DENIED", "{decided:#}");
 
     // Two agents, none named: a router on the scripted model picks one per message.
     std::fs::write(

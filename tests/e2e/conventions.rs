@@ -184,8 +184,8 @@ async fn exported_spans_follow_the_semantic_conventions() {
     let publishes = named(&spans, "publish weft.events.{event_type}");
     assert_eq!(
         publishes.len(),
-        2,
-        "the ticket and its announcement:\n{tree}"
+        3,
+        "the ticket, the agent run's end and the flow's announcement:\n{tree}"
     );
     for p in &publishes {
         assert_messaging(p, "publish", "send", Kind::Producer);
@@ -202,6 +202,14 @@ async fn exported_spans_follow_the_semantic_conventions() {
         .find(|p| p.str("messaging.destination.name") == Some("weft.events.ticket.created"))
         .unwrap_or_else(|| panic!("{tree}"));
     assert!(published.is_child_of(http), "{tree}");
+    // The agent's run announces its end inside its `invoke_agent` span's parent, the
+    // served request.
+    let run_end = publishes
+        .iter()
+        .find(|p| p.str("messaging.destination.name") == Some("weft.events.agent.run.completed"))
+        .unwrap_or_else(|| panic!("{tree}"));
+    let agent_run = one(&spans, "invoke_agent support", &tree);
+    assert_eq!(run_end.parent_span_id, agent_run.parent_span_id, "{tree}");
     let processes = named(&spans, "process weft.events.{event_type}");
     let groups: BTreeSet<String> = processes
         .iter()

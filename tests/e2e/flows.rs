@@ -318,3 +318,106 @@ async fn a_sleep_outlives_a_restart_of_every_process_and_runs_are_driven_over_cl
     let (code, body) = post(&http, "/v1/flows/unknown/runs", json!({})).await;
     assert_eq!(code, 404, "{body}");
 }
+
+/// A flow's agent step whose agent run waits for a person to approve a tool call: the
+/// step fails with the retryable `INPUT_REQUIRED` and tries again with the same
+/// `event_id`, which finds the same agent run; once the call is approved, the next
+/// attempt gets that run's reply and the flow run completes with it.
+#[tokio::test]
+async fn a_flow_agent_step_waits_through_its_agent_runs_approval() {
+    use std::sync::Arc;
+    use weft_agents::{Agent, ScriptedModel, durable};
+    use weft_bus::retry::RetryPolicy;
+    use weft_bus::service::{Endpoint, Request, Service};
+    use weft_flows::worker::{self, WorkerConfig};
+    use weft_flows::{Flow, RunStatus, Runs, Step};
+
+    let server = weft_bus::testing::TestServer::start().await;
+    let bus = server.bus().await;
+    let _svc = Service::new("fx", "1.0.0")
+        .endpoint(
+            Endpoint::new("list", |_r: Request| async { Ok(json!({"count": 3})) })
+                .input_schema(json!({"type": "object"})),
+        )
+        .serve(&bus)
+        .await
+        .unwrap();
+    let model = ScriptedModel::from_json(
+        r#"{"rules": [{"match": ".*", "turns": [
+            {"tool_calls": [{"name": "fx_list", "arguments": {}}]},
+            {"content": "{{result.0./count}} counted"}]}]}"#,
+    )
+    .unwrap();
+    let agent = Agent::new("counter")
+        .manages(["fx"])
+        .model(Arc::new(model))
+        .approve(["fx_*"])
+        .serve(&bus)
+        .await
+        .unwrap();
+    let flow = Flow::manual("gated").step(
+        Step::agent("count", "counter".parse().unwrap(), json!("count them"))
+            .retry(RetryPolicy::fixed(Duration::from_millis(200)))
+            .max_attempts(1000),
+    );
+    let config = WorkerConfig {
+        lease: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    };
+    let worker = worker::start(&bus, vec![flow], config).await.unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+    let started = runs.start("gated", json!({})).await.unwrap();
+
+    let waiting = eventually(Duration::from_secs(10), || async {
+        durable::runs(&bus, Some("counter"), Some(RunStatus::Waiting), None)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await
+    .expect("the agent run waits for approval");
+    let failing = eventually(Duration::from_secs(10), || async {
+        let run = runs.find(&started.run_id).await.unwrap()?;
+        let step = run.step("count")?.clone();
+        (step.attempts >= 2).then_some(step)
+    })
+    .await
+    .expect("the step tries again");
+    assert_eq!(
+        failing.error.as_ref().unwrap().code.as_str(),
+        weft_flows::driver::INPUT_REQUIRED
+    );
+    assert!(
+        failing
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains(&waiting.id),
+        "{:?}",
+        failing.error
+    );
+
+    durable::approve(&bus, &waiting.id, "ada", None)
+        .await
+        .unwrap();
+    let run = runs
+        .wait(&started.run_id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output.as_ref().unwrap()["reply"], "3 counted");
+    // Every attempt of the step found the same agent run.
+    let agent_runs = durable::runs(&bus, Some("counter"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(agent_runs.len(), 1, "{agent_runs:?}");
+    assert_eq!(
+        run.output.as_ref().unwrap()["run_id"],
+        json!(agent_runs[0].id)
+    );
+    worker.stop().await;
+    agent.stop().await.unwrap();
+}

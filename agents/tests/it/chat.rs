@@ -249,10 +249,13 @@ async fn memory_persists_across_chats_of_one_session() {
         ]
     );
 
-    // The stored history: both exchanges, without the system prompt.
+    // The stored history: both exchanges, without the system prompt, and the two
+    // runs that appended them.
     let kv = bus.kv(&bus.names().memory_bucket).await.unwrap();
-    let stored: Vec<Message> =
+    let value: Value =
         serde_json::from_slice(&kv.get("support.s-1").await.unwrap().unwrap()).unwrap();
+    assert_eq!(value["runs"].as_array().unwrap().len(), 2, "{value}");
+    let stored: Vec<Message> = serde_json::from_value(value["messages"].clone()).unwrap();
     let roles: Vec<Role> = stored.iter().map(|m| m.role).collect();
     assert_eq!(
         roles,

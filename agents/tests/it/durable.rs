@@ -309,3 +309,48 @@ async fn approve_and_find_say_what_is_wrong() {
     assert!(e.to_string().contains("run id"), "{e}");
     assert!(durable::find(&bus, "nope").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn memory_appends_each_run_once_and_reads_an_earlier_bare_list() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let memory = weft_agents::Memory::open(&bus).await.unwrap();
+    let session: weft_agents::SessionId = "s-1".parse().unwrap();
+    // An earlier release stored a bare list of messages.
+    let kv = bus.kv(&bus.names().memory_bucket).await.unwrap();
+    let old = vec![
+        weft_agents::Message::user("hi"),
+        weft_agents::Message::assistant("hello", Vec::new()),
+    ];
+    kv.put("support.s-1", serde_json::to_vec(&old).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(memory.load("support", &session).await.unwrap(), old);
+    assert_eq!(
+        memory.sessions("support").await.unwrap(),
+        [("s-1".to_owned(), 2)]
+    );
+    // The same exchange twice, by two runs: both land; one run twice: once.
+    let exchange = old.clone();
+    assert!(
+        memory
+            .append("support", &session, "r1", &exchange)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !memory
+            .append("support", &session, "r1", &exchange)
+            .await
+            .unwrap()
+    );
+    assert!(
+        memory
+            .append("support", &session, "r2", &exchange)
+            .await
+            .unwrap()
+    );
+    assert_eq!(memory.load("support", &session).await.unwrap().len(), 6);
+    assert!(memory.holds_run("support", &session, "r2").await.unwrap());
+    assert!(!memory.holds_run("support", &session, "r3").await.unwrap());
+}
