@@ -281,6 +281,9 @@ fn retry_entry(run: &Run, by: &str) -> Result<Entry, FlowError> {
             status: run.status.as_str().to_owned(),
         });
     }
+    if run.compensated {
+        return Err(FlowError::Compensated(run.id.clone()));
+    }
     Ok(Entry::of_run(
         &run.reference(),
         run.retries + 1,

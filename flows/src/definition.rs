@@ -215,6 +215,10 @@ pub enum OnFailure {
     Fail,
     /// The run goes on with the next step; this step's output is `null`.
     Continue,
+    /// The run undoes what it did: the compensation steps ([`Step::compensates`]) of
+    /// its completed steps run, the latest step's first, then the run fails with this
+    /// step's error. A compensated run is not retried (`weft flow retry` refuses it).
+    Compensate,
 }
 
 fn default_wait() -> Duration {
@@ -322,6 +326,12 @@ pub struct Step {
     /// What a failure for good does to the run. Default [`OnFailure::Fail`].
     #[serde(default, skip_serializing_if = "is_default")]
     pub on_failure: OnFailure,
+    /// This step undoes step `compensates` (an earlier step): it does not run in the
+    /// flow's order, only when a later step fails with `on_failure: compensate` after
+    /// `compensates` completed (a saga). An invoke, agent, publish, a2a or transform
+    /// step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensates: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -368,6 +378,8 @@ struct StepDefinition {
     retry_on: Option<Vec<String>>,
     #[serde(default)]
     on_failure: OnFailure,
+    #[serde(default)]
+    compensates: Option<String>,
 }
 
 mod opt_duration {
@@ -433,6 +445,7 @@ impl TryFrom<StepDefinition> for Step {
             retry: d.retry,
             retry_on: d.retry_on,
             on_failure: d.on_failure,
+            compensates: d.compensates,
         })
     }
 }
@@ -461,6 +474,7 @@ impl Step {
             retry: default_step_retry(),
             retry_on: None,
             on_failure: OnFailure::Fail,
+            compensates: None,
         }
     }
 
@@ -532,7 +546,14 @@ impl Step {
         self
     }
 
+    /// Makes this step the compensation of step `step` ([`Step::compensates`]).
     /// Sets what a failure for good does to the run.
+    pub fn compensates(mut self, step: impl Into<String>) -> Self {
+        self.compensates = Some(step.into());
+        self
+    }
+
+    /// Sets [`Step::on_failure`].
     pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
         self.on_failure = on_failure;
         self
@@ -904,6 +925,55 @@ impl Flow {
             }
             if let StepKind::SubFlow(c) = &step.kind {
                 validate_token("sub_flow flow name", &c.flow).map_err(|e| def(e.to_string()))?;
+            }
+            if let Some(target) = &step.compensates {
+                let Some(undone) = self.steps.iter().find(|s| &s.name == target) else {
+                    return Err(def(format!(
+                        "step {} compensates {target}, which is not a step",
+                        step.name
+                    )));
+                };
+                if !seen.contains(&target.as_str()) || undone.compensates.is_some() {
+                    return Err(def(format!(
+                        "step {} compensates {target}, which must be an earlier step that is not itself a compensation",
+                        step.name
+                    )));
+                }
+                if step.kind.waits()
+                    || matches!(
+                        step.kind,
+                        StepKind::Branch(_) | StepKind::Parallel(_) | StepKind::SubFlow(_)
+                    )
+                {
+                    return Err(def(format!(
+                        "step {} compensates {target}, but a {} step cannot be a compensation (invoke, agent, publish, a2a and transform steps can)",
+                        step.name,
+                        step.kind.as_str()
+                    )));
+                }
+                if let Some(other) = self
+                    .steps
+                    .iter()
+                    .find(|s| s.name != step.name && s.compensates.as_ref() == Some(target))
+                {
+                    return Err(def(format!(
+                        "step {target} has two compensations, {} and {}",
+                        step.name, other.name
+                    )));
+                }
+                let named_elsewhere = self.steps.iter().any(|s| match &s.kind {
+                    StepKind::Branch(b) => {
+                        b.then.iter().chain(&b.otherwise).any(|n| n == &step.name)
+                    }
+                    StepKind::Parallel(p) => p.steps.contains(&step.name),
+                    _ => false,
+                });
+                if named_elsewhere {
+                    return Err(def(format!(
+                        "step {} is a compensation; a branch or parallel step cannot name it",
+                        step.name
+                    )));
+                }
             }
             for reference in crate::template::step_references(&step.input) {
                 if !seen.contains(&reference.as_str()) {

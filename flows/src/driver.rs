@@ -148,10 +148,10 @@ pub fn decide(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Ne
             let reason = run.cancel_reason.clone().unwrap_or_default();
             return append(RUN_STEP, 1, EntryEvent::RunCancelled { reason });
         }
-        // Compensation steps are not part of this engine yet; a run never gets here.
-        RunStatus::Compensating => return Next::Done,
+        RunStatus::Compensating => return compensate(flow, run, now, takeover),
         RunStatus::Running | RunStatus::Waiting => {}
     }
+    // Driven by their parallel step, or run only to compensate.
     let members: Vec<&str> = flow
         .steps
         .iter()
@@ -160,13 +160,18 @@ pub fn decide(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Ne
             _ => None,
         })
         .flatten()
+        .chain(
+            flow.steps
+                .iter()
+                .filter(|s| s.compensates.is_some())
+                .map(|s| s.name.as_str()),
+        )
         .collect();
     let skip = not_taken(flow, run);
     let index = |name: &str| flow.steps.iter().position(|s| s.name == name);
     let mut output = Value::Null;
     for (i, step) in flow.steps.iter().enumerate() {
         if members.contains(&step.name.as_str()) {
-            // Driven by its parallel step.
             continue;
         }
         let s = run.step(&step.name);
@@ -211,7 +216,14 @@ pub fn decide(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Ne
         match own(step, s, &r, now, takeover) {
             Own::Done(o) => output = o,
             Own::Failed(error) => {
-                return append(RUN_STEP, run.retries + 1, EntryEvent::RunFailed { error });
+                let event = if step.on_failure == OnFailure::Compensate
+                    && !compensations(flow, run).is_empty()
+                {
+                    EntryEvent::RunCompensating { error }
+                } else {
+                    EntryEvent::RunFailed { error }
+                };
+                return append(RUN_STEP, run.retries + 1, event);
             }
             Own::Attempt => return Next::Attempt(vec![i]),
             Own::Busy => return Next::Busy,
@@ -224,6 +236,60 @@ pub fn decide(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Ne
         run.retries + 1,
         EntryEvent::RunCompleted { output },
     )
+}
+
+/// The compensation steps that apply to `run`: those whose step completed, the latest
+/// compensated step's first (indices into `flow.steps`).
+fn compensations(flow: &Flow, run: &Run) -> Vec<usize> {
+    let position = |name: &str| flow.steps.iter().position(|s| s.name == name);
+    let mut out: Vec<(usize, usize)> = flow
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let target = s.compensates.as_deref()?;
+            let done = run
+                .step(target)
+                .is_some_and(|t| t.status == StepStatus::Completed);
+            done.then(|| (position(target).unwrap_or(0), i))
+        })
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.0));
+    out.into_iter().map(|(_, i)| i).collect()
+}
+
+/// A compensating run: its next compensation step, one at a time, the latest
+/// compensated step's first; when all are done (completed, or failed for good), the
+/// run fails with the error that started it, naming the compensations that failed.
+fn compensate(flow: &Flow, run: &Run, now: OffsetDateTime, takeover: bool) -> Next {
+    let r = run.reference();
+    let mut failed = Vec::new();
+    for i in compensations(flow, run) {
+        let step = &flow.steps[i];
+        match own(step, run.step(&step.name), &r, now, takeover) {
+            Own::Done(_) => {}
+            Own::Failed(e) => failed.push(e.message),
+            Own::Attempt => return Next::Attempt(vec![i]),
+            Own::Busy => return Next::Busy,
+            Own::Until(due) => return Next::Park(Some((step.name.clone(), due))),
+            Own::WaitOver(e) => return Next::Append(e),
+        }
+    }
+    let mut error = run.error.clone().unwrap_or_else(|| {
+        ErrorPayload::new(ErrorCode::Other("STEP_FAILED".into()), "a step failed")
+    });
+    if !failed.is_empty() {
+        error.message = format!(
+            "{}; compensations that failed: {}",
+            error.message,
+            failed.join("; ")
+        );
+    }
+    Next::Append(Box::new(Entry::of_run(
+        &r,
+        run.retries + 1,
+        EntryEvent::RunFailed { error },
+    )))
 }
 
 enum Joined {

@@ -25,6 +25,11 @@ pub enum FlowError {
         /// Its status.
         status: String,
     },
+    /// A failed run whose compensations ran is not retried: what it did was undone.
+    #[error(
+        "run {0} failed and its compensation steps undid what it did: start a new run instead of retrying it"
+    )]
+    Compensated(String),
     /// The run ended (or is being cancelled): the action does not apply.
     #[error("run {run} is {status}: it cannot be {action}")]
     NotActive {

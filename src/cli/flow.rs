@@ -379,6 +379,8 @@ async fn retry(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
             })
             .await?
             .into_iter()
+            // What a compensated run did was undone: it is not resumed.
+            .filter(|r| !r.compensated)
             .map(|r| r.id.clone())
             .collect(),
     };

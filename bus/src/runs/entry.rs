@@ -124,6 +124,13 @@ pub enum EntryEvent {
         /// Why.
         error: ErrorPayload,
     },
+    /// A step failed for good and the run undoes what it did: its compensation steps
+    /// run, then it fails with `error`.
+    #[serde(rename = "run.compensating")]
+    RunCompensating {
+        /// Why the run fails.
+        error: ErrorPayload,
+    },
 }
 
 impl EntryEvent {
@@ -141,6 +148,7 @@ impl EntryEvent {
             EntryEvent::RetryRequested { .. } => "run.retry_requested",
             EntryEvent::RunCompleted { .. } => "run.completed",
             EntryEvent::RunFailed { .. } => "run.failed",
+            EntryEvent::RunCompensating { .. } => "run.compensating",
         }
     }
 }

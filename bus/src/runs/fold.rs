@@ -243,7 +243,16 @@ impl RunState {
                 self.output = Some(output.clone());
             }
             EntryEvent::RunFailed { error } => {
-                self.run_on(RunInput::Fail)?;
+                let input = if self.status == RunStatus::Compensating {
+                    RunInput::CompensationsDone
+                } else {
+                    RunInput::Fail
+                };
+                self.run_on(input)?;
+                self.error = Some(error.clone());
+            }
+            EntryEvent::RunCompensating { error } => {
+                self.run_on(RunInput::FailCompensating)?;
                 self.error = Some(error.clone());
             }
         }
@@ -329,6 +338,48 @@ mod tests {
         assert_eq!(s.outputs, [("a".to_owned(), json!(7))]);
         assert_eq!(s.last_seq, 6);
         assert_eq!(s.definition, json!({"steps": ["a"]}));
+    }
+
+    #[test]
+    fn a_compensating_run_fails_once_its_compensations_are_done() {
+        let down = ErrorPayload::new(ErrorCode::AgentUnavailable, "down");
+        let mut events = vec![
+            started(),
+            step_started("a", 1),
+            (
+                "a",
+                1,
+                EntryEvent::StepCompleted {
+                    output: json!(1),
+                    duration_ms: 1,
+                },
+            ),
+            step_started("b", 1),
+            failed("b", 1, false),
+            (
+                RUN_STEP,
+                1,
+                EntryEvent::RunCompensating {
+                    error: down.clone(),
+                },
+            ),
+        ];
+        let s = RunState::fold(entries(events.clone())).unwrap().unwrap();
+        assert_eq!(s.status, RunStatus::Compensating);
+        assert_eq!(s.error.as_ref(), Some(&down));
+        events.push(step_started("undo_a", 1));
+        events.push((
+            "undo_a",
+            1,
+            EntryEvent::StepCompleted {
+                output: json!(null),
+                duration_ms: 1,
+            },
+        ));
+        events.push((RUN_STEP, 1, EntryEvent::RunFailed { error: down }));
+        let s = RunState::fold(entries(events)).unwrap().unwrap();
+        assert_eq!(s.status, RunStatus::Failed);
+        assert_eq!(s.step("undo_a"), StepStatus::Completed);
     }
 
     #[test]

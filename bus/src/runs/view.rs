@@ -123,6 +123,9 @@ pub struct RunView {
     /// Why a cancel was asked for, once it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// A step failed for good and the run undid what it did (`run.compensating`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compensated: bool,
     /// The stream sequence of its last entry: the expected last sequence of the next
     /// append.
     #[serde(skip)]
@@ -170,6 +173,7 @@ impl RunView {
             error: None,
             retries: 0,
             cancel_reason: None,
+            compensated: false,
             last_seq: seq,
             state,
         })
@@ -215,6 +219,10 @@ impl RunView {
                 }
                 EntryEvent::RunCompleted { output } => self.output = Some(output.clone()),
                 EntryEvent::RunFailed { error } => self.error = Some(error.clone()),
+                EntryEvent::RunCompensating { error } => {
+                    self.error = Some(error.clone());
+                    self.compensated = true;
+                }
                 _ => {}
             }
             return Ok(());

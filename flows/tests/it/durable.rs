@@ -827,3 +827,127 @@ async fn a_debounce_runs_once_with_the_last_trigger_and_a_rate_limit_cancels_the
     );
     handle.stop().await;
 }
+
+/// A saga: `reserve` and `charge` complete, `ship` fails for good with `on_failure:
+/// compensate`, so `refund` (compensating `charge`) and then `release` (compensating
+/// `reserve`) run, latest first, and the run fails with `ship`'s error. A compensation
+/// never runs in the flow's order, a run that did not get as far runs only the
+/// compensations of what it did, and a compensated run is not retried.
+#[tokio::test]
+async fn a_step_failing_with_compensate_undoes_the_completed_steps_latest_first() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let order: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let endpoint = |name: &'static str, fail: bool| {
+        let order = order.clone();
+        Endpoint::new(name, move |r: Request| {
+            order.lock().unwrap().push(name.to_owned());
+            let fail = fail || r.payload()["fail_at"] == name;
+            async move {
+                if fail {
+                    Err(ErrorPayload::invalid_request(format!("{name} refused")))
+                } else {
+                    Ok(json!({"done": name}))
+                }
+            }
+        })
+    };
+    let _svc = Service::new("shop", "1.0.0")
+        .endpoint(endpoint("reserve", false))
+        .endpoint(endpoint("release", false))
+        .endpoint(endpoint("charge", false))
+        .endpoint(endpoint("refund", false))
+        .endpoint(endpoint("ship", false))
+        .serve(&bus)
+        .await
+        .unwrap();
+    let step = |name: &str, endpoint: &str| {
+        Step::invoke(
+            name,
+            format!("shop.{endpoint}").parse().unwrap(),
+            json!("${trigger.payload}"),
+        )
+        .on_failure(OnFailure::Compensate)
+    };
+    let flow = Flow::manual("order")
+        .step(step("reserve", "reserve"))
+        .step(step("release", "release").compensates("reserve"))
+        .step(step("charge", "charge"))
+        .step(step("refund", "refund").compensates("charge"))
+        .step(step("ship", "ship"));
+    flow.validate().unwrap();
+    let handle = worker::start(&bus, vec![flow], fast()).await.unwrap();
+    let runs = Runs::open(&bus).await.unwrap();
+
+    // Everything works: no compensation runs.
+    let ok = runs.start("order", json!({})).await.unwrap();
+    let run = finished(&runs, &ok.run_id).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(*order.lock().unwrap(), ["reserve", "charge", "ship"]);
+    assert!(
+        run.step("refund")
+            .is_none_or(|s| s.status == StepStatus::Pending)
+    );
+
+    // `ship` fails for good: refund, then release.
+    order.lock().unwrap().clear();
+    let bad = runs
+        .start("order", json!({"fail_at": "ship"}))
+        .await
+        .unwrap();
+    let run = finished(&runs, &bad.run_id).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.compensated);
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["reserve", "charge", "ship", "refund", "release"]
+    );
+    let error = run.error.clone().unwrap();
+    assert!(error.message.contains("ship refused"), "{error:?}");
+    assert_eq!(run.step("refund").unwrap().status, StepStatus::Completed);
+    assert_eq!(run.step("release").unwrap().status, StepStatus::Completed);
+    let e = runs.retry(&bad.run_id, "ada").await.unwrap_err();
+    assert!(e.to_string().contains("compensation steps undid"), "{e}");
+
+    // `charge` fails: only `reserve` completed, so only `release` runs.
+    order.lock().unwrap().clear();
+    let early = runs
+        .start("order", json!({"fail_at": "charge"}))
+        .await
+        .unwrap();
+    let run = finished(&runs, &early.run_id).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(*order.lock().unwrap(), ["reserve", "charge", "release"]);
+    handle.stop().await;
+}
+
+#[test]
+fn compensations_are_checked_when_the_flow_loads() {
+    let base = || Flow::manual("f").step(Step::invoke("a", "s.a".parse().unwrap(), json!(null)));
+    let undo =
+        |of: &str| Step::invoke("undo", "s.undo".parse().unwrap(), json!(null)).compensates(of);
+    for (flow, says) in [
+        (base().step(undo("nope")), "which is not a step"),
+        (
+            Flow::manual("f").step(undo("a")).step(Step::invoke(
+                "a",
+                "s.a".parse().unwrap(),
+                json!(null),
+            )),
+            "must be an earlier step",
+        ),
+        (
+            base().step(Step::sleep("undo", Duration::from_secs(1)).compensates("a")),
+            "cannot be a compensation",
+        ),
+        (
+            base()
+                .step(undo("a"))
+                .step(Step::invoke("undo2", "s.u".parse().unwrap(), json!(null)).compensates("a")),
+            "has two compensations",
+        ),
+    ] {
+        let e = flow.validate().unwrap_err().to_string();
+        assert!(e.contains(says), "{e} should say {says}");
+    }
+}

@@ -35,6 +35,7 @@ impl From<FlowError> for ApiError {
             FlowError::Bus(e) => ApiError::Bus(Box::new(e)),
             FlowError::NotFound(_) => ApiError::NotFound(e.to_string()),
             FlowError::NotFailed { .. }
+            | FlowError::Compensated(_)
             | FlowError::NotActive { .. }
             | FlowError::NotWaiting { .. } => ApiError::Conflict(e.to_string()),
             FlowError::Definition(_) => ApiError::InvalidRequest(e.to_string()),

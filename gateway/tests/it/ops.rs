@@ -279,6 +279,7 @@ async fn the_openapi_document_describes_every_v1_route_and_each_answers() {
     assert_eq!(
         listed,
         [
+            "/v1/agents/{agent}/runs",
             "/v1/events/{event_type}",
             "/v1/flows",
             "/v1/flows/{flow}/runs",
@@ -318,6 +319,7 @@ async fn the_openapi_document_describes_every_v1_route_and_each_answers() {
             .replace("{event_type}", "probe.doc")
             .replace("{target}", "nobody")
             .replace("{flow}", "nobody")
+            .replace("{agent}", "nobody")
             .replace("{id}", "nobody");
         let (status, body) = json(gw.post(&concrete, "{").await).await;
         let message = body["message"].as_str().unwrap_or_default();
