@@ -335,7 +335,7 @@ impl RunLog {
 
     /// The run's input.
     pub(crate) fn input(&self) -> Result<RunInput, AgentError> {
-        serde_json::from_value(self.state.input.clone())
+        serde_json::from_value((*self.state.input).clone())
             .map_err(|e| journal_error(format!("run {} has no agent input: {e}", self.id())))
     }
 

@@ -664,10 +664,10 @@ impl Engine {
 
     /// The definition run `run` started with: the deployed one, or its own.
     fn definition(&self, deployed: &Deployed, run: &Run) -> Result<Arc<Flow>, DriveError> {
-        if run.definition == deployed.json {
+        if *run.definition() == deployed.json {
             return Ok(deployed.flow.clone());
         }
-        Flow::from_value(run.definition.clone())
+        Flow::from_value(run.definition().clone())
             .map(Arc::new)
             .map_err(|e| {
                 DriveError::Broken(format!(

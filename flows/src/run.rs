@@ -33,8 +33,9 @@ pub struct Run {
     view: RunView,
     /// Flow name.
     pub flow: String,
-    /// The envelope that started it (the trigger event, the manual start, the tick).
-    pub trigger: Envelope,
+    /// The envelope that started it (the trigger event, the manual start, the tick);
+    /// shared, as a run is cloned at every decision.
+    pub trigger: std::sync::Arc<Envelope>,
     /// The definition's version.
     pub version: String,
 }
@@ -98,7 +99,7 @@ impl Run {
         Ok(Run {
             flow: view.name.clone(),
             view,
-            trigger: trigger.unwrap_or_else(|| Envelope::new("weft.unknown")),
+            trigger: std::sync::Arc::new(trigger.unwrap_or_else(|| Envelope::new("weft.unknown"))),
             version,
         })
     }
@@ -124,7 +125,7 @@ impl Run {
             })
             .collect();
         json!({
-            "trigger": self.trigger,
+            "trigger": *self.trigger,
             "steps": steps,
             "run": { "id": self.id },
             "flow": { "name": self.flow },

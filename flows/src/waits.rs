@@ -153,7 +153,7 @@ async fn complete_if_matching(
             StepStatus::Running { .. } => return Ok(Outcome::NotYet),
             _ => return Ok(Outcome::Done),
         };
-        let flow = Flow::from_value(run.definition.clone())
+        let flow = Flow::from_value(run.definition().clone())
             .map_err(|e| Error::new(weft_bus::ErrorKind::Envelope, e.to_string()))?;
         let Some(StepKind::WaitForEvent(w)) = flow.find_step(step).map(|s| &s.kind) else {
             return Ok(Outcome::Done);

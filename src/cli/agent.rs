@@ -361,7 +361,7 @@ async fn runs(g: &Global, bus: &weft_bus::Bus, args: RunsArgs) -> anyhow::Result
     );
     for r in runs {
         let count = |p: &str| r.steps.iter().filter(|s| s.name.starts_with(p)).count();
-        let mut message = r.input["message"].as_str().unwrap_or_default().to_owned();
+        let mut message = r.input()["message"].as_str().unwrap_or_default().to_owned();
         if message.chars().count() > 40 {
             message = message.chars().take(39).collect::<String>() + "…";
         }
@@ -391,8 +391,8 @@ async fn runs(g: &Global, bus: &weft_bus::Bus, args: RunsArgs) -> anyhow::Result
 /// The shape of `weft agent show --json`: the run, its input and definition.
 fn detail(run: &RunView) -> serde_json::Value {
     let mut v = serde_json::to_value(run).unwrap_or_default();
-    v["input"] = run.input.clone();
-    v["definition"] = run.definition.clone();
+    v["input"] = run.input().clone();
+    v["definition"] = run.definition().clone();
     v
 }
 
@@ -410,10 +410,10 @@ fn print_run(g: &Global, run: &RunView) -> anyhow::Result<()> {
     println!("run      {}", run.id);
     println!("agent    {}", run.name);
     println!("status   {}", run.status.as_str());
-    if let Some(m) = run.input["message"].as_str() {
+    if let Some(m) = run.input()["message"].as_str() {
         println!("message  {m}");
     }
-    if let Some(s) = run.input["session_id"].as_str() {
+    if let Some(s) = run.input()["session_id"].as_str() {
         println!("session  {s}");
     }
     println!("started  {}", run.created_at);

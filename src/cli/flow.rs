@@ -267,7 +267,7 @@ async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
 /// The shape of `weft flow show --json` and `GET /v1/runs/{id}`.
 fn detail(run: &Run) -> Value {
     let mut v = serde_json::to_value(run).unwrap_or_default();
-    v["definition"] = run.definition.clone();
+    v["definition"] = run.definition().clone();
     v
 }
 

@@ -5,6 +5,7 @@
 //! duplicate window) counts once.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -25,10 +26,10 @@ pub struct RunState {
     pub steps: Vec<(String, StepStatus)>,
     /// What started it (`run.started`'s cause).
     pub cause: String,
-    /// Its input (`run.started`'s input).
-    pub input: Value,
-    /// The definition it runs.
-    pub definition: Value,
+    /// Its input (`run.started`'s input), shared: a state is cloned at every decision.
+    pub input: Arc<Value>,
+    /// The definition it runs, shared likewise.
+    pub definition: Arc<Value>,
     /// Its output, once completed.
     pub output: Option<Value>,
     /// Each completed step's output (the last attempt's), in step order.
@@ -132,8 +133,8 @@ impl RunState {
             status: RunStatus::Running,
             steps: Vec::new(),
             cause: cause.clone(),
-            input: input.clone(),
-            definition: definition.clone(),
+            input: Arc::new(input.clone()),
+            definition: Arc::new(definition.clone()),
             output: None,
             outputs: Vec::new(),
             error: None,
@@ -337,7 +338,7 @@ mod tests {
         assert_eq!(s.step("a"), StepStatus::Completed);
         assert_eq!(s.outputs, [("a".to_owned(), json!(7))]);
         assert_eq!(s.last_seq, 6);
-        assert_eq!(s.definition, json!({"steps": ["a"]}));
+        assert_eq!(*s.definition, json!({"steps": ["a"]}));
     }
 
     #[test]

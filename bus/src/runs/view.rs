@@ -99,12 +99,6 @@ pub struct RunView {
     pub status: RunStatus,
     /// What started it: `event`, `manual`, `cron`, `migration`, `chat`, …
     pub cause: String,
-    /// `run.started`'s input (a flow's trigger envelope, an agent's message).
-    #[serde(skip)]
-    pub input: Value,
-    /// The definition it runs (as it was when the run started).
-    #[serde(skip)]
-    pub definition: Value,
     /// Its steps: those named when it started ([`RunView::start`]), then the others
     /// in the order they first appeared.
     pub steps: Vec<StepRun>,
@@ -164,8 +158,6 @@ impl RunView {
             name: state.run.name.clone(),
             status: state.status,
             cause: state.cause.clone(),
-            input: state.input.clone(),
-            definition: state.definition.clone(),
             steps,
             created_at: entry.at.clone(),
             updated_at: entry.at.clone(),
@@ -282,6 +274,16 @@ impl RunView {
     /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepRun> {
         self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// `run.started`'s input (a flow's trigger envelope, an agent's message).
+    pub fn input(&self) -> &Value {
+        &self.state.input
+    }
+
+    /// The definition it runs (as it was when the run started).
+    pub fn definition(&self) -> &Value {
+        &self.state.definition
     }
 
     /// The state machines' view of it.

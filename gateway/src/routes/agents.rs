@@ -37,8 +37,8 @@ pub(super) async fn find(state: &AppState, id: &str) -> Result<Option<RunView>, 
 /// The shape of `GET /v1/runs/{id}` for an agent run (as `weft agent show --json`).
 pub(super) fn detail(run: &RunView) -> Value {
     let mut v = serde_json::to_value(run).unwrap_or_default();
-    v["input"] = run.input.clone();
-    v["definition"] = run.definition.clone();
+    v["input"] = run.input().clone();
+    v["definition"] = run.definition().clone();
     v
 }
 

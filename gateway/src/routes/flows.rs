@@ -234,7 +234,7 @@ pub async fn get_run(
     let Path(id) = path?;
     if let Some(run) = runs(&state).await?.find(&id).await? {
         let mut v = serde_json::to_value(&run).unwrap_or_default();
-        v["definition"] = run.definition.clone();
+        v["definition"] = run.definition().clone();
         return Ok(Json(v));
     }
     let run = super::agents::find(&state, &id)
