@@ -4,7 +4,8 @@
 //! - its client (`tests/a2a/py_client.py`) against `/a2a/support` of `weft up --demo`:
 //!   card, send, stream, get, list, cancel of a running and of a finished task,
 //!   subscribe, multi-turn memory through `contextId`, an unknown task, bad params,
-//!   and with a token, 401;
+//!   and with a token, 401; and against an agent whose tool needs approval, a task in
+//!   `TASK_STATE_INPUT_REQUIRED` that its next message resumes;
 //! - raw 0.3 requests in go-micro's documented shape;
 //! - outbound: its server (`tests/a2a/echo_server.py`) reached by a JSON flow's `a2a`
 //!   step, `weft a2a call`, the demo agent's `delegate`, and `weft a2a add`;
