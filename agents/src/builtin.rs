@@ -127,7 +127,7 @@ impl Tools for WithBuiltins {
     async fn call_keyed(&self, name: &str, arguments: &Value, key: Option<&str>) -> ToolOutcome {
         match (name, &self.plan, &self.delegate) {
             (PLAN, Some(slot), _) => plan(slot, arguments).await,
-            (DELEGATE, _, Some(ctx)) => delegate(ctx, self.inner.clone(), arguments).await,
+            (DELEGATE, _, Some(ctx)) => delegate(ctx, self.inner.clone(), arguments, key).await,
             _ => self.inner.call_keyed(name, arguments, key).await,
         }
     }
@@ -154,8 +154,15 @@ async fn plan(slot: &PlanSlot, arguments: &Value) -> ToolOutcome {
     Ok(json!({"steps": steps, "kept": kept}))
 }
 
-/// `delegate`: to an agent, a URL, or a sub-agent.
-async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -> ToolOutcome {
+/// `delegate`: to an agent, a URL, or a sub-agent. Over the bus the request carries
+/// `key` (the journaled step's idempotency key) as its `event_id`, so a delegation
+/// repeated after a crash reaches the same run of the other agent.
+async fn delegate(
+    ctx: &DelegateCtx,
+    tools: Arc<dyn Tools>,
+    arguments: &Value,
+    key: Option<&str>,
+) -> ToolOutcome {
     let task = arguments["task"]
         .as_str()
         .filter(|t| !t.trim().is_empty())
@@ -180,7 +187,7 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
         let target: Target = A2A_SEND
             .parse()
             .map_err(|e| ErrorPayload::invalid_request(format!("{e}")))?;
-        return invoke(bus, ctx, &target, json!({"url": url, "message": task}))
+        return invoke(bus, ctx, &target, json!({"url": url, "message": task}), key)
             .await
             .map_err(|e| match e.code {
                 ErrorCode::NoHandler | ErrorCode::AgentUnavailable => ErrorPayload::new(
@@ -214,7 +221,7 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
         let target: Target = agent
             .parse()
             .map_err(|e| ErrorPayload::invalid_request(format!("{e}")))?;
-        let out = invoke(bus, ctx, &target, json!({"message": task})).await?;
+        let out = invoke(bus, ctx, &target, json!({"message": task}), key).await?;
         return Ok(json!({"agent": agent, "reply": out["reply"]}));
     }
     // A sub-agent: same model and service tools, no memory, no built-ins.
@@ -233,9 +240,18 @@ async fn delegate(ctx: &DelegateCtx, tools: Arc<dyn Tools>, arguments: &Value) -
 }
 
 /// One request-reply to `target` with `payload`, as the delegating agent.
-async fn invoke(bus: &Bus, ctx: &DelegateCtx, target: &Target, payload: Value) -> ToolOutcome {
+async fn invoke(
+    bus: &Bus,
+    ctx: &DelegateCtx,
+    target: &Target,
+    payload: Value,
+    key: Option<&str>,
+) -> ToolOutcome {
     let mut env = Envelope::request(target.to_string(), payload);
     env.from = Some(ctx.agent.clone());
+    if let Some(key) = key {
+        env.event_id = key.to_owned();
+    }
     bus.request(target, env, ctx.timeout)
         .await
         .map(|reply| reply.payload.unwrap_or(Value::Null))

@@ -184,6 +184,18 @@ async fn delegate_reaches_an_agent_a_sub_agent_or_says_a2a_is_missing() {
     );
     assert_eq!(out["tool_calls"][0]["result"]["agent"], "support");
     assert_eq!(calls.list(), 1);
+    // The delegation carried its step's idempotency key: support's run is the one
+    // that key names, so a repeated delegation would find it.
+    let boss_run = out["run_id"].as_str().unwrap();
+    let key = weft_agents::durable::idempotency_key(boss_run, "tool_1_0");
+    let support_run = weft_agents::durable::run_id("support", &key);
+    let found = weft_agents::durable::find(&bus, &support_run)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|r| r.status),
+        Some(weft_bus::runs::RunStatus::Completed)
+    );
 
     // To a sub-agent with the same model and tools.
     let out = bus
