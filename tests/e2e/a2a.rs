@@ -261,16 +261,8 @@ async fn a_run_waiting_for_approval_is_input_required_and_the_next_message_resum
         .await
         .unwrap();
     let registry = weft_bus::registry::Registry::open(&bus).await.unwrap();
-    let up_now = eventually(Duration::from_secs(20), || async {
-        (!registry
-            .list_kind(weft_bus::registry::Kind::Agent, Some("gatekeeper"))
-            .await
-            .unwrap()
-            .is_empty())
-        .then_some(())
-    })
-    .await;
-    assert!(up_now.is_some(), "agent gatekeeper never registered");
+    crate::processes::wait_registered_as(&registry, weft_bus::registry::Kind::Agent, "gatekeeper")
+        .await;
 
     let url = format!("http://{}/a2a/gatekeeper", up.http);
     let report = py_client(&[

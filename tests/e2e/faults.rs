@@ -33,6 +33,16 @@ fn record(calls: &Calls, r: &Request) {
         .push(attempt);
 }
 
+/// How many events the events stream holds on `subject`.
+async fn stored(bus: &weft_bus::Bus, subject: &str) -> usize {
+    let stream = bus.jetstream().get_stream("WEFT_EVENTS").await.unwrap();
+    let info = stream.info_with_subjects(subject).await.unwrap();
+    info.filter_map(|s| async { s.ok() })
+        .map(|(_, n)| n)
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
 /// A small xorshift, seeded from the clock (printed, to replay a failure).
 fn kill_delays(n: usize) -> (u64, Vec<Duration>) {
     let seed = std::time::SystemTime::now()
@@ -186,17 +196,11 @@ async fn flow_worker_sigkilled_100_times_in_1000_runs_loses_strands_and_repeats_
     );
 
     // Every announcement is stored once.
-    let stream = bus.jetstream().get_stream("WEFT_EVENTS").await.unwrap();
-    let info = stream
-        .info_with_subjects("weft.events.job.finished")
-        .await
-        .unwrap();
-    let stored: usize = info
-        .filter_map(|s| async { s.ok() })
-        .map(|(_, n)| n)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    assert_eq!(stored, RUNS, "announcements stored");
+    assert_eq!(
+        stored(&bus, "weft.events.job.finished").await,
+        RUNS,
+        "announcements stored"
+    );
     drop(worker);
 }
 
@@ -274,16 +278,8 @@ async fn agent_process_sigkilled_between_tool_calls_resumes_its_runs_and_repeats
     ];
     let mut agent = Proc::weft("agent", &args, dir);
     let registry = Registry::open(&bus).await.unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        (!registry
-            .list_kind(weft_bus::registry::Kind::Agent, Some("sturdy"))
-            .await
-            .unwrap()
-            .is_empty())
-        .then_some(())
-    })
-    .await;
-    assert!(up.is_some(), "agent sturdy never registered");
+    crate::processes::wait_registered_as(&registry, weft_bus::registry::Kind::Agent, "sturdy")
+        .await;
 
     let request_id = |n: usize| {
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("job-{n}").as_bytes()).to_string()
@@ -382,16 +378,10 @@ async fn agent_process_sigkilled_between_tool_calls_resumes_its_runs_and_repeats
     );
 
     // Every run's end is announced once.
-    let stream = bus.jetstream().get_stream("WEFT_EVENTS").await.unwrap();
-    let info = stream
-        .info_with_subjects("weft.events.agent.run.completed")
-        .await
-        .unwrap();
-    let stored: usize = info
-        .filter_map(|s| async { s.ok() })
-        .map(|(_, n)| n)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    assert_eq!(stored, CHATS, "agent.run.completed stored");
+    assert_eq!(
+        stored(&bus, "weft.events.agent.run.completed").await,
+        CHATS,
+        "agent.run.completed stored"
+    );
     drop(agent);
 }

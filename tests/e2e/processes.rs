@@ -21,16 +21,21 @@ pub(crate) fn write_flow(dir: &std::path::Path, name: &str, flow: serde_json::Va
 }
 
 pub(crate) async fn wait_registered(registry: &Registry, name: &str) {
+    wait_registered_as(registry, Kind::Flow, name).await;
+}
+
+/// Waits up to 20 s for `name` of `kind` to be in the registry.
+pub(crate) async fn wait_registered_as(registry: &Registry, kind: Kind, name: &str) {
     let found = eventually(Duration::from_secs(20), || async {
         (!registry
-            .list_kind(Kind::Flow, Some(name))
+            .list_kind(kind, Some(name))
             .await
             .unwrap()
             .is_empty())
         .then_some(())
     })
     .await;
-    assert!(found.is_some(), "flow worker {name} never registered");
+    assert!(found.is_some(), "{} {name} never registered", kind.as_str());
 }
 
 #[tokio::test]
