@@ -700,6 +700,9 @@ async fn follow(
     loop {
         let why = loop {
             tokio::select! {
+                // A stopped watch applies nothing more, even an entry that is ready
+                // in the same poll.
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = sweep.tick() => {
                     if state.prune() {

@@ -354,3 +354,48 @@ async fn memory_appends_each_run_once_and_reads_an_earlier_bare_list() {
     assert!(memory.holds_run("support", &session, "r2").await.unwrap());
     assert!(!memory.holds_run("support", &session, "r3").await.unwrap());
 }
+
+#[tokio::test]
+async fn a_streaming_caller_that_goes_away_cancels_the_run_in_the_journal() {
+    let server = TestServer::start().await;
+    let bus = server.bus().await;
+    let (_tickets, calls) = tickets_service(&bus).await;
+    // Turn 1 calls a tool; turn 2 never answers, so the run is in flight.
+    let stuck = counting(Some(2));
+    let handle = agent(stuck.clone()).serve(&bus).await.unwrap();
+    let mut env = Envelope::request(
+        "support",
+        json!({"message": "What is the first open ticket?"}),
+    );
+    env.event_id = req("req-cancel-1");
+    let run_id = durable::run_id("support", &env.event_id);
+    let frames = bus
+        .invoke_stream(
+            &"support".parse().unwrap(),
+            env,
+            weft_bus::stream::StreamOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stuck.calls.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached turn 2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(frames.cancel().await, "the agent acknowledged the cancel");
+    let run = durable::wait(&bus, &run_id, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled, "{run:?}");
+    // Its lease was let go with it: nobody takes it over once the lease has passed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stuck.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.list(), 1);
+    let queue = weft_bus::runs::RunQueue::new(&bus);
+    assert_eq!(queue.lease(&run_ref(&run_id)).await.unwrap(), None);
+    handle.stop().await.unwrap();
+}
