@@ -359,12 +359,7 @@ impl RunLog {
 
     /// Journals the start of `step`'s next attempt with `input`.
     pub(crate) async fn start(&mut self, step: &str, input: Value) -> Result<(), AgentError> {
-        let attempt = match self.state.step(step) {
-            StepStatus::Running { attempt }
-            | StepStatus::Backoff { attempt }
-            | StepStatus::Failed { attempt } => attempt + 1,
-            _ => 1,
-        };
+        let attempt = self.state.step(step).attempt() + 1;
         let key = idempotency_key(self.id(), step);
         self.append(
             step,
@@ -377,14 +372,9 @@ impl RunLog {
         .await
     }
 
+    /// `step`'s current attempt (1 before it started).
     fn attempt(&self, step: &str) -> u32 {
-        match self.state.step(step) {
-            StepStatus::Running { attempt }
-            | StepStatus::Waiting { attempt }
-            | StepStatus::Backoff { attempt }
-            | StepStatus::Failed { attempt } => attempt,
-            _ => 1,
-        }
+        self.state.step(step).attempt().max(1)
     }
 
     /// Journals `step`'s completion with `output`, `duration` after it started.
@@ -654,21 +644,35 @@ pub(crate) async fn decide(
     }
 }
 
-/// Waits until run `run` ends or waits for a person (or `timeout` passes), polling
-/// its journal every 100 ms; returns its state then.
+/// Waits until run `run` ends or waits for a person (or `timeout` passes); returns its
+/// state then.
 pub(crate) async fn follow(
     rt: &Runtime,
     run: &RunRef,
     timeout: Duration,
 ) -> Result<Option<RunState>, AgentError> {
+    settled(timeout, || rt.state(run), |s: &RunState| s.status).await
+}
+
+/// Reads a run with `read` every 100 ms until it is neither running nor compensating
+/// (it ended, or waits for a person) or `timeout` passed; returns the last read.
+async fn settled<T, F, Fut>(
+    timeout: Duration,
+    mut read: F,
+    status: impl Fn(&T) -> RunStatus,
+) -> Result<Option<T>, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, AgentError>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let state = rt.state(run).await?;
-        let settled = state
+        let run = read().await?;
+        let done = run
             .as_ref()
-            .is_some_and(|s| !matches!(s.status, RunStatus::Running | RunStatus::Compensating));
-        if settled || tokio::time::Instant::now() >= deadline {
-            return Ok(state);
+            .is_some_and(|r| !matches!(status(r), RunStatus::Running | RunStatus::Compensating));
+        if done || tokio::time::Instant::now() >= deadline {
+            return Ok(run);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -782,15 +786,5 @@ pub async fn wait(
     run_id: &str,
     timeout: Duration,
 ) -> Result<Option<RunView>, AgentError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let run = find(bus, run_id).await?;
-        let settled = run
-            .as_ref()
-            .is_some_and(|r| !matches!(r.status, RunStatus::Running | RunStatus::Compensating));
-        if settled || tokio::time::Instant::now() >= deadline {
-            return Ok(run);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settled(timeout, || find(bus, run_id), |r: &RunView| r.status).await
 }
