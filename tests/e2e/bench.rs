@@ -1,5 +1,6 @@
 //! `weft bench --quick --json` against a running server: the report has every figure,
-//! each positive, with its raw twin and ratio, and the bench leaves no stream behind.
+//! each positive, with its hand-written and raw twins and both ratios where the figure
+//! has twins, and the bench leaves no stream behind.
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -62,17 +63,31 @@ async fn bench_reports_every_figure_and_cleans_up() {
         };
         assert_eq!(f["better"], expected, "{f}");
         assert!(f["counts"]["weft"]["ops"].as_u64().unwrap() > 0, "{f}");
-        if name.starts_with("flow_") || name == "agent_chat" {
-            assert!(f["raw"].is_null() && f["ratio"].is_null(), "{f}");
-            continue;
+        let twins: &[&str] = if name.starts_with("flow_") || name == "agent_chat" {
+            &[]
+        } else if name.starts_with("mcp_") || name.starts_with("a2a_") {
+            // A bridge's twin is a direct bus invoke, in the raw column.
+            &["raw"]
+        } else {
+            &["hand", "raw"]
+        };
+        for side in ["hand", "raw"] {
+            let ratio = &f[format!("ratio_{side}")];
+            if !twins.contains(&side) {
+                assert!(f[side].is_null() && ratio.is_null(), "{name}: {side}: {f}");
+                continue;
+            }
+            let twin = f[side].as_f64().unwrap();
+            assert!(twin > 0.0, "{name}: {side} figure {twin}");
+            assert!(f["counts"][side]["ops"].as_u64().unwrap() > 0, "{f}");
+            let ratio = ratio.as_f64().unwrap();
+            assert!((ratio - weft / twin).abs() < 1e-9 * ratio.max(1.0), "{f}");
         }
-        let raw = f["raw"].as_f64().unwrap();
-        assert!(raw > 0.0, "{name}: raw figure {raw}");
-        let ratio = f["ratio"].as_f64().unwrap();
-        assert!((ratio - weft / raw).abs() < 1e-9 * ratio.max(1.0), "{f}");
     }
     let pubsub = &figures[0];
-    assert!(pubsub["counts"]["weft"]["dropped"].is_u64(), "{pubsub}");
+    for side in ["weft", "hand", "raw"] {
+        assert!(pubsub["counts"][side]["dropped"].is_u64(), "{pubsub}");
+    }
     assert!(pubsub["message_bytes"].as_u64().unwrap() > 128, "{pubsub}");
     assert!(
         figures[6]["ceiling"].as_f64().unwrap() > 0.0,

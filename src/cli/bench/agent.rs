@@ -12,9 +12,9 @@
 //! `agent_loop_p50` / `agent_loop_p99`: one chat at a time with a zero-latency
 //! in-process model making two tool calls (of the no-op endpoint) in one turn, then
 //! answering: Weft's own overhead of the tool loop (registry lookup, guardrails, tool
-//! middleware, spans, metrics, the envelopes of three invokes). The raw twin is the
-//! three request-replies it makes, one after the other, with raw async-nats and
-//! pre-encoded bytes.
+//! middleware, spans, metrics, the envelopes of three invokes). The twins are the
+//! three request-replies it makes, one after the other: hand-written (JSON built and
+//! decoded per message) and raw (pre-encoded bytes).
 
 use std::sync::Arc;
 
@@ -22,8 +22,8 @@ use serde_json::json;
 use weft_agents::{Agent, ScriptedModel};
 use weft_bus::Target;
 
-use super::invoke::{raw_caller, raw_wires, sequential, serve_noop, serve_raw};
-use super::{Bench, Better, Counts, Figure, closed_loop, quantile_us};
+use super::invoke::{Side, sequential, serve_noop, with_side};
+use super::{Bench, Figure, Sides, closed_loop, latency_figures};
 
 /// Chats in flight.
 pub const IN_FLIGHT: usize = 16;
@@ -120,39 +120,30 @@ pub async fn loop_latency(b: &Bench) -> anyhow::Result<Vec<Figure>> {
             _ => Err(format!("unexpected chat reply: {out}")),
         }
     };
-    let (weft, mut weft_times) = sequential(b, chat).await;
+    let weft = sequential(b, chat).await;
     agent.stop().await?;
     service.stop().await?;
 
-    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
-    let wires = raw_wires(b, client.client())?;
-    let responder = serve_raw(&server, wires.reply.clone()).await?;
-    let one = raw_caller(&client, Arc::new(wires.request))?;
-    let three = async || {
-        for _ in 0..3 {
-            one().await?;
-        }
-        Ok(())
+    // The twins: the loop's three request-replies in sequence.
+    let three = async |side| {
+        with_side(b, side, async |one| {
+            sequential(b, async || {
+                for _ in 0..3 {
+                    one().await?;
+                }
+                Ok(())
+            })
+            .await
+        })
+        .await
+        .map(|(timed, _)| timed)
     };
-    let (raw, mut raw_times) = sequential(b, three).await;
-    responder.abort();
-
-    let counts = Counts {
-        weft: weft.require_ops("agent_loop chats")?,
-        raw: Some(raw.require_ops("raw request-replies")?),
-    };
-    let figure = |name, p: f64, weft_times: &mut [_], raw_times: &mut [_]| {
-        Figure::compare(
-            name,
-            "µs",
-            Better::Lower,
-            (quantile_us(weft_times, p), quantile_us(raw_times, p)),
-            counts.clone(),
-        )
-        .note("one chat at a time: zero-latency model, 2 tool calls; raw: its 3 request-replies in sequence")
-    };
-    Ok(vec![
-        figure("agent_loop_p50", 0.5, &mut weft_times, &mut raw_times),
-        figure("agent_loop_p99", 0.99, &mut weft_times, &mut raw_times),
-    ])
+    let (hand, raw) = (three(Side::Hand).await?, three(Side::Raw).await?);
+    let quantiles = [("agent_loop_p50", 0.5), ("agent_loop_p99", 0.99)];
+    Ok(
+        latency_figures(&quantiles, Sides::all(weft, hand, raw), "agent_loop")?
+            .into_iter()
+            .map(|f| f.note("one chat at a time: zero-latency model, 2 tool calls; hand and raw: its 3 request-replies in sequence"))
+            .collect(),
+    )
 }

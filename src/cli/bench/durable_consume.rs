@@ -9,8 +9,10 @@
 //! - Weft: [`weft_bus::consumer::start`] with a handler that does nothing but count,
 //!   and the [`DurableConfig`] defaults (8 handlers at once): each message decoded and
 //!   validated, handled in its own task, acked.
-//! - Raw: a pull consumer with the same configuration, `messages()` with the
-//!   `async-nats` defaults, `ack()` per message.
+//! - Hand ([`super::hand`]): a pull consumer with the same configuration,
+//!   `messages()` with the `async-nats` defaults, each message decoded into a `Value`,
+//!   `ack()` per message.
+//! - Raw: the same, without decoding.
 //!
 //! Each side is measured until it has handled every stored message or the duration has
 //! passed. Its rate counts from its first handled message to its last, so setting up
@@ -27,7 +29,7 @@ use weft_bus::consumer::{self, Delivery, DurableConfig};
 use weft_bus::{Envelope, EventType};
 
 use super::durable_publish::{IN_FLIGHT, raw_publisher};
-use super::{Bench, Figure, Run, Wire, closed_loop};
+use super::{Bench, Figure, Run, Sides, Wire, closed_loop, hand};
 
 /// Longest time spent loading the stream.
 const MAX_LOAD: Duration = Duration::from_secs(5);
@@ -70,10 +72,40 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
         .jetstream()
         .get_stream(&bus.names().events_stream)
         .await?;
-    let raw_consumer = stream
+    let hand = pull_side(&stream, "bench_hand", &subject, true, stored, b.duration).await?;
+    let raw = pull_side(&stream, "bench_raw", &subject, false, stored, b.duration).await?;
+    // The next round makes them anew.
+    for name in ["bench_weft", "bench_hand", "bench_raw"] {
+        stream.delete_consumer(name).await?;
+    }
+
+    Ok(Figure::rate(
+        "durable_consume",
+        "msgs/s",
+        Sides::all(weft, hand, raw).require_ops("durable_consume")?,
+    )
+    .message_bytes(wire.message_bytes())
+    .note(format!(
+        "{stored} stored events; weft: {concurrency} handlers at once (default); hand and raw: one loop, ack() per message"
+    )))
+}
+
+/// A twin's side: a new durable pull consumer `name` of everything stored on
+/// `subject`, with Weft's default configuration, read in one loop that decodes each
+/// message into a `Value` when `decode` and acks it, until `stored` messages are
+/// handled or `duration` has passed.
+async fn pull_side(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    subject: &str,
+    decode: bool,
+    stored: u64,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some("bench_raw".into()),
-            filter_subjects: vec![subject],
+            durable_name: Some(name.into()),
+            filter_subjects: vec![subject.into()],
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
@@ -83,36 +115,28 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
         })
         .await?;
     let progress = Progress::new();
-    let mut messages = raw_consumer.messages().await?;
+    let mut messages = consumer.messages().await?;
     let p = progress.clone();
     let task = tokio::spawn(async move {
         while let Some(m) = messages.next().await {
-            match m {
+            let handled = m.map_err(|e| e.to_string()).and_then(|m| {
+                if decode {
+                    hand::decode(&m.payload)?;
+                }
+                Ok(m)
+            });
+            match handled {
                 Ok(m) => match m.ack().await {
                     Ok(()) => p.tick(),
                     Err(e) => p.error(e.to_string()),
                 },
-                Err(e) => p.error(e.to_string()),
+                Err(e) => p.error(e),
             }
         }
     });
-    let raw = progress.wait(stored, b.duration).await;
+    let run = progress.wait(stored, duration).await;
     task.abort();
-    // The next round makes them anew.
-    for name in ["bench_weft", "bench_raw"] {
-        stream.delete_consumer(name).await?;
-    }
-
-    Ok(Figure::rate(
-        "durable_consume",
-        "msgs/s",
-        weft.require_ops("weft durable_consume")?,
-        raw.require_ops("raw durable_consume")?,
-    )
-    .message_bytes(wire.message_bytes())
-    .note(format!(
-        "{stored} stored events; weft: {concurrency} handlers at once (default); raw: one loop, ack() per message"
-    )))
+    Ok(run)
 }
 
 /// Handled messages, counted by a consumer's handler.

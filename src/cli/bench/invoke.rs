@@ -6,6 +6,11 @@
 //! - Weft: a [`Service`] `bench` with a no-op endpoint `noop` (answers `null`),
 //!   called with [`weft_bus::Bus::invoke`]: request envelope built, validated and
 //!   encoded; the reply decoded and checked.
+//! - Hand ([`super::hand`]): a core NATS queue subscription on the same subject
+//!   decoding each request into a `Value` and answering with a reply built and encoded
+//!   for it (`correlation_id` = the request's `event_id`), called with
+//!   `Client::send_request` carrying a request built and encoded per call, the reply
+//!   decoded into a `Value`.
 //! - Raw: a core NATS queue subscription on the same subject answering with the bytes
 //!   of Weft's reply envelope, called with `Client::send_request` carrying the bytes
 //!   of Weft's request envelope (same headers, same `reply_to` length).
@@ -18,9 +23,9 @@ use weft_bus::envelope::FrameType;
 use weft_bus::service::{Endpoint, Request, Service, ServiceHandle};
 use weft_bus::{Bus, Envelope, Target};
 
+use super::hand::{self, Shape};
 use super::{
-    Bench, Better, Counts, Figure, OpFuture, Run, Wire, one_at_a_time, quantile_us,
-    warm_and_measure,
+    Bench, Figure, OpFuture, Run, Sides, Wire, latency_figures, one_at_a_time, warm_and_measure,
 };
 
 /// Requests awaiting their reply at once in `invoke_throughput`.
@@ -53,8 +58,17 @@ pub async fn serve_noop(
     Ok(service)
 }
 
-/// The raw twin's request and reply templates: Weft's request envelope (with a
-/// `reply_to` inbox of the client's shape) and Weft's reply to it.
+/// Weft's request envelope to `bench.noop` (with a `reply_to` inbox of `client`'s
+/// shape) and Weft's reply to it: the templates of both twins.
+fn exchange(b: &Bench, client: &async_nats::Client) -> anyhow::Result<(Envelope, Envelope)> {
+    let mut request = Envelope::request(target()?.to_string(), b.payload.clone());
+    request.reply_to = Some(client.new_inbox());
+    request.frame_type = Some(FrameType::Request);
+    let reply = request.reply(FrameType::Final, Value::Null);
+    Ok((request, reply))
+}
+
+/// The raw twin's request and reply templates (see [`exchange`]).
 pub struct RawWires {
     /// Weft's request envelope to `bench.noop`.
     pub request: Wire,
@@ -63,27 +77,50 @@ pub struct RawWires {
 }
 
 pub fn raw_wires(b: &Bench, client: &async_nats::Client) -> anyhow::Result<RawWires> {
-    let mut request = Envelope::request(target()?.to_string(), b.payload.clone());
-    request.reply_to = Some(client.new_inbox());
-    request.frame_type = Some(FrameType::Request);
-    let reply = request.reply(FrameType::Final, Value::Null);
+    let (request, reply) = exchange(b, client)?;
     Ok(RawWires {
         request: Wire::new(&request)?,
         reply: Arc::new(Wire::new(&reply)?),
     })
 }
 
+/// The hand twin's request and reply shapes (see [`exchange`]).
+pub fn hand_shapes(b: &Bench, client: &async_nats::Client) -> anyhow::Result<(Arc<Shape>, Arc<Shape>)> {
+    let (request, reply) = exchange(b, client)?;
+    Ok((Arc::new(Shape::of(&request)?), Arc::new(Shape::of(&reply)?)))
+}
+
 /// Answers every request on `bench.noop` (queue group `q`) with the next reply of
 /// `wire`, until the returned task is aborted.
 pub async fn serve_raw(bus: &Bus, wire: Arc<Wire>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    serve_core(bus, move |_| Some(wire.next())).await
+}
+
+/// Answers every request on `bench.noop` (queue group `q`) as a hand-written
+/// responder: the request decoded into a `Value`, a reply of `shape` built and encoded
+/// for it; a request that is not a JSON object gets no reply. Until the returned task
+/// is aborted.
+pub async fn serve_hand(bus: &Bus, shape: Arc<Shape>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    serve_core(bus, move |m| {
+        let request = hand::decode(&m.payload).ok()?;
+        Some(shape.reply_to(&request))
+    })
+    .await
+}
+
+/// Answers every request on `bench.noop` (queue group `q`) with what `answer` makes of
+/// it, one at a time, until the returned task is aborted.
+async fn serve_core(
+    bus: &Bus,
+    answer: impl Fn(&async_nats::Message) -> Option<(Vec<u8>, async_nats::HeaderMap)> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = bus.client().clone();
     let subject = bus.subjects().invoke(&target()?);
     let mut requests = client.queue_subscribe(subject, "q".into()).await?;
     client.flush().await?;
     Ok(tokio::spawn(async move {
         while let Some(m) = requests.next().await {
-            if let Some(reply) = m.reply {
-                let (bytes, headers) = wire.next();
+            if let (Some(reply), Some((bytes, headers))) = (m.reply.clone(), answer(&m)) {
                 let _ = client
                     .publish_with_headers(reply, headers, bytes.into())
                     .await;
@@ -115,13 +152,33 @@ pub fn raw_caller(
     bus: &Bus,
     wire: Arc<Wire>,
 ) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {
+    core_caller(bus, move || wire.next(), |_| Ok(()))
+}
+
+/// One hand-written request of `bench.noop`: a request of `shape` built and encoded,
+/// the reply decoded into a `Value`.
+pub fn hand_caller(
+    bus: &Bus,
+    shape: Arc<Shape>,
+) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {
+    core_caller(bus, move || shape.message(), |reply| hand::decode(reply).map(|_| ()))
+}
+
+/// One core NATS request of `bench.noop` with the message `next` makes, the reply's
+/// payload checked by `check`.
+fn core_caller(
+    bus: &Bus,
+    next: impl Fn() -> (Vec<u8>, async_nats::HeaderMap) + Send + Sync + 'static,
+    check: fn(&[u8]) -> Result<(), String>,
+) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {
     let client = bus.client().clone();
     let subject = async_nats::Subject::from(bus.subjects().invoke(&target()?));
+    let next = Arc::new(next);
     Ok(move || -> OpFuture {
-        let (client, subject, wire) = (client.clone(), subject.clone(), wire.clone());
+        let (client, subject, next) = (client.clone(), subject.clone(), next.clone());
         Box::pin(async move {
-            let (bytes, headers) = wire.next();
-            client
+            let (bytes, headers) = next();
+            let reply = client
                 .send_request(
                     subject,
                     async_nats::Request::new()
@@ -129,26 +186,73 @@ pub fn raw_caller(
                         .payload(bytes.into()),
                 )
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            check(&reply.payload)
         })
     })
 }
 
-/// Both sides' callers, each with its responder running.
-enum Side {
+/// A side's responder, running until stopped.
+enum Responder {
     Weft(Box<ServiceHandle>),
-    Raw(tokio::task::JoinHandle<()>),
+    Twin(tokio::task::JoinHandle<()>),
 }
 
-impl Side {
+impl Responder {
     async fn stop(self) -> anyhow::Result<()> {
         match self {
-            Side::Weft(service) => (*service).stop().await?,
-            Side::Raw(task) => task.abort(),
+            Responder::Weft(service) => (*service).stop().await?,
+            Responder::Twin(task) => task.abort(),
         }
         Ok(())
     }
+}
+
+/// Which side of the bench.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    /// Through Weft.
+    Weft,
+    /// The hand-written twin.
+    Hand,
+    /// The raw twin.
+    Raw,
+}
+
+/// Starts `side`'s responder of `bench.noop` on a connection of its own, runs `measure`
+/// with that side's caller on another, stops the responder, and returns what
+/// `measure` returned and the bytes of one request on the wire.
+///
+/// # Errors
+/// When connecting or serving fails.
+pub async fn with_side<T>(
+    b: &Bench,
+    side: Side,
+    measure: impl AsyncFnOnce(Box<dyn Fn() -> OpFuture + Send + Sync>) -> T,
+) -> anyhow::Result<(T, usize)> {
+    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
+    let wires = raw_wires(b, client.client())?;
+    let message_bytes = wires.request.message_bytes();
+    let (responder, caller): (_, Box<dyn Fn() -> OpFuture + Send + Sync>) = match side {
+        Side::Weft => (
+            Responder::Weft(Box::new(serve_noop(&server, None).await?)),
+            Box::new(weft_caller(&client, b)?),
+        ),
+        Side::Hand => {
+            let (request, reply) = hand_shapes(b, client.client())?;
+            (
+                Responder::Twin(serve_hand(&server, reply).await?),
+                Box::new(hand_caller(&client, request)?),
+            )
+        }
+        Side::Raw => (
+            Responder::Twin(serve_raw(&server, wires.reply.clone()).await?),
+            Box::new(raw_caller(&client, Arc::new(wires.request))?),
+        ),
+    };
+    let out = measure(caller).await;
+    responder.stop().await?;
+    Ok((out, message_bytes))
 }
 
 /// Measures `invoke_latency_p50` and `invoke_latency_p99`.
@@ -156,41 +260,19 @@ impl Side {
 /// # Errors
 /// When connecting or serving fails, or a side gets no reply.
 pub async fn latency(b: &Bench) -> anyhow::Result<Vec<Figure>> {
-    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
-    let side = Side::Weft(Box::new(serve_noop(&server, None).await?));
-    let op = weft_caller(&client, b)?;
-    let (weft, mut weft_times) = sequential(b, async || op().await).await;
-    side.stop().await?;
-
-    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
-    let wires = raw_wires(b, client.client())?;
-    let message_bytes = wires.request.message_bytes();
-    let side = Side::Raw(serve_raw(&server, wires.reply.clone()).await?);
-    let op = raw_caller(&client, Arc::new(wires.request))?;
-    let (raw, mut raw_times) = sequential(b, async || op().await).await;
-    side.stop().await?;
-
-    let weft = weft.require_ops("weft invoke_latency")?;
-    let raw = raw.require_ops("raw invoke_latency")?;
-    let counts = Counts {
-        weft,
-        raw: Some(raw),
+    let timed = async |side| {
+        with_side(b, side, async |op| sequential(b, async || op().await).await).await
     };
-    let figure = |name, p: f64, weft_times: &mut [_], raw_times: &mut [_]| {
-        Figure::compare(
-            name,
-            "µs",
-            Better::Lower,
-            (quantile_us(weft_times, p), quantile_us(raw_times, p)),
-            counts.clone(),
-        )
-        .message_bytes(message_bytes)
-        .note("one request at a time")
-    };
-    Ok(vec![
-        figure("invoke_latency_p50", 0.5, &mut weft_times, &mut raw_times),
-        figure("invoke_latency_p99", 0.99, &mut weft_times, &mut raw_times),
-    ])
+    let (weft, message_bytes) = timed(Side::Weft).await?;
+    let (hand, _) = timed(Side::Hand).await?;
+    let (raw, _) = timed(Side::Raw).await?;
+    let quantiles = [("invoke_latency_p50", 0.5), ("invoke_latency_p99", 0.99)];
+    Ok(
+        latency_figures(&quantiles, Sides::all(weft, hand, raw), "invoke_latency")?
+            .into_iter()
+            .map(|f| f.message_bytes(message_bytes).note("one request at a time"))
+            .collect(),
+    )
 }
 
 /// Warms up, then times `op` one request at a time.
@@ -207,23 +289,20 @@ pub async fn sequential(
 /// # Errors
 /// When connecting or serving fails, or a side gets no reply.
 pub async fn throughput(b: &Bench) -> anyhow::Result<Figure> {
-    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
-    let side = Side::Weft(Box::new(serve_noop(&server, None).await?));
-    let weft = warm_and_measure(b, IN_FLIGHT, weft_caller(&client, b)?).await;
-    side.stop().await?;
-
-    let (server, client) = (b.connect("service").await?, b.connect("client").await?);
-    let wires = raw_wires(b, client.client())?;
-    let message_bytes = wires.request.message_bytes();
-    let side = Side::Raw(serve_raw(&server, wires.reply.clone()).await?);
-    let raw = warm_and_measure(b, IN_FLIGHT, raw_caller(&client, Arc::new(wires.request))?).await;
-    side.stop().await?;
-
+    let rate = async |side| {
+        with_side(b, side, async |op| {
+            let op: Arc<dyn Fn() -> OpFuture + Send + Sync> = Arc::from(op);
+            warm_and_measure(b, IN_FLIGHT, move || op()).await
+        })
+        .await
+    };
+    let (weft, message_bytes) = rate(Side::Weft).await?;
+    let (hand, _) = rate(Side::Hand).await?;
+    let (raw, _) = rate(Side::Raw).await?;
     Ok(Figure::rate(
         "invoke_throughput",
         "req/s",
-        weft.require_ops("weft invoke_throughput")?,
-        raw.require_ops("raw invoke_throughput")?,
+        Sides::all(weft, hand, raw).require_ops("invoke_throughput")?,
     )
     .message_bytes(message_bytes)
     .note(format!("{IN_FLIGHT} requests awaiting their reply at once")))

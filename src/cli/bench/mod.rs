@@ -1,13 +1,18 @@
-//! `weft bench`: Weft's figures beside the raw `async-nats` client doing the same work
-//! with the same bytes on the wire.
+//! `weft bench`: Weft's figures beside two twins doing the same work without Weft.
 //!
-//! Every scenario runs twice, once through Weft's API and once through the bare
-//! `async-nats` client (the "raw twin"), and reports both rates and their ratio
-//! (`weft / raw`). The raw twin sends the very envelope bytes and headers Weft sends:
-//! a [`Wire`] template is an envelope encoded once by Weft, whose `event_id` the raw
-//! twin rewrites in place per message (so JetStream de-duplication treats every message
-//! as new). The ratio thus measures Weft's overhead (building, validating, encoding
-//! and decoding envelopes, metrics, task handling), not payload size.
+//! Every scenario of the bus runs three times in each round, taking turns: through
+//! Weft's API, through the hand-written twin ([`hand`]), and through the raw twin.
+//!
+//! - **hand** is what a Rust developer writes without Weft: `async-nats` plus
+//!   `serde_json`, building the same envelope-shaped JSON object per message (fresh id
+//!   and time), encoding it, and decoding what arrives into a `serde_json::Value`.
+//!   `weft / hand` (`ratio_hand`) is the price of Weft's envelope validation, tracing,
+//!   metrics, middleware and task handling over code a user would write anyway.
+//! - **raw** sends the very envelope bytes and headers Weft sends and never reads
+//!   them: a [`Wire`] template is an envelope encoded once by Weft, whose `event_id`
+//!   the raw twin rewrites in place per message (so JetStream de-duplication treats
+//!   every message as new). `weft / raw` (`ratio_raw`) is against the physical limit
+//!   of the client and server on this machine.
 //!
 //! Every figure is measured over a bounded time (`--duration-ms`, after a short
 //! warm-up) and the run always ends: subscribers that fall behind lose messages inside
@@ -22,6 +27,7 @@ mod agent;
 mod durable_consume;
 mod durable_publish;
 mod flow;
+pub mod hand;
 mod invoke;
 mod mcp;
 mod pubsub;
@@ -177,15 +183,76 @@ impl Run {
     }
 }
 
-/// The measurements behind a figure.
-#[derive(Debug, Clone, Serialize)]
-pub struct Counts {
+/// One value per side of a figure: Weft, the hand-written twin ([`hand`]) and the raw
+/// twin ([`Wire`]); the twins are absent where a scenario has none.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sides<T> {
     /// The Weft side.
-    pub weft: Run,
-    /// The raw twin, when there is one.
+    pub weft: T,
+    /// The hand-written twin: `async-nats` + `serde_json`, building and decoding the
+    /// same envelope-shaped JSON per message.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub raw: Option<Run>,
+    pub hand: Option<T>,
+    /// The raw twin: `async-nats` moving Weft's bytes, never built nor read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<T>,
 }
+
+impl<T> Sides<T> {
+    /// Weft alone.
+    pub fn weft(weft: T) -> Sides<T> {
+        Sides {
+            weft,
+            hand: None,
+            raw: None,
+        }
+    }
+
+    /// All three sides.
+    pub fn all(weft: T, hand: T, raw: T) -> Sides<T> {
+        Sides {
+            weft,
+            hand: Some(hand),
+            raw: Some(raw),
+        }
+    }
+
+    /// Each side mapped by `f`.
+    pub fn map<U>(&mut self, mut f: impl FnMut(&mut T) -> U) -> Sides<U> {
+        Sides {
+            weft: f(&mut self.weft),
+            hand: self.hand.as_mut().map(&mut f),
+            raw: self.raw.as_mut().map(&mut f),
+        }
+    }
+}
+
+impl Sides<Run> {
+    /// Fails when a side completed nothing; `what` names the scenario.
+    fn require_ops(self, what: &str) -> anyhow::Result<Sides<Run>> {
+        let twin = |run: Option<Run>, side: &str| {
+            run.map(|r| r.require_ops(&format!("{side} {what}")))
+                .transpose()
+        };
+        Ok(Sides {
+            weft: self.weft.require_ops(&format!("weft {what}"))?,
+            hand: twin(self.hand, "hand")?,
+            raw: twin(self.raw, "raw")?,
+        })
+    }
+
+    fn add(&mut self, other: &Sides<Run>) {
+        self.weft.add(&other.weft);
+        for (a, b) in [(&mut self.hand, &other.hand), (&mut self.raw, &other.raw)] {
+            if let (Some(a), Some(b)) = (a, b) {
+                a.add(b);
+            }
+        }
+    }
+}
+
+/// The measurements behind a figure.
+pub type Counts = Sides<Run>;
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -196,13 +263,18 @@ pub struct Figure {
     pub unit: &'static str,
     /// The Weft figure.
     pub weft: f64,
-    /// The raw `async-nats` figure (none for `flow_*`).
+    /// The hand-written twin's figure (none where there is no twin).
+    pub hand: Option<f64>,
+    /// The raw `async-nats` figure (none where there is no twin).
     pub raw: Option<f64>,
+    /// `weft / hand`.
+    pub ratio_hand: Option<f64>,
     /// `weft / raw`.
-    pub ratio: Option<f64>,
+    pub ratio_raw: Option<f64>,
     /// Which way is better.
     pub better: Better,
-    /// The lowest and highest ratio over the rounds, with `--rounds` of 2 or more.
+    /// With `--rounds` of 2 or more, the lowest and highest of the ratio that picks the
+    /// median round: `ratio_hand`, or `ratio_raw` where there is no hand twin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_range: Option<(f64, f64)>,
     /// An upper bound the figure cannot exceed (`flow_runs`), in the figure's unit.
@@ -220,20 +292,23 @@ pub struct Figure {
 }
 
 impl Figure {
-    /// A figure comparing `weft` with `raw`.
+    /// A figure comparing the sides' `values`.
     fn compare(
         name: &'static str,
         unit: &'static str,
         better: Better,
-        (weft, raw): (f64, f64),
+        values: Sides<f64>,
         counts: Counts,
     ) -> Figure {
+        let ratio = |twin: Option<f64>| twin.filter(|t| *t > 0.0).map(|t| values.weft / t);
         Figure {
             name,
             unit,
-            weft,
-            raw: Some(raw),
-            ratio: (raw > 0.0).then(|| weft / raw),
+            weft: values.weft,
+            hand: values.hand,
+            raw: values.raw,
+            ratio_hand: ratio(values.hand),
+            ratio_raw: ratio(values.raw),
             ratio_range: None,
             better,
             ceiling: None,
@@ -243,49 +318,32 @@ impl Figure {
         }
     }
 
-    /// A rate figure of Weft alone (higher is better): scenarios with no raw twin.
-    fn weft_only(name: &'static str, unit: &'static str, run: Run) -> Figure {
-        Figure {
-            name,
-            unit,
-            weft: run.rate(),
-            raw: None,
-            ratio: None,
-            ratio_range: None,
-            better: Better::Higher,
-            ceiling: None,
-            message_bytes: None,
-            counts: Counts {
-                weft: run,
-                raw: None,
-            },
-            note: String::new(),
-        }
+    /// A rate figure (higher is better) from the sides' runs.
+    fn rate(name: &'static str, unit: &'static str, mut counts: Counts) -> Figure {
+        let values = counts.map(|r| r.rate());
+        Figure::compare(name, unit, Better::Higher, values, counts)
     }
 
-    /// A rate figure (higher is better) from the two sides' runs.
-    fn rate(name: &'static str, unit: &'static str, weft: Run, raw: Run) -> Figure {
-        Figure::compare(
-            name,
-            unit,
-            Better::Higher,
-            (weft.rate(), raw.rate()),
-            Counts {
-                weft,
-                raw: Some(raw),
-            },
-        )
+    /// A rate figure of Weft alone (higher is better): scenarios with no twin.
+    fn weft_only(name: &'static str, unit: &'static str, run: Run) -> Figure {
+        Figure::rate(name, unit, Sides::weft(run))
+    }
+
+    /// The ratio that ranks rounds: against the hand twin where there is one.
+    fn key_ratio(&self) -> Option<f64> {
+        self.ratio_hand.or(self.ratio_raw)
     }
 
     /// Merges the figures of several rounds of one scenario (each round yields the same
     /// figures in the same order). For each figure it takes the median round: the
-    /// rounds sorted by ratio (by the Weft figure where there is no raw twin), the
-    /// middle one, or for an even count the worse of the two middle ones for Weft. A round
-    /// measures Weft and raw minutes apart at most, so its ratio compares like with
-    /// like; the median keeps one round under a load spike from moving the figure, as
-    /// a mean would. `weft`, `raw`, `ratio` and `ceiling` come from that round (so
-    /// `ratio` is still `weft / raw`), `ratio_range` spans every round's ratio, and the
-    /// counts are summed over all rounds (drops anywhere stay visible).
+    /// rounds sorted by [`Figure::key_ratio`] (by the Weft figure where there is no
+    /// twin), the middle one, or for an even count the worse of the two middle ones for
+    /// Weft. A round measures the sides minutes apart at most, so its ratio compares
+    /// like with like; the median keeps one round under a load spike from moving the
+    /// figure, as a mean would. The values, ratios and `ceiling` come from that round
+    /// (so each ratio is still its round's quotient), `ratio_range` spans every round's
+    /// key ratio, and the counts are summed over all rounds (drops anywhere stay
+    /// visible).
     fn median_of(rounds: Vec<Vec<Figure>>) -> Vec<Figure> {
         let Some(width) = rounds.first().map(Vec::len) else {
             return Vec::new();
@@ -299,17 +357,14 @@ impl Figure {
         columns
             .into_iter()
             .filter_map(|mut column| {
-                let key = |f: &Figure| f.ratio.unwrap_or(f.weft);
+                let key = |f: &Figure| f.key_ratio().unwrap_or(f.weft);
                 column.sort_by(|a, b| key(a).total_cmp(&key(b)));
-                let ratios: Vec<f64> = column.iter().filter_map(|f| f.ratio).collect();
+                let ratios: Vec<f64> = column.iter().filter_map(Figure::key_ratio).collect();
                 let range = (ratios.len() > 1).then(|| (ratios[0], ratios[ratios.len() - 1]));
                 let mut counts = column.iter().map(|f| f.counts.clone());
                 let mut total = counts.next()?;
                 for c in counts {
-                    total.weft.add(&c.weft);
-                    if let (Some(a), Some(b)) = (&mut total.raw, &c.raw) {
-                        a.add(b);
-                    }
+                    total.add(&c);
                 }
                 // For an even count, the middle round that is worse for Weft.
                 let middle = match column[0].better {
@@ -542,15 +597,25 @@ async fn remove_resources(bus: &Bus) {
     }
 }
 
-/// `weft 1,234 msgs/s, raw 2,345, ratio 0.53` for progress lines.
+/// `weft 1,234 msgs/s, hand 1,400 (0.88), raw 2,345 (0.53)` for progress lines.
 fn summary(f: &Figure) -> String {
+    let twin = |value: Option<f64>, ratio: Option<f64>| match (value, ratio) {
+        (Some(v), Some(r)) => format!("{} ({r:.2})", number(v)),
+        (Some(v), None) => number(v),
+        _ => "-".into(),
+    };
     format!(
-        "weft {} {}, raw {}, ratio {}",
+        "weft {} {}, hand {}, raw {}",
         number(f.weft),
         f.unit,
-        f.raw.map_or("-".into(), number),
-        f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+        twin(f.hand, f.ratio_hand),
+        twin(f.raw, f.ratio_raw),
     )
+}
+
+/// A ratio with two decimals, `-` when absent.
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}"))
 }
 
 /// `1234567.8` → `1,234,568`; small values keep one decimal (`85.3`).
@@ -576,37 +641,49 @@ fn print_text(r: &Report) {
         if r.local_server { " (local)" } else { "" },
         r.duration_ms,
         if r.rounds > 1 {
-            format!(" in each of {} rounds (median round by ratio)", r.rounds)
+            format!(
+                " in each of {} rounds (median round by weft/hand)",
+                r.rounds
+            )
         } else {
             String::new()
         },
         r.payload_bytes
     );
     println!(
-        "{:<20} {:>8} {:>12} {:>12} {:>6}  {:<6}  NOTES",
-        "FIGURE", "UNIT", "WEFT", "RAW", "RATIO", "BETTER"
+        "{:<20} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6}  {:<6}  NOTES",
+        "FIGURE", "UNIT", "WEFT", "HAND", "RAW", "W/HAND", "W/RAW", "BETTER"
     );
     for f in &r.figures {
         let mut notes = Vec::new();
-        if let (Better::Lower, Some(raw)) = (f.better, f.raw) {
-            notes.push(format!("weft {:+.1} {}", f.weft - raw, f.unit));
+        if f.better == Better::Lower {
+            for (twin, value) in [("hand", f.hand), ("raw", f.raw)] {
+                if let Some(v) = value {
+                    notes.push(format!("weft {:+.1} {} vs {twin}", f.weft - v, f.unit));
+                }
+            }
         }
         if let Some(bytes) = f.message_bytes {
             notes.push(format!("{bytes}-byte messages"));
         }
-        if let (Some(w), Some(raw)) = (
-            f.counts.weft.dropped,
-            f.counts.raw.as_ref().and_then(|r| r.dropped),
-        ) {
-            notes.push(format!("dropped: weft {w}, raw {raw}"));
+        let c = &f.counts;
+        let dropped = [("weft", Some(&c.weft)), ("hand", c.hand.as_ref()), ("raw", c.raw.as_ref())]
+            .into_iter()
+            .filter_map(|(side, run)| Some(format!("{side} {}", run?.dropped?)))
+            .collect::<Vec<_>>();
+        if dropped.len() > 1 {
+            notes.push(format!("dropped: {}", dropped.join(", ")));
         }
-        let errors = f.counts.weft.errors + f.counts.raw.as_ref().map_or(0, |r| r.errors);
+        let errors = c.weft.errors
+            + c.hand.as_ref().map_or(0, |r| r.errors)
+            + c.raw.as_ref().map_or(0, |r| r.errors);
         if errors > 0 {
             notes.push(format!("{errors} errors"));
         }
         if let Some((low, high)) = f.ratio_range {
+            let which = if f.ratio_hand.is_some() { "w/hand" } else { "w/raw" };
             notes.push(format!(
-                "ratios {low:.2}-{high:.2} over {} rounds",
+                "{which} {low:.2}-{high:.2} over {} rounds",
                 r.rounds
             ));
         }
@@ -617,12 +694,14 @@ fn print_text(r: &Report) {
             notes.push(f.note.clone());
         }
         println!(
-            "{:<20} {:>8} {:>12} {:>12} {:>6}  {:<6}  {}",
+            "{:<20} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6}  {:<6}  {}",
             f.name,
             f.unit,
             number(f.weft),
+            f.hand.map_or("-".into(), number),
             f.raw.map_or("-".into(), number),
-            f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            ratio(f.ratio_hand),
+            ratio(f.ratio_raw),
             match f.better {
                 Better::Higher => "higher",
                 Better::Lower => "lower",
@@ -839,25 +918,48 @@ where
     let twin_rate = warm_and_measure(b, in_flight, twin.clone())
         .await
         .require_ops(twin_what)?;
-    let (seq, mut times) = one_at_a_time(b.duration, async || bridge().await).await;
-    let (twin_seq, mut twin_times) = one_at_a_time(b.duration, async || twin().await).await;
-    let rate =
-        Figure::rate(names.0, unit, rate, twin_rate).note(format!("{note}; {in_flight} in flight"));
-    let p50 = Figure::compare(
-        names.1,
-        "µs",
-        Better::Lower,
-        (
-            quantile_us(&mut times, 0.5),
-            quantile_us(&mut twin_times, 0.5),
-        ),
-        Counts {
-            weft: seq.require_ops(what)?,
-            raw: Some(twin_seq.require_ops(twin_what)?),
+    let (seq, times) = one_at_a_time(b.duration, async || bridge().await).await;
+    let (twin_seq, twin_times) = one_at_a_time(b.duration, async || twin().await).await;
+    let rate = Figure::rate(
+        names.0,
+        unit,
+        Sides {
+            raw: Some(twin_rate),
+            ..Sides::weft(rate)
         },
     )
-    .note(format!("{note}; one at a time"));
-    Ok(vec![rate, p50])
+    .note(format!("{note}; {in_flight} in flight"));
+    let timed = Sides {
+        raw: Some((twin_seq.require_ops(twin_what)?, twin_times)),
+        ..Sides::weft((seq.require_ops(what)?, times))
+    };
+    let mut figures = vec![rate];
+    figures.extend(
+        latency_figures(&[(names.1, 0.5)], timed, what)?
+            .into_iter()
+            .map(|f| f.note(format!("{note}; one at a time"))),
+    );
+    Ok(figures)
+}
+
+/// Latency figures (µs, lower is better), one per `(name, quantile)`, from each side's
+/// run and the times of its operations; `what` names the operations in errors.
+///
+/// # Errors
+/// When a side completed no operation.
+pub fn latency_figures(
+    quantiles: &[(&'static str, f64)],
+    mut timed: Sides<(Run, Vec<Duration>)>,
+    what: &str,
+) -> anyhow::Result<Vec<Figure>> {
+    let counts = timed.map(|(run, _)| run.clone()).require_ops(what)?;
+    Ok(quantiles
+        .iter()
+        .map(|&(name, p)| {
+            let values = timed.map(|(_, times)| quantile_us(times, p));
+            Figure::compare(name, "µs", Better::Lower, values, counts.clone())
+        })
+        .collect())
 }
 
 /// Runs `op` one at a time until `duration` has passed; returns the run and the time
@@ -943,7 +1045,14 @@ mod tests {
             elapsed_ms: 1000.0,
             first_error: None,
         };
-        vec![Figure::rate("pubsub", "msgs/s", run(weft), run(raw))]
+        vec![Figure::rate(
+            "pubsub",
+            "msgs/s",
+            Sides {
+                raw: Some(run(raw)),
+                ..Sides::weft(run(weft))
+            },
+        )]
     }
 
     #[test]
@@ -956,7 +1065,7 @@ mod tests {
         ];
         let [f] = <[Figure; 1]>::try_from(Figure::median_of(rounds)).unwrap();
         assert_eq!((f.weft, f.raw), (60.0, Some(100.0)));
-        assert_eq!(f.ratio, Some(0.6));
+        assert_eq!(f.ratio_raw, Some(0.6));
         assert_eq!(f.ratio_range, Some((0.5, 0.9)));
         // Counts cover every round, so drops anywhere stay visible.
         assert_eq!(f.counts.weft.ops, 430);
@@ -964,16 +1073,16 @@ mod tests {
 
         // An even count takes the middle round worse for Weft; one round is itself.
         let two = Figure::median_of(vec![round(90.0, 100.0, 0), round(50.0, 100.0, 0)]);
-        assert_eq!(two[0].ratio, Some(0.5));
+        assert_eq!(two[0].ratio_raw, Some(0.5));
         let latency = |weft: f64| {
             let mut f = round(weft, 100.0, 0);
             f[0].better = Better::Lower;
             f
         };
         let two = Figure::median_of(vec![latency(120.0), latency(150.0)]);
-        assert_eq!(two[0].ratio, Some(1.5));
+        assert_eq!(two[0].ratio_raw, Some(1.5));
         let one = Figure::median_of(vec![round(90.0, 100.0, 0)]);
-        assert_eq!((one[0].ratio, one[0].ratio_range), (Some(0.9), None));
+        assert_eq!((one[0].ratio_raw, one[0].ratio_range), (Some(0.9), None));
     }
 
     #[test]

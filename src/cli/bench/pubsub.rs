@@ -6,6 +6,8 @@
 //! - Weft: [`weft_bus::Bus::publish_fire_and_forget`] of a new event envelope per message (new
 //!   id and time, encoded), [`weft_bus::Bus::subscribe_subject`] decoding and validating every
 //!   envelope.
+//! - Hand ([`super::hand`]): `Client::publish_with_headers` of the envelope-shaped JSON
+//!   built and encoded per message, `Client::subscribe` decoding each into a `Value`.
 //! - Raw: `Client::publish_with_headers` of the same bytes and headers,
 //!   `Client::subscribe` counting messages.
 //!
@@ -24,7 +26,8 @@ use futures::{Stream, StreamExt};
 use weft_bus::subscribe::Received;
 use weft_bus::{Envelope, EventType};
 
-use super::{Bench, Figure, Run, Wire};
+use super::hand::{self, Shape};
+use super::{Bench, Figure, Run, Sides, Wire};
 
 /// The publisher stays at most this many messages ahead of the subscriber: a quarter of
 /// the client's subscription buffer (65,536 messages), so the subscriber's client never
@@ -61,28 +64,53 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
     .await;
     drop((publisher, subscriber));
 
-    let (pub_bus, sub_bus) = (b.connect("pub").await?, b.connect("sub").await?);
-    let (publisher, subscriber) = (pub_bus.client(), sub_bus.client());
-    let counting = Counting::start(subscriber.subscribe(subject.clone()).await?, |_| true);
-    subscriber.flush().await?;
-    let raw_subject = async_nats::Subject::from(subject.as_str());
-    let raw = measure(b, publisher, counting, async || {
-        let (bytes, headers) = wire.next();
+    let shape = Shape::of(&Envelope::event(&event_type, b.payload.clone()))?;
+    let hand = core_side(b, &subject, true, async |publisher, subject| {
+        let (bytes, headers) = shape.message();
         publisher
-            .publish_with_headers(raw_subject.clone(), headers, bytes.into())
+            .publish_with_headers(subject.clone(), headers, bytes.into())
             .await
             .map_err(|e| e.to_string())
     })
-    .await;
+    .await?;
+
+    let raw = core_side(b, &subject, false, async |publisher, subject| {
+        let (bytes, headers) = wire.next();
+        publisher
+            .publish_with_headers(subject.clone(), headers, bytes.into())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
 
     Ok(Figure::rate(
         "pubsub",
         "msgs/s",
-        weft.require_ops("weft pubsub")?,
-        raw.require_ops("raw pubsub")?,
+        Sides::all(weft, hand, raw).require_ops("pubsub")?,
     )
     .message_bytes(wire.message_bytes())
     .note("messages received per second"))
+}
+
+/// A twin's side on bare clients: a subscriber counting what arrives on `subject`
+/// (decoding each message into a `Value` when `decode`), measured with `publish`.
+async fn core_side(
+    b: &Bench,
+    subject: &str,
+    decode: bool,
+    publish: impl AsyncFn(&async_nats::Client, &async_nats::Subject) -> Result<(), String>,
+) -> anyhow::Result<Run> {
+    let (pub_bus, sub_bus) = (b.connect("pub").await?, b.connect("sub").await?);
+    let (publisher, subscriber) = (pub_bus.client(), sub_bus.client());
+    let valid: fn(&async_nats::Message) -> bool = if decode {
+        |m: &async_nats::Message| hand::decode(&m.payload).is_ok()
+    } else {
+        |_: &async_nats::Message| true
+    };
+    let counting = Counting::start(subscriber.subscribe(subject.to_owned()).await?, valid);
+    subscriber.flush().await?;
+    let subject = async_nats::Subject::from(subject);
+    Ok(measure(b, publisher, counting, async || publish(publisher, &subject).await).await)
 }
 
 /// A task counting what a subscription delivers, until stopped.
