@@ -82,9 +82,9 @@ use crate::envelope::{
     Envelope, EnvelopeError, ErrorCode, ErrorPayload, FrameType, new_event_id, now_rfc3339,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::invoke::reply::{Outcome, Waiting};
 use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
-use crate::publish::headers_for;
-use crate::reply::{Outcome, Waiting};
+use crate::messaging::publish::headers_for;
 use crate::service::HandlerResult;
 
 /// Request metadata key asking for a streamed reply: `"weft.stream": true`. Set by
@@ -253,7 +253,7 @@ pub fn wants_stream(request: &Envelope) -> bool {
 fn frames_sent() -> &'static IntCounterVec {
     static M: OnceLock<IntCounterVec> = OnceLock::new();
     M.get_or_init(|| {
-        crate::metrics::counter(
+        crate::observe::metrics::counter(
             "weft_stream_frames_total",
             "Frames of streamed replies sent by services, by service, endpoint and frame (started, delta, final, error)",
             &["service", "endpoint", "frame"],
@@ -264,7 +264,7 @@ fn frames_sent() -> &'static IntCounterVec {
 fn streams() -> &'static IntCounterVec {
     static M: OnceLock<IntCounterVec> = OnceLock::new();
     M.get_or_init(|| {
-        crate::metrics::counter(
+        crate::observe::metrics::counter(
             "weft_streams_total",
             "Streaming invokes by callers, by target and outcome (final, error, cancelled, timeout, idle_timeout, protocol, no_responders, disconnected, denied, transport)",
             &["target", "outcome"],

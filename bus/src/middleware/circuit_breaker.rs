@@ -92,7 +92,7 @@ type Circuits = Arc<Mutex<HashMap<String, Circuit>>>;
 fn transitions() -> &'static IntCounterVec {
     static M: OnceLock<IntCounterVec> = OnceLock::new();
     M.get_or_init(|| {
-        crate::metrics::counter(
+        crate::observe::metrics::counter(
             "weft_circuit_transitions_total",
             "Circuit breaker state changes on outbound invokes, by target and new state",
             &["target", "state"],

@@ -5,7 +5,7 @@
 //! | handler | request | response | error |
 //! |---|---|---|---|
 //! | invoke endpoint ([`crate::service`]) | [`crate::service::Request`] | `serde_json::Value` | [`ErrorPayload`] |
-//! | durable subscriber ([`crate::consumer`]) | [`crate::consumer::Delivery`] | `()` | [`DeliveryError`] |
+//! | durable subscriber ([`crate::durable::consumer`]) | [`crate::durable::consumer::Delivery`] | `()` | [`DeliveryError`] |
 //! | outbound invoke ([`crate::invoke::Invoker`]) | [`crate::invoke::InvokeRequest`] | [`crate::Envelope`] | [`crate::Error`] |
 //!
 //! The layers here work on all of them, because each error type says how to express
@@ -52,7 +52,7 @@ pub use tower::limit::ConcurrencyLimitLayer;
 pub use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 pub use trace::{Trace, TraceLayer};
 
-use crate::consumer::DeliveryError;
+use crate::durable::consumer::DeliveryError;
 use crate::envelope::{ErrorCode, ErrorPayload};
 use crate::error::{Error, ErrorKind};
 

@@ -24,7 +24,7 @@
 //! | `publish P.events.{event_type}` | PRODUCER | `publish` / `send` | [`Bus::publish`](crate::Bus::publish), fire-and-forget publishes |
 //! | `send P.invoke.<target>` | CLIENT | `send` / `send` | [`Bus::request`](crate::Bus::request) and streaming invokes |
 //! | `receive P.invoke.<target>` | SERVER | `receive` / `receive` | a service handling a request ([`crate::service`]) |
-//! | `process P.events.{event_type}` | CONSUMER | `process` / `process` | a durable subscriber handling a delivery ([`crate::consumer`]) |
+//! | `process P.events.{event_type}` | CONSUMER | `process` / `process` | a durable subscriber handling a delivery ([`crate::durable::consumer`]) |
 //!
 //! Every messaging span has `messaging.system = "nats"`, `messaging.destination.name`
 //! (the subject), `messaging.message.id` (the envelope's `event_id`) and, where one
@@ -145,7 +145,7 @@ pub fn outgoing(env: &Envelope) -> (std::borrow::Cow<'_, Envelope>, HeaderMap) {
     } else {
         (
             std::borrow::Cow::Borrowed(env),
-            crate::publish::headers_for(env),
+            crate::messaging::publish::headers_for(env),
         )
     }
 }
@@ -155,7 +155,10 @@ pub fn outgoing(env: &Envelope) -> (std::borrow::Cow<'_, Envelope>, HeaderMap) {
 pub fn outgoing_headers(env: &mut Envelope) -> HeaderMap {
     let mut headers = HeaderMap::new();
     inject(env, &mut headers);
-    headers.insert(crate::publish::MSG_ID_HEADER, env.event_id.as_str());
+    headers.insert(
+        crate::messaging::publish::MSG_ID_HEADER,
+        env.event_id.as_str(),
+    );
     headers
 }
 
@@ -205,12 +208,12 @@ impl ErrorType for crate::envelope::ErrorPayload {
     }
 }
 
-impl ErrorType for crate::consumer::DeliveryError {
+impl ErrorType for crate::durable::consumer::DeliveryError {
     fn error_type(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            crate::consumer::DeliveryError::Retry(_)
-            | crate::consumer::DeliveryError::RetryAfter(..) => "retry".into(),
-            crate::consumer::DeliveryError::Permanent(_) => "permanent".into(),
+            crate::durable::consumer::DeliveryError::Retry(_)
+            | crate::durable::consumer::DeliveryError::RetryAfter(..) => "retry".into(),
+            crate::durable::consumer::DeliveryError::Permanent(_) => "permanent".into(),
         }
     }
 }

@@ -56,7 +56,7 @@ pub struct Names {
     /// `<prefix>_flows`.
     pub flows_bucket: String,
     /// `<prefix>_failures`: per durable consumer and stream sequence, when a message
-    /// first failed (see [`crate::consumer`]).
+    /// first failed (see [`crate::durable::consumer`]).
     pub failures_bucket: String,
     /// `<prefix>_tasks`: A2A tasks by task id (DESIGN §14), kept
     /// [`ResourceConfig::tasks_max_age`].

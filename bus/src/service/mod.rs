@@ -51,8 +51,8 @@ use tower::{Layer, ServiceExt as _};
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
+use crate::observe::metrics;
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
 use crate::stream::{ReplySink, StreamHandler, StreamWriter, as_error, encode_terminal};
 use crate::subject::{ServiceName, Target, validate_token};
@@ -237,7 +237,7 @@ impl Endpoint {
     /// Adds an entry to the endpoint's registry metadata
     /// ([`EndpointInfo::metadata`](crate::registry::EndpointInfo::metadata)), e.g.
     /// `.metadata("readOnlyHint", json!(true))`, which MCP hosts see as the tool's
-    /// annotation ([`crate::tool`]). Default empty.
+    /// annotation ([`crate::registry::tool`]). Default empty.
     pub fn metadata(mut self, key: impl Into<String>, value: Value) -> Self {
         self.metadata.insert(key.into(), value);
         self
@@ -489,7 +489,7 @@ impl Service {
         }
         let (s, ep, subject) = (service.to_string(), e.name.clone(), subject.to_owned());
         let trace = TraceLayer::new(move |r: &Request| {
-            let span = crate::trace::messaging_span!(
+            let span = crate::observe::trace::messaging_span!(
                 "receive", "server", "receive",
                 name = subject,
                 destination = subject,
@@ -500,7 +500,7 @@ impl Service {
                 weft.stream = r.writer.is_some(),
             );
             // The envelope mirrors the request's traceparent header (DESIGN §3).
-            crate::trace::set_parent(&span, None, Some(&r.envelope));
+            crate::observe::trace::set_parent(&span, None, Some(&r.envelope));
             span
         });
         BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
@@ -700,14 +700,14 @@ pub struct ServiceHandle {
     loops: Vec<tokio::task::JoinHandle<()>>,
     registered: Registered,
     drain_timeout: Duration,
-    consumers: Vec<crate::consumer::ConsumerHandle>,
+    consumers: Vec<crate::durable::consumer::ConsumerHandle>,
 }
 
 impl ServiceHandle {
     /// Ties `consumer` to this service: [`ServiceHandle::stop`] stops it (draining
     /// its in-flight deliveries) once the service's own requests are drained. An agent
     /// keeps the consumer of its run queue this way.
-    pub fn with_consumer(mut self, consumer: crate::consumer::ConsumerHandle) -> Self {
+    pub fn with_consumer(mut self, consumer: crate::durable::consumer::ConsumerHandle) -> Self {
         self.consumers.push(consumer);
         self
     }

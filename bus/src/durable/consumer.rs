@@ -17,7 +17,7 @@
 //!
 //! Retries go through JetStream redelivery (a nak with a delay), never an in-process
 //! loop, so another instance may take the next attempt; [`Delivery::attempt`] is
-//! JetStream's delivery count. A dead letter ([`crate::dlq`]) is published and acked
+//! JetStream's delivery count. A dead letter ([`crate::durable::dlq`]) is published and acked
 //! before the original is terminated.
 //!
 //! While a message waits in the instance or its handler runs, the consumer sends an
@@ -104,12 +104,12 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service as _, ServiceExt as _};
 
 use crate::connect::Bus;
-use crate::dlq::{self, DeadLetter, Reason};
+use crate::durable::dlq::{self, DeadLetter, Reason};
+use crate::durable::retry::RetryPolicy;
 use crate::envelope::{Envelope, now_rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
-use crate::retry::RetryPolicy;
+use crate::observe::metrics;
 use crate::service::BoxFuture;
 use crate::subject::{EventPattern, validate_token};
 
@@ -300,7 +300,7 @@ impl DurableConfig {
             } else {
                 &*events
             };
-            let span = crate::trace::messaging_span!(
+            let span = crate::observe::trace::messaging_span!(
                 "process", "consumer", "process",
                 name = template,
                 destination = d.subject,
@@ -311,7 +311,7 @@ impl DurableConfig {
                 weft.stream.sequence = d.stream_sequence as i64,
                 weft.replayed = d.replayed,
             );
-            crate::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
+            crate::observe::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
             span
         });
         BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
@@ -330,7 +330,7 @@ pub struct Delivery {
     pub attempt: i64,
     /// Its stream sequence.
     pub stream_sequence: u64,
-    /// True for a copy made by a replay ([`crate::replay`], [`crate::dlq::replay`]).
+    /// True for a copy made by a replay ([`crate::durable::replay`], [`crate::durable::dlq::replay`]).
     pub replayed: bool,
     /// The message's NATS headers (`Nats-Msg-Id`, trace context, …).
     pub headers: HeaderMap,
@@ -766,7 +766,7 @@ fn handle<'a>(
                 // The delivery takes the headers; the message keeps only its trace
                 // context, which is all a dead letter copies.
                 let mut trace = HeaderMap::new();
-                crate::trace::copy_context(msg.headers.as_ref(), &mut trace);
+                crate::observe::trace::copy_context(msg.headers.as_ref(), &mut trace);
                 let headers = msg.message.headers.replace(trace);
                 let subject = msg.subject.as_str();
                 let delivery = Delivery {
