@@ -36,7 +36,14 @@ pub mod registry;
 pub mod runs;
 pub mod server;
 pub mod service;
-pub mod stream;
+/// Streaming invoke (DESIGN §4) at one path, both halves: the caller's
+/// ([`invoke::stream`]: frames, [`FrameStream`](invoke::stream::FrameStream), the wire
+/// protocol) and the serving one ([`service::stream`]:
+/// [`StreamWriter`](service::stream::StreamWriter)).
+pub mod stream {
+    pub use crate::invoke::stream::*;
+    pub use crate::service::stream::*;
+}
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;

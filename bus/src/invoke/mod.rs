@@ -7,9 +7,10 @@
 //! `agent.response.error` (payload [`ErrorPayload`]).
 //!
 //! [`Bus::invoke_stream`] asks for a streamed reply instead: a [`FrameStream`] of
-//! frames (see [`crate::stream`]).
+//! frames (see [`stream`]).
 
 pub(crate) mod reply;
+pub mod stream;
 
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,8 +23,8 @@ use serde_json::Value;
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
+use crate::invoke::stream::{FrameStream, STREAM_METADATA_KEY, StreamOptions, error_payload_of};
 use crate::observe::metrics;
-use crate::stream::{FrameStream, STREAM_METADATA_KEY, StreamOptions, error_payload_of};
 use crate::subject::Target;
 use tracing::Instrument as _;
 
@@ -256,7 +257,7 @@ impl Bus {
             target.to_string(),
             subject,
             &request,
-            crate::stream::Sent {
+            stream::Sent {
                 subscriber,
                 waiting,
                 span,

@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,7 +56,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
 use crate::observe::metrics;
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
-use crate::stream::{ReplySink, StreamHandler, StreamWriter, as_error, encode_terminal};
+use crate::service::stream::{
+    ReplySink, StreamHandler, StreamWriter, as_error, deliver, encode_terminal, wants_stream,
+};
 use crate::subject::{ServiceName, Target, validate_token};
 
 /// A boxed, sendable future.
@@ -594,16 +598,13 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
             r.from = Some(ctx.service.to_string());
             let bytes = r.to_bytes().unwrap_or_default();
             let client = ctx.bus.client();
-            if let Err(e) =
-                crate::stream::deliver(client, Some(&request), &subject, &r, bytes, Some(&err))
-                    .await
-            {
+            if let Err(e) = deliver(client, Some(&request), &subject, &r, bytes, Some(&err)).await {
                 tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
             }
             return;
         }
     };
-    if !ctx.streaming && !crate::stream::wants_stream(&env) {
+    if !ctx.streaming && !wants_stream(&env) {
         return handle_plain(ctx, started, env, reply_subject, request).await;
     }
     let sink = ReplySink::open(
@@ -666,7 +667,7 @@ async fn handle_plain(
             return;
         }
     };
-    let sent = crate::stream::deliver(
+    let sent = deliver(
         ctx.bus.client(),
         Some(&request),
         &subject,
