@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::durable::resources::Names;
 use crate::error::{Error, ErrorKind, Result};
-use crate::subject::{Prefix, Subjects};
+use crate::subject::{Names, Prefix, Subjects};
 
 /// Default budget of a durable publish: 20 s, room for two leader elections.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);

@@ -108,9 +108,8 @@ use crate::durable::dlq::{self, DeadLetter, Reason};
 use crate::durable::retry::RetryPolicy;
 use crate::envelope::{Envelope, now_rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
+use crate::middleware::{BoxFuture, LayerError, RecoverLayer, TimeoutLayer, TraceLayer};
 use crate::observe::metrics;
-use crate::service::BoxFuture;
 use crate::subject::{EventPattern, validate_token};
 
 /// A durable handler with its middleware: a cloneable tower service.
@@ -350,6 +349,31 @@ pub enum DeliveryError {
     /// Trying again cannot help: dead letter now.
     #[error("{0}")]
     Permanent(String),
+}
+
+/// Durable handlers: every layer failure is worth a redelivery.
+impl LayerError for DeliveryError {
+    fn timed_out(after: Duration) -> Self {
+        DeliveryError::Retry(format!(
+            "the handler did not finish within {} ms",
+            after.as_millis()
+        ))
+    }
+    fn panicked(message: String) -> Self {
+        DeliveryError::Retry(format!("the handler panicked: {message}"))
+    }
+    fn rejected(reason: String) -> Self {
+        DeliveryError::Retry(reason)
+    }
+}
+
+impl crate::observe::trace::ErrorType for DeliveryError {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            DeliveryError::Retry(_) | DeliveryError::RetryAfter(..) => "retry".into(),
+            DeliveryError::Permanent(_) => "permanent".into(),
+        }
+    }
 }
 
 /// Handles durable deliveries. Implemented for every

@@ -34,9 +34,10 @@ use serde_json::{Map, Value, json};
 
 use crate::connect::Bus;
 use crate::durable::replay::{self, Scan, Start};
+use crate::envelope::MSG_ID_HEADER;
 use crate::envelope::{Envelope, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::messaging::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
+use crate::messaging::publish::{PendingAck, send_to_stream};
 use crate::subject::{EventPattern, EventType, validate_token};
 
 /// Prefix of the metadata keys a dead letter gains.

@@ -38,9 +38,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::connect::Bus;
+use crate::envelope::MSG_ID_HEADER;
 use crate::envelope::{Envelope, new_event_id, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::messaging::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
+use crate::messaging::publish::{PendingAck, send_to_stream};
 use crate::subject::{EventPattern, Subjects, validate_token};
 
 /// How long one read of a stream may take before a selection fails.
@@ -322,7 +323,7 @@ pub async fn envelope_to_consumer(
             format!("consumer {consumer} does not take {event_type} events"),
         ));
     }
-    let mut headers = crate::messaging::publish::headers_for(envelope);
+    let mut headers = crate::observe::trace::headers_for(envelope);
     headers.insert(MSG_ID_HEADER, msg_id);
     let ack = send_to_stream(
         bus,

@@ -323,6 +323,13 @@ impl InvokeRequest {
     }
 }
 
+/// One circuit per invoke target.
+impl crate::middleware::CircuitKey for InvokeRequest {
+    fn circuit_key(&self) -> String {
+        self.target.to_string()
+    }
+}
+
 /// Outbound invokes as a tower [`Service`](tower::Service), so callers (flows, agents,
 /// your code) stack middleware such as
 /// [`CircuitBreakerLayer`](crate::middleware::CircuitBreakerLayer) on them. The

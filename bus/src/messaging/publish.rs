@@ -28,8 +28,12 @@ use crate::observe::metrics;
 use crate::subject::EventType;
 use tracing::Instrument as _;
 
-/// Header carrying the event id, used by JetStream de-duplication.
-pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header carrying the event id, used by JetStream de-duplication (defined with the
+/// envelope).
+pub use crate::envelope::MSG_ID_HEADER;
+/// The NATS headers of an envelope (defined with the trace context, which writes them
+/// too).
+pub use crate::observe::trace::headers_for;
 
 /// Sends `payload` with `headers` to `subject` through JetStream and returns at once,
 /// without waiting for the ack, so a caller may send several before it waits
@@ -393,16 +397,6 @@ pub struct Published {
     /// True when the same `event_id` was already stored inside the duplicate window
     /// (the event was stored once).
     pub duplicate: bool,
-}
-
-/// The NATS headers of an envelope: `Nats-Msg-Id` and `traceparent`.
-pub fn headers_for(env: &Envelope) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(MSG_ID_HEADER, env.event_id.as_str());
-    if let Some(tp) = env.traceparent.as_deref().filter(|t| !t.is_empty()) {
-        h.insert(crate::observe::trace::TRACEPARENT, tp);
-    }
-    h
 }
 
 /// Counts one publish in `weft_events_published_total{mode, outcome}`. The five

@@ -35,7 +35,6 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -61,8 +60,9 @@ use crate::service::stream::{
 };
 use crate::subject::{ServiceName, Target, validate_token};
 
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed, sendable future (defined with the middleware, which durable consumers
+/// share too).
+pub use crate::middleware::BoxFuture;
 
 /// What a handler returns: the result payload, or an error sent as
 /// `agent.response.error`.

@@ -40,7 +40,7 @@ use crate::envelope::{
 };
 use crate::invoke::stream::{CANCELLED_CODE, STREAM_METADATA_KEY, error_payload_of, frame_label};
 use crate::invoke::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
-use crate::messaging::publish::headers_for;
+use crate::observe::trace::headers_for;
 use crate::service::{HandlerResult, Request};
 
 /// Turns a reply shell into an `agent.response.error` carrying `err`.
