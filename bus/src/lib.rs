@@ -18,8 +18,10 @@
 //! - [`runs`]: the journal and queue of durable runs;
 //! - with the `testing` feature, a test harness.
 //!
-//! The [connection](Bus) keeps the connection's reply inbox and registry watch, so
-//! `connect` also names those two types.
+//! Two exceptions: the [connection](Bus) keeps the connection's reply inbox and
+//! registry watch, so `connect` also names those two types; and a durable publish
+//! backs off with a [retry policy](retry), a module that imports nothing but the
+//! [errors](error).
 //!
 //! The wire contract (subjects, envelope, headers, streams, buckets) is described in
 //! `docs/protocol.md`.
