@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::resources::Names;
-use crate::subject::{Prefix, Subjects};
+use crate::subject::{Names, Prefix, Subjects};
 
 /// Default budget of a durable publish: 20 s, room for two leader elections.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -194,7 +193,7 @@ impl ConnectOptions {
     /// read (the message names the file).
     pub async fn connect(self) -> Result<Bus> {
         let url = redact(&self.url);
-        let waiters = Arc::new(crate::reply::Waiters::default());
+        let waiters = Arc::new(crate::invoke::reply::Waiters::default());
         let events = (waiters.clone(), url.clone());
         let mut o = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
@@ -334,8 +333,8 @@ struct Inner {
     url: String,
     publish_timeout: Duration,
     /// Requests waiting for an answer; the event callback ends them early.
-    waiters: Arc<crate::reply::Waiters>,
-    replies: tokio::sync::OnceCell<crate::reply::ReplyInbox>,
+    waiters: Arc<crate::invoke::reply::Waiters>,
+    replies: tokio::sync::OnceCell<crate::invoke::reply::ReplyInbox>,
     registry: tokio::sync::OnceCell<crate::registry::RegistryWatch>,
 }
 
@@ -390,11 +389,14 @@ impl Bus {
     }
 
     /// The connection's shared reply inbox, subscribed on first use.
-    pub(crate) async fn replies(&self) -> Result<&crate::reply::ReplyInbox> {
+    pub(crate) async fn replies(&self) -> Result<&crate::invoke::reply::ReplyInbox> {
         self.inner
             .replies
             .get_or_try_init(|| {
-                crate::reply::ReplyInbox::start(&self.inner.client, self.inner.waiters.clone())
+                crate::invoke::reply::ReplyInbox::start(
+                    &self.inner.client,
+                    self.inner.waiters.clone(),
+                )
             })
             .await
     }
@@ -418,8 +420,8 @@ impl Bus {
         self.inner.publish_timeout
     }
 
-    /// The requests of this connection waiting for an answer (see [`crate::reply`]).
-    pub(crate) fn waiters(&self) -> &Arc<crate::reply::Waiters> {
+    /// The requests of this connection waiting for an answer (see [`crate::invoke::reply`]).
+    pub(crate) fn waiters(&self) -> &Arc<crate::invoke::reply::Waiters> {
         &self.inner.waiters
     }
 

@@ -41,6 +41,9 @@ pub const RESPONSE_ERROR: &str = "agent.response.error";
 /// `max_payload`).
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 
+/// Header carrying the event id, used by JetStream de-duplication.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
 /// The kind of frame an envelope is within an invoke (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FrameType {

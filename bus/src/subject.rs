@@ -5,6 +5,9 @@
 //! [`Target`]. A token is `[A-Za-z0-9_-]+`; anything else (spaces, `*`, `>`, empty
 //! tokens) is rejected with a [`SubjectError`] that names the bad token.
 //!
+//! [`Subjects`] builds the subjects of one mesh from its prefix, [`Names`] the names
+//! of its streams and buckets.
+//!
 //! | purpose | subject |
 //! |---|---|
 //! | events | `P.events.<event_type>` |
@@ -294,6 +297,75 @@ impl fmt::Display for Target {
     }
 }
 
+/// Stream and bucket names of one mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// `<PREFIX>_EVENTS`.
+    pub events_stream: String,
+    /// `<PREFIX>_DLQ`.
+    pub dlq_stream: String,
+    /// `<PREFIX>_RUNS`: the journal of durable runs (DESIGN §15).
+    pub runs_stream: String,
+    /// `<PREFIX>_RUNQ`: the run queue, wakes and timers of durable runs (see
+    /// [`crate::runs::queue`]).
+    pub runq_stream: String,
+    /// `<prefix>_registry`.
+    pub registry_bucket: String,
+    /// `<prefix>_memory`.
+    pub memory_bucket: String,
+    /// `<prefix>_flows`.
+    pub flows_bucket: String,
+    /// `<prefix>_failures`: per durable consumer and stream sequence, when a message
+    /// first failed (see [`crate::durable::consumer`]).
+    pub failures_bucket: String,
+    /// `<prefix>_tasks`: A2A tasks by task id (DESIGN §14), kept
+    /// [`ResourceConfig::tasks_max_age`](crate::durable::resources::ResourceConfig::tasks_max_age).
+    pub tasks_bucket: String,
+    /// `<prefix>_a2a_agents`: remote A2A agents added with `weft a2a add`, by name.
+    pub a2a_agents_bucket: String,
+    prefix: String,
+}
+
+impl Names {
+    /// The names for `prefix`.
+    pub fn new(prefix: &Prefix) -> Self {
+        let up = prefix.as_str().to_uppercase();
+        let p = prefix.as_str();
+        Names {
+            events_stream: format!("{up}_EVENTS"),
+            dlq_stream: format!("{up}_DLQ"),
+            runs_stream: format!("{up}_RUNS"),
+            runq_stream: format!("{up}_RUNQ"),
+            registry_bucket: format!("{p}_registry"),
+            memory_bucket: format!("{p}_memory"),
+            flows_bucket: format!("{p}_flows"),
+            failures_bucket: format!("{p}_failures"),
+            tasks_bucket: format!("{p}_tasks"),
+            a2a_agents_bucket: format!("{p}_a2a_agents"),
+            prefix: p.to_owned(),
+        }
+    }
+
+    /// `<prefix>_<name>`: the name of an application bucket of this mesh, e.g. the
+    /// demo's `weft_tickets`.
+    pub fn bucket(&self, name: &str) -> String {
+        format!("{}_{name}", self.prefix)
+    }
+
+    /// Whether `stream` is one of this mesh's streams: its events or DLQ stream, or
+    /// the stream `KV_<prefix>_…` of one of its buckets.
+    pub fn is_mesh_stream(&self, stream: &str) -> bool {
+        stream == self.events_stream
+            || stream == self.dlq_stream
+            || stream == self.runs_stream
+            || stream == self.runq_stream
+            || stream
+                .strip_prefix("KV_")
+                .and_then(|b| b.strip_prefix(self.prefix.as_str()))
+                .is_some_and(|rest| rest.starts_with('_'))
+    }
+}
+
 /// Builds the subjects of one mesh from its [`Prefix`].
 ///
 /// # Examples
@@ -350,40 +422,6 @@ impl Subjects {
     /// is a UUID, so always one token.
     pub fn a2a_task(&self, task_id: &str) -> String {
         format!("{}.a2a.task.{}", self.prefix, task_id)
-    }
-
-    /// `P.runs.<kind>.<name>.<run_id>`: the journal entries of one durable run
-    /// (DESIGN §15).
-    pub fn runs(&self, run: &crate::runs::RunRef) -> String {
-        format!("{}.runs.{run}", self.prefix)
-    }
-
-    /// `P.runs.>`: every run's entries.
-    pub fn all_runs(&self) -> String {
-        format!("{}.runs.>", self.prefix)
-    }
-
-    /// `P.runs.<kind>.<name>.*`: the entries of every run of one flow or agent.
-    pub fn runs_of(&self, kind: crate::runs::RunKind, name: &str) -> String {
-        format!("{}.runs.{}.{name}.*", self.prefix, kind.as_str())
-    }
-
-    /// `P.runq.>`: the run queue ([`crate::runs::queue`]).
-    pub fn all_runq(&self) -> String {
-        format!("{}.runq.>", self.prefix)
-    }
-
-    /// `P.runq.<kind>.<name>.<what>`: the run queue of one flow or agent; `what` is
-    /// `wake` or `cron`.
-    pub fn runq(&self, kind: crate::runs::RunKind, name: &str, what: &str) -> String {
-        format!("{}.runq.{}.{name}.{what}", self.prefix, kind.as_str())
-    }
-
-    /// `P.runq.sched.<kind>.<name>.<key>`: a message schedule of the run queue (a
-    /// run's timer, `<run_id>_<step>`, or a flow's cron schedule, `_cron`). One
-    /// schedule per subject: publishing again replaces it.
-    pub fn runq_schedule(&self, kind: crate::runs::RunKind, name: &str, key: &str) -> String {
-        format!("{}.runq.sched.{}.{name}.{key}", self.prefix, kind.as_str())
     }
 
     /// `P.dlq.<event_type>`.

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use crate::connect::{Bus, ConnectOptions};
-use crate::resources::{self, ResourceConfig};
+use crate::durable::resources::{self, ResourceConfig};
 use crate::server::{LocalServer, LocalServerConfig};
 
 /// A `nats-server` for one test.

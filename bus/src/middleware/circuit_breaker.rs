@@ -27,7 +27,13 @@ use prometheus::IntCounterVec;
 use tower::{Layer, Service};
 
 use crate::error::{Error, ErrorKind};
-use crate::invoke::InvokeRequest;
+
+/// A request a [`CircuitBreaker`] can guard: it names the target whose circuit it goes
+/// through. Implemented by [`InvokeRequest`](crate::invoke::InvokeRequest) (its target).
+pub trait CircuitKey {
+    /// The target's name, e.g. `tickets.list`: one circuit per name.
+    fn circuit_key(&self) -> String;
+}
 
 /// Settings of a [`CircuitBreakerLayer`]. Every field states its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +98,7 @@ type Circuits = Arc<Mutex<HashMap<String, Circuit>>>;
 fn transitions() -> &'static IntCounterVec {
     static M: OnceLock<IntCounterVec> = OnceLock::new();
     M.get_or_init(|| {
-        crate::metrics::counter(
+        crate::observe::metrics::counter(
             "weft_circuit_transitions_total",
             "Circuit breaker state changes on outbound invokes, by target and new state",
             &["target", "state"],
@@ -184,9 +190,10 @@ fn set(target: &str, c: &mut Circuit, state: BreakerState) {
     }
 }
 
-impl<S> Service<InvokeRequest> for CircuitBreaker<S>
+impl<S, R> Service<R> for CircuitBreaker<S>
 where
-    S: Service<InvokeRequest, Error = Error>,
+    R: CircuitKey,
+    S: Service<R, Error = Error>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
 {
@@ -198,8 +205,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: InvokeRequest) -> Self::Future {
-        let target = request.target.to_string();
+    fn call(&mut self, request: R) -> Self::Future {
+        let target = request.circuit_key();
         let trial = {
             let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
             let c = circuits.entry(target.clone()).or_default();

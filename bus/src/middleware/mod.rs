@@ -5,7 +5,7 @@
 //! | handler | request | response | error |
 //! |---|---|---|---|
 //! | invoke endpoint ([`crate::service`]) | [`crate::service::Request`] | `serde_json::Value` | [`ErrorPayload`] |
-//! | durable subscriber ([`crate::consumer`]) | [`crate::consumer::Delivery`] | `()` | [`DeliveryError`] |
+//! | durable subscriber ([`crate::durable::consumer`]) | [`crate::durable::consumer::Delivery`] | `()` | [`DeliveryError`](crate::durable::consumer::DeliveryError) |
 //! | outbound invoke ([`crate::invoke::Invoker`]) | [`crate::invoke::InvokeRequest`] | [`crate::Envelope`] | [`crate::Error`] |
 //!
 //! The layers here work on all of them, because each error type says how to express
@@ -43,18 +43,25 @@ mod recover;
 mod timeout;
 mod trace;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-pub use circuit_breaker::{BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakerLayer};
+pub use circuit_breaker::{
+    BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakerLayer, CircuitKey,
+};
 pub use recover::{Recover, RecoverLayer};
 pub use timeout::{Timeout, TimeoutLayer};
 pub use tower::limit::ConcurrencyLimitLayer;
 pub use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 pub use trace::{Trace, TraceLayer};
 
-use crate::consumer::DeliveryError;
 use crate::envelope::{ErrorCode, ErrorPayload};
 use crate::error::{Error, ErrorKind};
+
+/// A boxed, sendable future: what the crate's handlers ([`crate::service::Handler`],
+/// [`crate::durable::consumer::DeliveryHandler`]) return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// How an error type expresses the failures the standard layers produce.
 pub trait LayerError: Send + 'static {
@@ -88,22 +95,6 @@ impl LayerError for ErrorPayload {
     /// `BACKPRESSURE_DROP`, retryable.
     fn rejected(reason: String) -> Self {
         ErrorPayload::new(ErrorCode::BackpressureDrop, reason).retryable()
-    }
-}
-
-/// Durable handlers: every layer failure is worth a redelivery.
-impl LayerError for DeliveryError {
-    fn timed_out(after: Duration) -> Self {
-        DeliveryError::Retry(format!(
-            "the handler did not finish within {} ms",
-            after.as_millis()
-        ))
-    }
-    fn panicked(message: String) -> Self {
-        DeliveryError::Retry(format!("the handler panicked: {message}"))
-    }
-    fn rejected(reason: String) -> Self {
-        DeliveryError::Retry(reason)
     }
 }
 

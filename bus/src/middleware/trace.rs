@@ -11,7 +11,7 @@ use tracing::Instrument;
 /// Runs each call inside the span `make_span(&request)` returns, and logs its end
 /// (debug on success, info on failure) with the elapsed time in ms. A failed call
 /// marks the span failed (status ERROR, `error.type`; see
-/// [`crate::trace::record_error`]). Logging and
+/// [`crate::observe::trace::record_error`]). Logging and
 /// tracing in one layer: spans are exported when an OpenTelemetry subscriber is
 /// installed.
 pub struct TraceLayer<R> {
@@ -65,7 +65,7 @@ impl<S, R> Service<R> for Trace<S, R>
 where
     S: Service<R>,
     S::Future: Send + 'static,
-    S::Error: std::fmt::Debug + std::fmt::Display + crate::trace::ErrorType,
+    S::Error: std::fmt::Debug + std::fmt::Display + crate::observe::trace::ErrorType,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -90,7 +90,7 @@ where
                 match &result {
                     Ok(_) => tracing::debug!(elapsed_ms = ms, "done"),
                     Err(e) => {
-                        crate::trace::record_error(&this, e);
+                        crate::observe::trace::record_error(&this, e);
                         tracing::info!(elapsed_ms = ms, error = ?e, "failed")
                     }
                 }

@@ -24,7 +24,7 @@ pub mod view;
 
 use serde::{Deserialize, Serialize};
 
-use crate::subject::{SubjectError, validate_token};
+use crate::subject::{SubjectError, Subjects, validate_token};
 
 pub use entry::{Entry, EntryEvent};
 pub use fold::RunState;
@@ -83,5 +83,47 @@ impl RunRef {
 impl std::fmt::Display for RunRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.kind.as_str(), self.name, self.id)
+    }
+}
+
+/// The subjects of durable runs: the journal's (`P.runs.>`) and the run queue's
+/// (`P.runq.>`).
+impl Subjects {
+    /// `P.runs.<kind>.<name>.<run_id>`: the journal entries of one durable run
+    /// (DESIGN §15).
+    pub fn runs(&self, run: &RunRef) -> String {
+        format!("{}.runs.{run}", self.prefix())
+    }
+
+    /// `P.runs.>`: every run's entries.
+    pub fn all_runs(&self) -> String {
+        format!("{}.runs.>", self.prefix())
+    }
+
+    /// `P.runs.<kind>.<name>.*`: the entries of every run of one flow or agent.
+    pub fn runs_of(&self, kind: RunKind, name: &str) -> String {
+        format!("{}.runs.{}.{name}.*", self.prefix(), kind.as_str())
+    }
+
+    /// `P.runq.>`: the run queue ([`queue`]).
+    pub fn all_runq(&self) -> String {
+        format!("{}.runq.>", self.prefix())
+    }
+
+    /// `P.runq.<kind>.<name>.<what>`: the run queue of one flow or agent; `what` is
+    /// `wake` or `cron`.
+    pub fn runq(&self, kind: RunKind, name: &str, what: &str) -> String {
+        format!("{}.runq.{}.{name}.{what}", self.prefix(), kind.as_str())
+    }
+
+    /// `P.runq.sched.<kind>.<name>.<key>`: a message schedule of the run queue (a
+    /// run's timer, `<run_id>_<step>`, or a flow's cron schedule, `_cron`). One
+    /// schedule per subject: publishing again replaces it.
+    pub fn runq_schedule(&self, kind: RunKind, name: &str, key: &str) -> String {
+        format!(
+            "{}.runq.sched.{}.{name}.{key}",
+            self.prefix(),
+            kind.as_str()
+        )
     }
 }

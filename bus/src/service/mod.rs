@@ -31,9 +31,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,14 +52,17 @@ use tower::{Layer, ServiceExt as _};
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
 use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
+use crate::observe::metrics;
 use crate::registry::{EndpointInfo, Kind, Registered, Registration, Registry};
-use crate::stream::{ReplySink, StreamHandler, StreamWriter, as_error, encode_terminal};
+use crate::service::stream::{
+    ReplySink, StreamHandler, StreamWriter, as_error, deliver, encode_terminal, wants_stream,
+};
 use crate::subject::{ServiceName, Target, validate_token};
 
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed, sendable future (defined with the middleware, which durable consumers
+/// share too).
+pub use crate::middleware::BoxFuture;
 
 /// What a handler returns: the result payload, or an error sent as
 /// `agent.response.error`.
@@ -237,7 +241,7 @@ impl Endpoint {
     /// Adds an entry to the endpoint's registry metadata
     /// ([`EndpointInfo::metadata`](crate::registry::EndpointInfo::metadata)), e.g.
     /// `.metadata("readOnlyHint", json!(true))`, which MCP hosts see as the tool's
-    /// annotation ([`crate::tool`]). Default empty.
+    /// annotation ([`crate::registry::tool`]). Default empty.
     pub fn metadata(mut self, key: impl Into<String>, value: Value) -> Self {
         self.metadata.insert(key.into(), value);
         self
@@ -489,7 +493,7 @@ impl Service {
         }
         let (s, ep, subject) = (service.to_string(), e.name.clone(), subject.to_owned());
         let trace = TraceLayer::new(move |r: &Request| {
-            let span = crate::trace::messaging_span!(
+            let span = crate::observe::trace::messaging_span!(
                 "receive", "server", "receive",
                 name = subject,
                 destination = subject,
@@ -500,7 +504,7 @@ impl Service {
                 weft.stream = r.writer.is_some(),
             );
             // The envelope mirrors the request's traceparent header (DESIGN §3).
-            crate::trace::set_parent(&span, None, Some(&r.envelope));
+            crate::observe::trace::set_parent(&span, None, Some(&r.envelope));
             span
         });
         BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
@@ -594,16 +598,13 @@ async fn handle(ctx: &EndpointCtx, request: async_nats::service::Request) {
             r.from = Some(ctx.service.to_string());
             let bytes = r.to_bytes().unwrap_or_default();
             let client = ctx.bus.client();
-            if let Err(e) =
-                crate::stream::deliver(client, Some(&request), &subject, &r, bytes, Some(&err))
-                    .await
-            {
+            if let Err(e) = deliver(client, Some(&request), &subject, &r, bytes, Some(&err)).await {
                 tracing::warn!(service = %ctx.service, endpoint = %ctx.endpoint, error = %e, "cannot send reply");
             }
             return;
         }
     };
-    if !ctx.streaming && !crate::stream::wants_stream(&env) {
+    if !ctx.streaming && !wants_stream(&env) {
         return handle_plain(ctx, started, env, reply_subject, request).await;
     }
     let sink = ReplySink::open(
@@ -666,7 +667,7 @@ async fn handle_plain(
             return;
         }
     };
-    let sent = crate::stream::deliver(
+    let sent = deliver(
         ctx.bus.client(),
         Some(&request),
         &subject,
@@ -700,14 +701,14 @@ pub struct ServiceHandle {
     loops: Vec<tokio::task::JoinHandle<()>>,
     registered: Registered,
     drain_timeout: Duration,
-    consumers: Vec<crate::consumer::ConsumerHandle>,
+    consumers: Vec<crate::durable::consumer::ConsumerHandle>,
 }
 
 impl ServiceHandle {
     /// Ties `consumer` to this service: [`ServiceHandle::stop`] stops it (draining
     /// its in-flight deliveries) once the service's own requests are drained. An agent
     /// keeps the consumer of its run queue this way.
-    pub fn with_consumer(mut self, consumer: crate::consumer::ConsumerHandle) -> Self {
+    pub fn with_consumer(mut self, consumer: crate::durable::consumer::ConsumerHandle) -> Self {
         self.consumers.push(consumer);
         self
     }

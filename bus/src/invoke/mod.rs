@@ -7,21 +7,24 @@
 //! `agent.response.error` (payload [`ErrorPayload`]).
 //!
 //! [`Bus::invoke_stream`] asks for a streamed reply instead: a [`FrameStream`] of
-//! frames (see [`crate::stream`]).
+//! frames (see [`stream`]).
+
+pub(crate) mod reply;
+pub mod stream;
 
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use crate::reply::NoReply;
+use crate::invoke::reply::NoReply;
 use serde_json::Value;
 
 use crate::connect::Bus;
 use crate::envelope::{Envelope, ErrorCode, ErrorPayload, FrameType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
-use crate::stream::{FrameStream, STREAM_METADATA_KEY, StreamOptions, error_payload_of};
+use crate::invoke::stream::{FrameStream, STREAM_METADATA_KEY, StreamOptions, error_payload_of};
+use crate::observe::metrics;
 use crate::subject::Target;
 use tracing::Instrument as _;
 
@@ -74,7 +77,7 @@ impl Bus {
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
-            crate::trace::record_error(&span, e);
+            crate::observe::trace::record_error(&span, e);
         }
         let outcome = match &result {
             Ok(_) => "ok",
@@ -111,7 +114,7 @@ impl Bus {
             .request(subject.clone(), timeout, |inbox| {
                 request.reply_to = Some(inbox.clone());
                 let prepared = request.validate().map_err(Error::from).and_then(|()| {
-                    let headers = crate::trace::outgoing_headers(request);
+                    let headers = crate::observe::trace::outgoing_headers(request);
                     Ok((headers, request.to_bytes()?))
                 });
                 let subject = subject.clone();
@@ -228,7 +231,7 @@ impl Bus {
         request.validate()?;
         // The span lives as long as the stream, which ends it at its terminal frame.
         let span = send_span(self, target, &request, true);
-        let headers = span.in_scope(|| crate::trace::outgoing_headers(&mut request));
+        let headers = span.in_scope(|| crate::observe::trace::outgoing_headers(&mut request));
         let bytes = request.to_bytes()?;
         let subscriber = self.client().subscribe(inbox.clone()).await.map_err(|e| {
             Error::with_source(
@@ -254,7 +257,7 @@ impl Bus {
             target.to_string(),
             subject,
             &request,
-            crate::stream::Sent {
+            stream::Sent {
                 subscriber,
                 waiting,
                 span,
@@ -283,11 +286,11 @@ pub(crate) fn denied(subject: impl std::fmt::Display) -> Error {
     )
 }
 
-/// The client span of a request to `target` (see [`crate::trace`]):
+/// The client span of a request to `target` (see [`crate::observe::trace`]):
 /// `send P.invoke.<target>`, kind CLIENT.
 fn send_span(bus: &Bus, target: &Target, request: &Envelope, stream: bool) -> tracing::Span {
     let subject = format_args!("{}.invoke.{target}", bus.prefix());
-    crate::trace::messaging_span!(
+    crate::observe::trace::messaging_span!(
         "send",
         "client",
         "send",
@@ -317,6 +320,13 @@ impl InvokeRequest {
             envelope,
             timeout,
         }
+    }
+}
+
+/// One circuit per invoke target.
+impl crate::middleware::CircuitKey for InvokeRequest {
+    fn circuit_key(&self) -> String {
+        self.target.to_string()
     }
 }
 

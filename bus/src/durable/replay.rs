@@ -3,13 +3,13 @@
 //! them again to **one** durable consumer.
 //!
 //! Delivering to one consumer: every durable subscriber also filters its replay
-//! subjects `P.replay.<consumer>.<pattern>` (see [`crate::consumer`]), which live in
+//! subjects `P.replay.<consumer>.<pattern>` (see [`crate::durable::consumer`]), which live in
 //! the same events stream. [`to_consumer`] copies each selected event that the
 //! consumer's patterns match, byte for byte, to `P.replay.<consumer>.<event_type>`
 //! under a fresh `Nats-Msg-Id` (so de-duplication does not drop the copy). Only that
 //! consumer receives the copies; other consumers and the consumer's own position in
 //! the stream are untouched, and the copies go through its handler, retry policy and
-//! dead letters like any delivery ([`crate::consumer::Delivery::replayed`] tells them
+//! dead letters like any delivery ([`crate::durable::consumer::Delivery::replayed`] tells them
 //! apart).
 //!
 //! A selection ends at the first of: its end bound, the last event stored when the
@@ -38,9 +38,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::connect::Bus;
+use crate::envelope::MSG_ID_HEADER;
 use crate::envelope::{Envelope, new_event_id, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
+use crate::messaging::publish::{PendingAck, send_to_stream};
 use crate::subject::{EventPattern, Subjects, validate_token};
 
 /// How long one read of a stream may take before a selection fails.
@@ -240,7 +241,7 @@ pub struct ReplayReport {
 /// # Errors
 /// [`ErrorKind::NotFound`] when there is no durable consumer `consumer` on the events
 /// stream; [`ErrorKind::InvalidConfig`] when it takes no replays (it was not created by
-/// [`crate::consumer::start`]); [`ErrorKind::Publish`] when a copy is not acked (the
+/// [`crate::durable::consumer::start`]); [`ErrorKind::Publish`] when a copy is not acked (the
 /// message says how many were copied before).
 pub async fn to_consumer(bus: &Bus, selection: &Selection, consumer: &str) -> Result<ReplayReport> {
     let patterns = replay_patterns(bus, consumer).await?;
@@ -322,7 +323,7 @@ pub async fn envelope_to_consumer(
             format!("consumer {consumer} does not take {event_type} events"),
         ));
     }
-    let mut headers = crate::publish::headers_for(envelope);
+    let mut headers = crate::observe::trace::headers_for(envelope);
     headers.insert(MSG_ID_HEADER, msg_id);
     let ack = send_to_stream(
         bus,
@@ -350,7 +351,7 @@ pub(crate) async fn publish_copy(
 ) -> Result<PendingAck> {
     let mut headers = HeaderMap::new();
     headers.insert(MSG_ID_HEADER, new_event_id().as_str());
-    crate::trace::copy_context(source, &mut headers);
+    crate::observe::trace::copy_context(source, &mut headers);
     send_to_stream(bus, subject, headers, payload).await
 }
 

@@ -8,7 +8,7 @@
 //! [`replay()`] republishes a dead letter's envelope (without the `weft.dlq.*` keys) under
 //! a fresh `Nats-Msg-Id`, by default to the replay subject of the consumer that gave up
 //! on it (`P.replay.<consumer>.<event_type>`, so only that consumer sees it again; see
-//! [`crate::replay`]), or to any subject given; it removes the dead letter only after
+//! [`crate::durable::replay`]), or to any subject given; it removes the dead letter only after
 //! JetStream acked the republish.
 //!
 //! # Examples
@@ -33,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::connect::Bus;
+use crate::durable::replay::{self, Scan, Start};
+use crate::envelope::MSG_ID_HEADER;
 use crate::envelope::{Envelope, rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::publish::{MSG_ID_HEADER, PendingAck, send_to_stream};
-use crate::replay::{self, Scan, Start};
+use crate::messaging::publish::{PendingAck, send_to_stream};
 use crate::subject::{EventPattern, EventType, validate_token};
 
 /// Prefix of the metadata keys a dead letter gains.
@@ -160,7 +161,7 @@ pub async fn publish(
         )
         .as_str(),
     );
-    crate::trace::copy_context(headers, &mut out);
+    crate::observe::trace::copy_context(headers, &mut out);
     let bytes = env.to_bytes()?;
     let ack = send_to_stream(bus, subject.clone(), out, bytes.into())
         .await?

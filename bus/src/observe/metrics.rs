@@ -98,7 +98,7 @@ pub struct BusMetrics {
     pub dead_letters: IntCounterVec,
     /// `weft_replayed_deliveries_total{consumer, outcome}`: the deliveries of
     /// `weft_deliveries_total` that were replayed copies (stored under
-    /// `P.replay.<consumer>.…` by [`crate::replay`] or [`crate::dlq::replay`]), counted
+    /// `P.replay.<consumer>.…` by [`crate::durable::replay`] or [`crate::durable::dlq::replay`]), counted
     /// by the consumer that handled them; outcome `ack`, `nak`, `dead_letter`.
     pub replayed_deliveries: IntCounterVec,
     /// `weft_consumer_pending{consumer, state}`: sampled from consumer info; state

@@ -24,7 +24,7 @@
 //! | `publish P.events.{event_type}` | PRODUCER | `publish` / `send` | [`Bus::publish`](crate::Bus::publish), fire-and-forget publishes |
 //! | `send P.invoke.<target>` | CLIENT | `send` / `send` | [`Bus::request`](crate::Bus::request) and streaming invokes |
 //! | `receive P.invoke.<target>` | SERVER | `receive` / `receive` | a service handling a request ([`crate::service`]) |
-//! | `process P.events.{event_type}` | CONSUMER | `process` / `process` | a durable subscriber handling a delivery ([`crate::consumer`]) |
+//! | `process P.events.{event_type}` | CONSUMER | `process` / `process` | a durable subscriber handling a delivery ([`crate::durable::consumer`]) |
 //!
 //! Every messaging span has `messaging.system = "nats"`, `messaging.destination.name`
 //! (the subject), `messaging.message.id` (the envelope's `event_id`) and, where one
@@ -66,7 +66,7 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MSG_ID_HEADER};
 
 /// The W3C `traceparent` header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -143,11 +143,18 @@ pub fn outgoing(env: &Envelope) -> (std::borrow::Cow<'_, Envelope>, HeaderMap) {
         let headers = outgoing_headers(&mut copy);
         (std::borrow::Cow::Owned(copy), headers)
     } else {
-        (
-            std::borrow::Cow::Borrowed(env),
-            crate::publish::headers_for(env),
-        )
+        (std::borrow::Cow::Borrowed(env), headers_for(env))
     }
+}
+
+/// The NATS headers of an envelope: `Nats-Msg-Id` and `traceparent`.
+pub fn headers_for(env: &Envelope) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(MSG_ID_HEADER, env.event_id.as_str());
+    if let Some(tp) = env.traceparent.as_deref().filter(|t| !t.is_empty()) {
+        h.insert(TRACEPARENT, tp);
+    }
+    h
 }
 
 /// The NATS headers of an outgoing envelope: `Nats-Msg-Id: <event_id>` and the trace
@@ -155,7 +162,7 @@ pub fn outgoing(env: &Envelope) -> (std::borrow::Cow<'_, Envelope>, HeaderMap) {
 pub fn outgoing_headers(env: &mut Envelope) -> HeaderMap {
     let mut headers = HeaderMap::new();
     inject(env, &mut headers);
-    headers.insert(crate::publish::MSG_ID_HEADER, env.event_id.as_str());
+    headers.insert(MSG_ID_HEADER, env.event_id.as_str());
     headers
 }
 
@@ -202,16 +209,6 @@ pub trait ErrorType {
 impl ErrorType for crate::envelope::ErrorPayload {
     fn error_type(&self) -> std::borrow::Cow<'_, str> {
         self.code.as_str().into()
-    }
-}
-
-impl ErrorType for crate::consumer::DeliveryError {
-    fn error_type(&self) -> std::borrow::Cow<'_, str> {
-        match self {
-            crate::consumer::DeliveryError::Retry(_)
-            | crate::consumer::DeliveryError::RetryAfter(..) => "retry".into(),
-            crate::consumer::DeliveryError::Permanent(_) => "permanent".into(),
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Core NATS subscriptions to events, optionally in a queue group.
 //!
 //! Core subscriptions see events as they are published and keep nothing; for
-//! at-least-once handling use a durable consumer ([`crate::consumer`]).
+//! at-least-once handling use a durable consumer ([`crate::durable::consumer`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

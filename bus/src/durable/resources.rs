@@ -35,76 +35,10 @@ use serde::Serialize;
 
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
-use crate::subject::Prefix;
 
-/// Stream and bucket names of one mesh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    /// `<PREFIX>_EVENTS`.
-    pub events_stream: String,
-    /// `<PREFIX>_DLQ`.
-    pub dlq_stream: String,
-    /// `<PREFIX>_RUNS`: the journal of durable runs (DESIGN §15).
-    pub runs_stream: String,
-    /// `<PREFIX>_RUNQ`: the run queue, wakes and timers of durable runs (see
-    /// [`crate::runs::queue`]).
-    pub runq_stream: String,
-    /// `<prefix>_registry`.
-    pub registry_bucket: String,
-    /// `<prefix>_memory`.
-    pub memory_bucket: String,
-    /// `<prefix>_flows`.
-    pub flows_bucket: String,
-    /// `<prefix>_failures`: per durable consumer and stream sequence, when a message
-    /// first failed (see [`crate::consumer`]).
-    pub failures_bucket: String,
-    /// `<prefix>_tasks`: A2A tasks by task id (DESIGN §14), kept
-    /// [`ResourceConfig::tasks_max_age`].
-    pub tasks_bucket: String,
-    /// `<prefix>_a2a_agents`: remote A2A agents added with `weft a2a add`, by name.
-    pub a2a_agents_bucket: String,
-    prefix: String,
-}
-
-impl Names {
-    /// The names for `prefix`.
-    pub fn new(prefix: &Prefix) -> Self {
-        let up = prefix.as_str().to_uppercase();
-        let p = prefix.as_str();
-        Names {
-            events_stream: format!("{up}_EVENTS"),
-            dlq_stream: format!("{up}_DLQ"),
-            runs_stream: format!("{up}_RUNS"),
-            runq_stream: format!("{up}_RUNQ"),
-            registry_bucket: format!("{p}_registry"),
-            memory_bucket: format!("{p}_memory"),
-            flows_bucket: format!("{p}_flows"),
-            failures_bucket: format!("{p}_failures"),
-            tasks_bucket: format!("{p}_tasks"),
-            a2a_agents_bucket: format!("{p}_a2a_agents"),
-            prefix: p.to_owned(),
-        }
-    }
-
-    /// `<prefix>_<name>`: the name of an application bucket of this mesh, e.g. the
-    /// demo's `weft_tickets`.
-    pub fn bucket(&self, name: &str) -> String {
-        format!("{}_{name}", self.prefix)
-    }
-
-    /// Whether `stream` is one of this mesh's streams: its events or DLQ stream, or
-    /// the stream `KV_<prefix>_…` of one of its buckets.
-    pub fn is_mesh_stream(&self, stream: &str) -> bool {
-        stream == self.events_stream
-            || stream == self.dlq_stream
-            || stream == self.runs_stream
-            || stream == self.runq_stream
-            || stream
-                .strip_prefix("KV_")
-                .and_then(|b| b.strip_prefix(self.prefix.as_str()))
-                .is_some_and(|rest| rest.starts_with('_'))
-    }
-}
+/// Stream and bucket names of one mesh (defined with the subjects, as the other names
+/// the prefix makes).
+pub use crate::subject::Names;
 
 /// Settings of the mesh's resources. Every field states its default.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,13 +14,22 @@
 //!   processes (agents' tool discovery, gateways, bridges). A process shares one:
 //!   [`Bus::registry_watch`]. Reads are in memory and create nothing on the server.
 //! - [`Registry::list`] and friends: one-shot reads (`weft ls`), one stream-info
-//!   request plus a direct get per entry, no consumer ([`crate::kv::read_all`]).
+//!   request plus a direct get per entry, no consumer ([`kv::read_all`]).
+//!
+//! # Around it
+//!
+//! - [`kv`]: the KV helpers the registry (and agents, flows, the gateway) read and
+//!   update buckets with.
+//! - [`tool`]: registered endpoints as tools for agents and MCP hosts.
+
+pub mod kv;
+pub mod tool;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -28,7 +37,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connect::Bus;
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
+use crate::observe::metrics;
 
 /// Heartbeats per registry TTL: an instance rewrites its entry every quarter of the
 /// TTL, so with the default 15 s an entry survives one failed heartbeat plus a leader
@@ -95,7 +104,7 @@ pub struct EndpointInfo {
     pub streaming: bool,
     /// Free-form endpoint metadata. The MCP hints `readOnlyHint`, `destructiveHint`,
     /// `idempotentHint` and `openWorldHint` (booleans) and `title` (a string) become
-    /// the tool's annotations ([`crate::tool`]).
+    /// the tool's annotations ([`crate::registry::tool`]).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
 }
@@ -212,7 +221,7 @@ fn group(registrations: Vec<Registration>) -> Vec<Listing> {
 /// The registry bucket of one mesh.
 #[derive(Clone)]
 pub struct Registry {
-    store: kv::Store,
+    store: jetstream::kv::Store,
 }
 
 impl Registry {
@@ -231,7 +240,7 @@ impl Registry {
     /// # Errors
     /// [`ErrorKind::Kv`] when the bucket cannot be read.
     pub async fn list(&self) -> Result<Vec<Registration>> {
-        let mut out: Vec<Registration> = crate::kv::read_all(&self.store, "")
+        let mut out: Vec<Registration> = kv::read_all(&self.store, "")
             .await?
             .into_iter()
             .map(|(_, r)| r)
@@ -250,7 +259,7 @@ impl Registry {
             Some(n) => format!("{kind}.{n}."),
             None => format!("{kind}."),
         };
-        Ok(crate::kv::read_all(&self.store, &prefix)
+        Ok(kv::read_all(&self.store, &prefix)
             .await?
             .into_iter()
             .map(|(_, r)| r)
@@ -341,7 +350,7 @@ impl Registry {
 pub struct Registered {
     key: String,
     kind: Kind,
-    store: kv::Store,
+    store: jetstream::kv::Store,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -469,7 +478,7 @@ impl WatchState {
 ///
 /// Changes arrive as they are written: a registration when its instance starts, a
 /// delete when it stops cleanly, an expiry marker when its TTL passes (buckets made by
-/// [`crate::resources::ensure`] have limit markers on). An entry whose instance has not
+/// [`crate::durable::resources::ensure`] have limit markers on). An entry whose instance has not
 /// written it for twice the TTL is dropped as well, marker or not.
 ///
 /// When the watch breaks (its node restarts, the bucket is re-created), it starts
@@ -602,7 +611,7 @@ impl RegistryWatch {
     }
 
     /// The most recently started live instance of every name of `kind`, sorted by
-    /// name: what [`crate::tool::ToolSet`] reads for the mesh's tools.
+    /// name: what [`crate::registry::tool::ToolSet`] reads for the mesh's tools.
     pub fn newest_each(&self, kind: Kind) -> Vec<Registration> {
         newest_each(self.list_kind(kind, None))
     }
@@ -626,8 +635,8 @@ impl RegistryWatch {
 }
 
 /// Lists the bucket into `state` and returns the revision to watch from.
-async fn load(store: &kv::Store, state: &WatchState) -> Result<u64> {
-    let snapshot = crate::kv::snapshot::<Registration>(store, "").await?;
+async fn load(store: &jetstream::kv::Store, state: &WatchState) -> Result<u64> {
+    let snapshot = kv::snapshot::<Registration>(store, "").await?;
     if state.reset(snapshot.entries) {
         state.changed();
     }
@@ -642,7 +651,7 @@ async fn load(store: &kv::Store, state: &WatchState) -> Result<u64> {
 /// replays what it missed (puts, deletes, expiry markers) in order without listing
 /// the bucket again (a listing's direct gets may be answered by a replica still
 /// catching up after a restart).
-async fn resume_from(store: &kv::Store, state: &WatchState) -> Result<u64> {
+async fn resume_from(store: &jetstream::kv::Store, state: &WatchState) -> Result<u64> {
     let created = stream_created(store).await?;
     let known = state
         .created
@@ -660,7 +669,7 @@ async fn resume_from(store: &kv::Store, state: &WatchState) -> Result<u64> {
 
 /// When `store`'s stream was created, asked of the server (`Store::status` answers
 /// from the handle's cache).
-async fn stream_created(store: &kv::Store) -> Result<time::OffsetDateTime> {
+async fn stream_created(store: &jetstream::kv::Store) -> Result<time::OffsetDateTime> {
     store
         .stream
         .get_info()
@@ -675,7 +684,7 @@ async fn stream_created(store: &kv::Store) -> Result<time::OffsetDateTime> {
         })
 }
 
-async fn watch_from(store: &kv::Store, revision: u64) -> Result<kv::Watch> {
+async fn watch_from(store: &jetstream::kv::Store, revision: u64) -> Result<jetstream::kv::Watch> {
     store.watch_all_from_revision(revision).await.map_err(|e| {
         Error::with_source(
             ErrorKind::Kv,
@@ -689,8 +698,8 @@ async fn watch_from(store: &kv::Store, revision: u64) -> Result<kv::Watch> {
 /// fresh listing) with back-off when it ends or fails.
 async fn follow(
     js: jetstream::Context,
-    mut store: kv::Store,
-    mut watch: kv::Watch,
+    mut store: jetstream::kv::Store,
+    mut watch: jetstream::kv::Watch,
     state: Arc<WatchState>,
     cancel: CancellationToken,
 ) {
@@ -727,14 +736,14 @@ async fn follow(
                             .last_revision
                             .store(entry.revision, std::sync::atomic::Ordering::Relaxed);
                         let changed = match entry.operation {
-                            kv::Operation::Put => match serde_json::from_slice(&entry.value) {
+                            jetstream::kv::Operation::Put => match serde_json::from_slice(&entry.value) {
                                 Ok(r) => state.put(entry.key, r),
                                 Err(e) => {
                                     tracing::warn!(key = %entry.key, error = %e, "skipping an unreadable registry entry");
                                     false
                                 }
                             },
-                            kv::Operation::Delete | kv::Operation::Purge => state.remove(&entry.key),
+                            jetstream::kv::Operation::Delete | jetstream::kv::Operation::Purge => state.remove(&entry.key),
                         };
                         if changed {
                             state.changed();

@@ -2,7 +2,7 @@
 //! explicitly named fire-and-forget publish for telemetry-like events.
 //!
 //! Every message carries the NATS headers `Nats-Msg-Id: <event_id>` (JetStream
-//! de-duplication) and the W3C trace context ([`crate::trace`]). Each publish runs in
+//! de-duplication) and the W3C trace context ([`crate::observe::trace`]). Each publish runs in
 //! a `publish` span.
 
 use std::sync::OnceLock;
@@ -21,15 +21,19 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::connect::Bus;
+use crate::durable::retry::{Backoff, RetryPolicy};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
-use crate::retry::{Backoff, RetryPolicy};
+use crate::observe::metrics;
 use crate::subject::EventType;
 use tracing::Instrument as _;
 
-/// Header carrying the event id, used by JetStream de-duplication.
-pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header carrying the event id, used by JetStream de-duplication (defined with the
+/// envelope).
+pub use crate::envelope::MSG_ID_HEADER;
+/// The NATS headers of an envelope (defined with the trace context, which writes them
+/// too).
+pub use crate::observe::trace::headers_for;
 
 /// Sends `payload` with `headers` to `subject` through JetStream and returns at once,
 /// without waiting for the ack, so a caller may send several before it waits
@@ -395,16 +399,6 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// The NATS headers of an envelope: `Nats-Msg-Id` and `traceparent`.
-pub fn headers_for(env: &Envelope) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(MSG_ID_HEADER, env.event_id.as_str());
-    if let Some(tp) = env.traceparent.as_deref().filter(|t| !t.is_empty()) {
-        h.insert(crate::trace::TRACEPARENT, tp);
-    }
-    h
-}
-
 /// Counts one publish in `weft_events_published_total{mode, outcome}`. The five
 /// series are looked up once: finding a series by its labels costs more than the
 /// increment, and fire-and-forget publishes are counted one by one.
@@ -493,7 +487,7 @@ impl Bus {
         let span = {
             // (Not held across an await: `Arguments` is not `Send`.)
             let template = format_args!("{}.events.{{event_type}}", self.prefix());
-            crate::trace::messaging_span!(
+            crate::observe::trace::messaging_span!(
                 "publish", "producer", "send",
                 name = template,
                 destination = format_args!("{}.events.{}", self.prefix(), env.event_type),
@@ -513,7 +507,7 @@ impl Bus {
                 span.record("weft.stream.sequence", p.sequence as i64);
                 span.record("weft.duplicate", p.duplicate);
             }
-            Err(e) => crate::trace::record_error(&span, e),
+            Err(e) => crate::observe::trace::record_error(&span, e),
         }
         let outcome = match &result {
             Ok(p) if p.duplicate => "duplicate",
@@ -528,7 +522,7 @@ impl Bus {
         let event_type: EventType = env.event_type.parse()?;
         env.validate()?;
         let subject = self.subjects().events(&event_type);
-        let (env, headers) = crate::trace::outgoing(env);
+        let (env, headers) = crate::observe::trace::outgoing(env);
         let bytes = env.to_bytes()?;
         tracing::Span::current().record("messaging.message.body.size", bytes.len() as i64);
         let stream = &self.names().events_stream;
@@ -549,7 +543,7 @@ impl Bus {
     /// [`ErrorKind::Envelope`] for an oversized envelope, [`ErrorKind::Publish`] when
     /// the client cannot queue the message.
     pub async fn publish_fire_and_forget(&self, subject: &str, env: &Envelope) -> Result<()> {
-        let span = crate::trace::messaging_span!(
+        let span = crate::observe::trace::messaging_span!(
             "publish",
             "producer",
             "send",
@@ -561,7 +555,7 @@ impl Bus {
             message_id = env.event_id,
             messaging.message.body.size = tracing::field::Empty,
         );
-        let (env, headers) = span.in_scope(|| crate::trace::outgoing(env));
+        let (env, headers) = span.in_scope(|| crate::observe::trace::outgoing(env));
         let bytes = env.to_bytes()?;
         span.record("messaging.message.body.size", bytes.len() as i64);
         let r = self
@@ -577,7 +571,7 @@ impl Bus {
             });
         count_published("fire_and_forget", if r.is_ok() { "ok" } else { "error" });
         if let Err(e) = &r {
-            crate::trace::record_error(&span, e);
+            crate::observe::trace::record_error(&span, e);
         }
         r
     }

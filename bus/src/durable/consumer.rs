@@ -17,7 +17,7 @@
 //!
 //! Retries go through JetStream redelivery (a nak with a delay), never an in-process
 //! loop, so another instance may take the next attempt; [`Delivery::attempt`] is
-//! JetStream's delivery count. A dead letter ([`crate::dlq`]) is published and acked
+//! JetStream's delivery count. A dead letter ([`crate::durable::dlq`]) is published and acked
 //! before the original is terminated.
 //!
 //! While a message waits in the instance or its handler runs, the consumer sends an
@@ -104,13 +104,12 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service as _, ServiceExt as _};
 
 use crate::connect::Bus;
-use crate::dlq::{self, DeadLetter, Reason};
+use crate::durable::dlq::{self, DeadLetter, Reason};
+use crate::durable::retry::RetryPolicy;
 use crate::envelope::{Envelope, now_rfc3339};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics;
-use crate::middleware::{RecoverLayer, TimeoutLayer, TraceLayer};
-use crate::retry::RetryPolicy;
-use crate::service::BoxFuture;
+use crate::middleware::{BoxFuture, LayerError, RecoverLayer, TimeoutLayer, TraceLayer};
+use crate::observe::metrics;
 use crate::subject::{EventPattern, validate_token};
 
 /// A durable handler with its middleware: a cloneable tower service.
@@ -300,7 +299,7 @@ impl DurableConfig {
             } else {
                 &*events
             };
-            let span = crate::trace::messaging_span!(
+            let span = crate::observe::trace::messaging_span!(
                 "process", "consumer", "process",
                 name = template,
                 destination = d.subject,
@@ -311,7 +310,7 @@ impl DurableConfig {
                 weft.stream.sequence = d.stream_sequence as i64,
                 weft.replayed = d.replayed,
             );
-            crate::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
+            crate::observe::trace::set_parent(&span, Some(&d.headers), Some(&d.envelope));
             span
         });
         BoxCloneSyncService::new(RecoverLayer.layer(trace.layer(svc)))
@@ -330,7 +329,7 @@ pub struct Delivery {
     pub attempt: i64,
     /// Its stream sequence.
     pub stream_sequence: u64,
-    /// True for a copy made by a replay ([`crate::replay`], [`crate::dlq::replay`]).
+    /// True for a copy made by a replay ([`crate::durable::replay`], [`crate::durable::dlq::replay`]).
     pub replayed: bool,
     /// The message's NATS headers (`Nats-Msg-Id`, trace context, …).
     pub headers: HeaderMap,
@@ -350,6 +349,31 @@ pub enum DeliveryError {
     /// Trying again cannot help: dead letter now.
     #[error("{0}")]
     Permanent(String),
+}
+
+/// Durable handlers: every layer failure is worth a redelivery.
+impl LayerError for DeliveryError {
+    fn timed_out(after: Duration) -> Self {
+        DeliveryError::Retry(format!(
+            "the handler did not finish within {} ms",
+            after.as_millis()
+        ))
+    }
+    fn panicked(message: String) -> Self {
+        DeliveryError::Retry(format!("the handler panicked: {message}"))
+    }
+    fn rejected(reason: String) -> Self {
+        DeliveryError::Retry(reason)
+    }
+}
+
+impl crate::observe::trace::ErrorType for DeliveryError {
+    fn error_type(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            DeliveryError::Retry(_) | DeliveryError::RetryAfter(..) => "retry".into(),
+            DeliveryError::Permanent(_) => "permanent".into(),
+        }
+    }
 }
 
 /// Handles durable deliveries. Implemented for every
@@ -766,7 +790,7 @@ fn handle<'a>(
                 // The delivery takes the headers; the message keeps only its trace
                 // context, which is all a dead letter copies.
                 let mut trace = HeaderMap::new();
-                crate::trace::copy_context(msg.headers.as_ref(), &mut trace);
+                crate::observe::trace::copy_context(msg.headers.as_ref(), &mut trace);
                 let headers = msg.message.headers.replace(trace);
                 let subject = msg.subject.as_str();
                 let delivery = Delivery {
