@@ -29,7 +29,7 @@ use weft_bus::consumer::{self, Delivery, DurableConfig};
 use weft_bus::{Envelope, EventType};
 
 use super::durable_publish::{IN_FLIGHT, raw_publisher};
-use super::{Bench, Figure, Run, Sides, Wire, closed_loop, hand};
+use super::{Bench, Cpu, Figure, Run, Sides, Wire, closed_loop, hand};
 
 /// Longest time spent loading the stream.
 const MAX_LOAD: Duration = Duration::from_secs(5);
@@ -145,6 +145,8 @@ struct Progress(Arc<ProgressInner>);
 
 struct ProgressInner {
     origin: Instant,
+    /// CPU used when it was made.
+    cpu: Cpu,
     handled: AtomicU64,
     errors: AtomicU64,
     /// When the first message was handled, in ns since `origin` (`u64::MAX` before).
@@ -158,6 +160,7 @@ impl Progress {
     fn new() -> Progress {
         Progress(Arc::new(ProgressInner {
             origin: Instant::now(),
+            cpu: Cpu::now(),
             handled: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_ns: AtomicU64::new(u64::MAX),
@@ -205,6 +208,8 @@ impl Progress {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            ..Run::default()
         }
+        .cpu_since(i.cpu)
     }
 }

@@ -34,7 +34,12 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
     let bus = b.connect("publish").await?;
     let subject = async_nats::Subject::from(bus.subjects().events(&event_type));
     let shape = Arc::new(Shape::of(&Envelope::event(&event_type, b.payload.clone()))?);
-    let hand = warm_and_measure(b, IN_FLIGHT, js_publisher(&bus, subject.clone(), move || shape.message())).await;
+    let hand = warm_and_measure(
+        b,
+        IN_FLIGHT,
+        js_publisher(&bus, subject.clone(), move || shape.message()),
+    )
+    .await;
 
     let bus = b.connect("publish").await?;
     let raw = warm_and_measure(b, IN_FLIGHT, raw_publisher(&bus, subject, wire.clone())).await;

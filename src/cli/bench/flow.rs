@@ -23,7 +23,7 @@ use weft_flows::{Flow, Step};
 
 use super::durable_publish::{IN_FLIGHT, weft_publisher};
 use super::invoke::{serve_noop, target};
-use super::{Bench, Figure, Run, closed_loop};
+use super::{Bench, Cpu, Figure, Run, closed_loop};
 
 /// Longest time spent publishing triggers.
 const MAX_LOAD: Duration = Duration::from_secs(5);
@@ -74,6 +74,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
     let failed = || runs.with_label_values(&[FLOW, "failed"]).get();
     let (completed_before, failed_before) = (completed(), failed());
     steps.store(0, Ordering::Relaxed);
+    let cpu = Cpu::now();
     let started = Instant::now();
     let handle = worker::start(&worker_bus, vec![flow], config).await?;
     let mut done_at = started.elapsed();
@@ -104,7 +105,9 @@ pub async fn run(b: &Bench) -> anyhow::Result<Vec<Figure>> {
         dropped: None,
         elapsed_ms,
         first_error: (errors > 0).then(|| format!("{errors} runs failed")),
+        ..Run::default()
     }
+    .cpu_since(cpu)
     .require_ops("the bench flow")?;
     let steps = Run {
         ops: steps_done,

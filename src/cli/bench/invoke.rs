@@ -85,7 +85,10 @@ pub fn raw_wires(b: &Bench, client: &async_nats::Client) -> anyhow::Result<RawWi
 }
 
 /// The hand twin's request and reply shapes (see [`exchange`]).
-pub fn hand_shapes(b: &Bench, client: &async_nats::Client) -> anyhow::Result<(Arc<Shape>, Arc<Shape>)> {
+pub fn hand_shapes(
+    b: &Bench,
+    client: &async_nats::Client,
+) -> anyhow::Result<(Arc<Shape>, Arc<Shape>)> {
     let (request, reply) = exchange(b, client)?;
     Ok((Arc::new(Shape::of(&request)?), Arc::new(Shape::of(&reply)?)))
 }
@@ -100,7 +103,10 @@ pub async fn serve_raw(bus: &Bus, wire: Arc<Wire>) -> anyhow::Result<tokio::task
 /// responder: the request decoded into a `Value`, a reply of `shape` built and encoded
 /// for it; a request that is not a JSON object gets no reply. Until the returned task
 /// is aborted.
-pub async fn serve_hand(bus: &Bus, shape: Arc<Shape>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve_hand(
+    bus: &Bus,
+    shape: Arc<Shape>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     serve_core(bus, move |m| {
         let request = hand::decode(&m.payload).ok()?;
         Some(shape.reply_to(&request))
@@ -161,7 +167,11 @@ pub fn hand_caller(
     bus: &Bus,
     shape: Arc<Shape>,
 ) -> anyhow::Result<impl Fn() -> OpFuture + Clone + Send + Sync + 'static> {
-    core_caller(bus, move || shape.message(), |reply| hand::decode(reply).map(|_| ()))
+    core_caller(
+        bus,
+        move || shape.message(),
+        |reply| hand::decode(reply).map(|_| ()),
+    )
 }
 
 /// One core NATS request of `bench.noop` with the message `next` makes, the reply's
@@ -260,9 +270,8 @@ pub async fn with_side<T>(
 /// # Errors
 /// When connecting or serving fails, or a side gets no reply.
 pub async fn latency(b: &Bench) -> anyhow::Result<Vec<Figure>> {
-    let timed = async |side| {
-        with_side(b, side, async |op| sequential(b, async || op().await).await).await
-    };
+    let timed =
+        async |side| with_side(b, side, async |op| sequential(b, async || op().await).await).await;
     let (weft, message_bytes) = timed(Side::Weft).await?;
     let (hand, _) = timed(Side::Hand).await?;
     let (raw, _) = timed(Side::Raw).await?;

@@ -143,6 +143,12 @@ pub struct Run {
     pub dropped: Option<u64>,
     /// Measured time in ms.
     pub elapsed_ms: f64,
+    /// CPU time this process used while the side ran, in ms (see [`Cpu`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
+    /// CPU time the local nats-server used while the side ran, in ms (see [`Cpu`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_ms: Option<f64>,
     /// The first error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -157,9 +163,27 @@ impl Run {
         self.ops as f64 * 1000.0 / self.elapsed_ms
     }
 
+    /// CPU µs per operation of this process and of the local nats-server.
+    pub fn cpu_us_per_op(&self) -> (Option<f64>, Option<f64>) {
+        let per_op = |ms: Option<f64>| {
+            ms.filter(|_| self.ops > 0)
+                .map(|ms| ms * 1000.0 / self.ops as f64)
+        };
+        (per_op(self.cpu_ms), per_op(self.server_cpu_ms))
+    }
+
+    /// Sets the CPU used since `since`.
+    fn cpu_since(mut self, since: Cpu) -> Run {
+        (self.cpu_ms, self.server_cpu_ms) = Cpu::now().minus(since);
+        self
+    }
+
     /// Adds another round's counts to these.
     fn add(&mut self, other: &Run) {
         self.ops += other.ops;
+        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        self.cpu_ms = sum(self.cpu_ms, other.cpu_ms);
+        self.server_cpu_ms = sum(self.server_cpu_ms, other.server_cpu_ms);
         self.errors += other.errors;
         self.dropped = match (self.dropped, other.dropped) {
             (Some(a), Some(b)) => Some(a + b),
@@ -181,6 +205,56 @@ impl Run {
         }
         Ok(self)
     }
+}
+
+/// CPU time used so far, in ns, by this process and by the local nats-server the
+/// bench started: the sum over their threads of the first field of
+/// `/proc/<pid>/task/<tid>/schedstat` (time on a CPU, ns). Linux only (`None`
+/// elsewhere, or for a server the bench did not start); threads that have exited no
+/// longer count, which the bench's long-lived runtime threads never do while a side runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    client_ns: Option<u64>,
+    server_ns: Option<u64>,
+}
+
+/// The local nats-server's pid, once the bench started it.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+impl Cpu {
+    /// Now.
+    pub fn now() -> Cpu {
+        Cpu {
+            client_ns: threads_cpu_ns("self"),
+            server_ns: SERVER_PID
+                .get()
+                .and_then(|pid| threads_cpu_ns(&pid.to_string())),
+        }
+    }
+
+    /// The CPU used between `earlier` and `self`, in ms: this process, the server.
+    fn minus(self, earlier: Cpu) -> (Option<f64>, Option<f64>) {
+        let ms =
+            |now: Option<u64>, then: Option<u64>| Some(now?.saturating_sub(then?) as f64 / 1e6);
+        (
+            ms(self.client_ns, earlier.client_ns),
+            ms(self.server_ns, earlier.server_ns),
+        )
+    }
+}
+
+/// The CPU time of process `pid`'s threads, in ns (see [`Cpu`]).
+fn threads_cpu_ns(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        // A thread that ended since the listing counts no more.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 /// One value per side of a figure: Weft, the hand-written twin ([`hand`]) and the raw
@@ -485,6 +559,9 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(server) = &local {
         options = options.url(server.url());
     }
+    if let Some(pid) = local.as_ref().and_then(LocalServer::pid) {
+        let _ = SERVER_PID.set(pid);
+    }
     let admin = options.clone().name("weft-bench-admin").connect().await?;
     let server_version = admin.client().server_info().version;
     let bench = Bench {
@@ -667,10 +744,14 @@ fn print_text(r: &Report) {
             notes.push(format!("{bytes}-byte messages"));
         }
         let c = &f.counts;
-        let dropped = [("weft", Some(&c.weft)), ("hand", c.hand.as_ref()), ("raw", c.raw.as_ref())]
-            .into_iter()
-            .filter_map(|(side, run)| Some(format!("{side} {}", run?.dropped?)))
-            .collect::<Vec<_>>();
+        let dropped = [
+            ("weft", Some(&c.weft)),
+            ("hand", c.hand.as_ref()),
+            ("raw", c.raw.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(side, run)| Some(format!("{side} {}", run?.dropped?)))
+        .collect::<Vec<_>>();
         if dropped.len() > 1 {
             notes.push(format!("dropped: {}", dropped.join(", ")));
         }
@@ -681,7 +762,11 @@ fn print_text(r: &Report) {
             notes.push(format!("{errors} errors"));
         }
         if let Some((low, high)) = f.ratio_range {
-            let which = if f.ratio_hand.is_some() { "w/hand" } else { "w/raw" };
+            let which = if f.ratio_hand.is_some() {
+                "w/hand"
+            } else {
+                "w/raw"
+            };
             notes.push(format!(
                 "{which} {low:.2}-{high:.2} over {} rounds",
                 r.rounds
@@ -707,6 +792,47 @@ fn print_text(r: &Report) {
                 Better::Lower => "lower",
             },
             notes.join("; ")
+        );
+    }
+    print_cpu(r);
+}
+
+/// The CPU each side used per operation, over every round: this process (client and
+/// responder alike) and the local nats-server.
+fn print_cpu(r: &Report) {
+    let cell = |run: Option<&Run>| {
+        let (client, server) = run.map(Run::cpu_us_per_op).unwrap_or_default();
+        match (client, server) {
+            (Some(c), Some(s)) => format!("{c:.1} + {s:.1}"),
+            (Some(c), None) => format!("{c:.1}"),
+            _ => "-".into(),
+        }
+    };
+    let rows: Vec<_> = r
+        .figures
+        .iter()
+        .filter(|f| f.better == Better::Higher && f.counts.weft.cpu_ms.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "CPU per operation, µs: this process{} (all rounds)",
+        if r.local_server { " + nats-server" } else { "" }
+    );
+    println!(
+        "{:<20} {:>16} {:>16} {:>16}",
+        "FIGURE", "WEFT", "HAND", "RAW"
+    );
+    for f in rows {
+        let c = &f.counts;
+        println!(
+            "{:<20} {:>16} {:>16} {:>16}",
+            f.name,
+            cell(Some(&c.weft)),
+            cell(c.hand.as_ref()),
+            cell(c.raw.as_ref())
         );
     }
 }
@@ -802,6 +928,7 @@ where
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
+    let cpu = Cpu::now();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -842,7 +969,9 @@ where
         dropped: None,
         elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
         first_error,
+        ..Run::default()
     }
+    .cpu_since(cpu)
 }
 
 /// Runs `op` for the warm-up, then measures it, from `in_flight` tasks (see
@@ -970,6 +1099,7 @@ pub async fn one_at_a_time(
 ) -> (Run, Vec<Duration>) {
     let mut run = Run::default();
     let mut times = Vec::new();
+    let cpu = Cpu::now();
     let started = Instant::now();
     let mut in_a_row = 0;
     while started.elapsed() < duration && in_a_row < MAX_ERRORS_IN_A_ROW {
@@ -988,7 +1118,7 @@ pub async fn one_at_a_time(
         }
     }
     run.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    (run, times)
+    (run.cpu_since(cpu), times)
 }
 
 /// The `p`-th quantile (0 < p ≤ 1, nearest rank) of `times` in µs; 0 when empty.
@@ -1043,7 +1173,7 @@ mod tests {
             errors: 0,
             dropped: Some(dropped),
             elapsed_ms: 1000.0,
-            first_error: None,
+            ..Run::default()
         };
         vec![Figure::rate(
             "pubsub",

@@ -110,7 +110,10 @@ async fn core_side(
     let counting = Counting::start(subscriber.subscribe(subject.to_owned()).await?, valid);
     subscriber.flush().await?;
     let subject = async_nats::Subject::from(subject);
-    Ok(measure(b, publisher, counting, async || publish(publisher, &subject).await).await)
+    Ok(measure(b, publisher, counting, async || {
+        publish(publisher, &subject).await
+    })
+    .await)
 }
 
 /// A task counting what a subscription delivers, until stopped.
@@ -259,6 +262,7 @@ async fn measure(
     let warm = publish_for(b.warmup, publisher, &counting, &mut publish).await;
     counting.settle(warm.sent).await;
     counting.reset();
+    let cpu = super::Cpu::now();
     let p = publish_for(b.duration, publisher, &counting, &mut publish).await;
     counting.settle(p.sent).await;
     let received = counting.received.load(Ordering::Relaxed);
@@ -274,5 +278,7 @@ async fn measure(
         first_error: p.first_error.or_else(|| {
             (invalid > 0).then(|| format!("{invalid} messages were not valid envelopes"))
         }),
+        ..Run::default()
     }
+    .cpu_since(cpu)
 }
