@@ -812,7 +812,7 @@ impl Engine {
         r: &RunRef,
         entries: &Entries,
     ) -> Result<Gate, DriveError> {
-        let key = match template::render(&c.key, &run.context()) {
+        let key = match template::render(&c.key, run) {
             Ok(Value::String(s)) => s,
             Ok(v) => v.to_string(),
             Err(e) => {
@@ -990,7 +990,7 @@ impl Engine {
             StepKind::Approval(a) => &a.prompt,
             _ => &step.input,
         };
-        let input = template::render(template, &run.context());
+        let input = template::render(template, run);
         let started = EntryEvent::StepStarted {
             input: input.clone().unwrap_or(Value::Null),
             idempotency_key: key.clone(),

@@ -16,6 +16,8 @@ use weft_bus::runs::fold::FoldError;
 pub use weft_bus::runs::view::{RunView, StepRun};
 use weft_bus::runs::{Entry, EntryEvent};
 
+use crate::template;
+
 const RUN_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5eb1_7a2c_0f1e_4d3b_9a8c_77e5_1d2f_0b3a);
 
 /// The run id for `flow` started by the envelope `event_id` (a trigger, a manual start,
@@ -132,6 +134,35 @@ impl Run {
         })
     }
 
+    /// The value at `path` in [`Run::context`], found in place for the trigger's payload
+    /// and finished steps' outputs (what step inputs name), so rendering a step's input
+    /// does not copy the trigger and every output into a context first.
+    fn find(&self, path: &str) -> Option<Result<&Value, String>> {
+        let (head, rest) = path.split_once('.')?;
+        let (name, rest) = rest
+            .split_once('.')
+            .map_or((rest, None), |(n, r)| (n, Some(r)));
+        match head {
+            "trigger" if name == "payload" => {
+                let payload = self.trigger.payload.as_ref()?;
+                Some(template::descend(payload, path, rest))
+            }
+            "steps" => {
+                let (field, rest) = rest?
+                    .split_once('.')
+                    .map_or((rest?, None), |(f, r)| (f, Some(r)));
+                let output = self
+                    .steps
+                    .iter()
+                    .find(|s| s.name == name)?
+                    .output
+                    .as_ref()?;
+                (field == "output").then(|| template::descend(output, path, rest))
+            }
+            _ => None,
+        }
+    }
+
     /// The listing shape of `weft flow runs --json`: [`RunView::summary`] with `flow`,
     /// `version` and `trigger_event_id`.
     pub fn summary(&self) -> Value {
@@ -140,6 +171,16 @@ impl Run {
         v["version"] = json!(self.version);
         v["trigger_event_id"] = json!(self.trigger.event_id);
         v
+    }
+}
+
+impl template::Context for Run {
+    fn lookup(&self, path: &str) -> Result<std::borrow::Cow<'_, Value>, String> {
+        match self.find(path) {
+            Some(found) => found.map(std::borrow::Cow::Borrowed),
+            None => template::Context::lookup(&self.context(), path)
+                .map(|v| std::borrow::Cow::Owned(v.into_owned())),
+        }
     }
 }
 
@@ -253,5 +294,69 @@ mod tests {
         );
         assert_eq!(run.context()["steps"]["one"]["output"], "kept");
         assert!(run.context()["steps"].get("two").is_none());
+    }
+
+    #[test]
+    fn templates_find_payloads_and_outputs_in_place_and_resolve_like_the_context() {
+        use std::borrow::Cow;
+        use template::Context as _;
+        let trigger = Envelope::new("a.b").with_payload(json!({"title": "Hi", "n": [1, 2]}));
+        let run = Run::from_entries(&entries(vec![
+            (
+                "_run",
+                EntryEvent::RunStarted {
+                    cause: "event".into(),
+                    input: serde_json::to_value(&trigger).unwrap(),
+                    definition: json!({"version": "1", "steps": [{"name": "one"}, {"name": "two"}]}),
+                },
+            ),
+            ("one", step_started()),
+            (
+                "one",
+                EntryEvent::StepCompleted {
+                    output: json!({"x": {"y": 3}}),
+                    duration_ms: 1,
+                },
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        let context = run.context();
+        for path in [
+            "trigger",
+            "trigger.payload",
+            "trigger.payload.title",
+            "trigger.payload.n.1",
+            "trigger.payload.nope",
+            "trigger.event_id",
+            "steps",
+            "steps.one",
+            "steps.one.output",
+            "steps.one.output.x.y",
+            "steps.one.output.z",
+            "steps.one.outputx",
+            "steps.two.output",
+            "run.id",
+            "flow.name",
+            "nope",
+        ] {
+            let (fast, full) = (run.lookup(path), context.lookup(path));
+            assert_eq!(
+                fast.as_deref().map_err(String::as_str),
+                full.as_deref().map_err(String::as_str),
+                "{path}"
+            );
+        }
+        // No copy of the trigger or the outputs for the paths inputs name.
+        for path in ["trigger.payload.title", "steps.one.output.x"] {
+            assert!(matches!(run.lookup(path), Ok(Cow::Borrowed(_))), "{path}");
+        }
+        assert_eq!(
+            template::render(
+                &json!("${trigger.payload.n.0}: ${steps.one.output.x.y}"),
+                &run
+            ),
+            Ok(json!("1: 3"))
+        );
     }
 }

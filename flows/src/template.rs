@@ -14,13 +14,50 @@
 //! they are, other values as compact JSON). A path that does not resolve is an error:
 //! the step fails rather than sending a silently empty input.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
+
+/// What placeholders resolve against: the whole context as one JSON value, or a
+/// [`Run`](crate::run::Run), which finds `trigger.payload…` and `steps.<name>.output…`
+/// in place instead of building the context first.
+pub trait Context {
+    /// The value at the dot-separated `path`.
+    ///
+    /// # Errors
+    /// `${path} does not resolve (no "part")`, naming the first part missing.
+    fn lookup(&self, path: &str) -> Result<Cow<'_, Value>, String>;
+}
+
+impl Context for Value {
+    fn lookup(&self, path: &str) -> Result<Cow<'_, Value>, String> {
+        descend(self, path, Some(path)).map(Cow::Borrowed)
+    }
+}
+
+/// The value at `rest` (dot-separated parts, none for `root` itself) inside `root`,
+/// which is the value at the start of `path`; errors name `path`.
+///
+/// # Errors
+/// As [`Context::lookup`].
+pub fn descend<'a>(root: &'a Value, path: &str, rest: Option<&str>) -> Result<&'a Value, String> {
+    let mut v = root;
+    for part in rest.into_iter().flat_map(|r| r.split('.')) {
+        v = match v {
+            Value::Object(m) => m.get(part),
+            Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("${{{path}}} does not resolve (no {part:?})"))?;
+    }
+    Ok(v)
+}
 
 /// Renders `template` against `context`.
 ///
 /// # Errors
 /// A message naming the first placeholder that does not resolve or is unterminated.
-pub fn render(template: &Value, context: &Value) -> Result<Value, String> {
+pub fn render(template: &Value, context: &(impl Context + ?Sized)) -> Result<Value, String> {
     match template {
         Value::String(s) => render_string(s, context),
         Value::Array(items) => items
@@ -39,9 +76,9 @@ pub fn render(template: &Value, context: &Value) -> Result<Value, String> {
     }
 }
 
-fn render_string(s: &str, context: &Value) -> Result<Value, String> {
+fn render_string(s: &str, context: &(impl Context + ?Sized)) -> Result<Value, String> {
     if let Some(path) = whole_placeholder(s) {
-        return lookup(context, path).cloned();
+        return context.lookup(path).map(Cow::into_owned);
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -51,7 +88,7 @@ fn render_string(s: &str, context: &Value) -> Result<Value, String> {
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated placeholder in {s:?}"))?;
-        match lookup(context, after[..end].trim())? {
+        match &*context.lookup(after[..end].trim())? {
             Value::String(v) => out.push_str(v),
             v => out.push_str(&v.to_string()),
         }
@@ -64,19 +101,6 @@ fn render_string(s: &str, context: &Value) -> Result<Value, String> {
 fn whole_placeholder(s: &str) -> Option<&str> {
     let inner = s.strip_prefix("${")?.strip_suffix('}')?;
     (!inner.contains("${") && !inner.contains('}')).then_some(inner.trim())
-}
-
-fn lookup<'a>(context: &'a Value, path: &str) -> Result<&'a Value, String> {
-    let mut v = context;
-    for part in path.split('.') {
-        v = match v {
-            Value::Object(m) => m.get(part),
-            Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
-            _ => None,
-        }
-        .ok_or_else(|| format!("${{{path}}} does not resolve (no {part:?})"))?;
-    }
-    Ok(v)
 }
 
 /// The step names a template refers to through `${steps.<name>…}`.
