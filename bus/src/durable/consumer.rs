@@ -667,6 +667,10 @@ async fn run(
     let mut held: HashMap<u64, async_nats::Subject> = HashMap::with_capacity(concurrency);
     let mut next_key = 0u64;
     let mut tick = progress_ticker(&ctx.config);
+    // Made once: a new one per turn would join and leave the token's waiters list
+    // (two locks) for every message.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut pulling = true;
     loop {
         if !pulling && running.is_empty() {
@@ -675,7 +679,7 @@ async fn run(
         let can_start = !queued.is_empty() && running.len() < concurrency;
         tokio::select! {
             biased;
-            _ = cancel.cancelled(), if pulling => pulling = false,
+            _ = &mut cancelled, if pulling => pulling = false,
             Some(key) = running.next() => {
                 held.remove(&key);
                 ctx.series.in_flight.dec();

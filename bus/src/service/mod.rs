@@ -539,6 +539,10 @@ async fn serve_endpoint(
     // `acquire` each turn would go to the back whenever another branch fired).
     let mut permits = PollSemaphore::new(permits);
     let mut permit = None;
+    // Made once: a new one per turn would join and leave the token's waiters list
+    // (two locks) for every request.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut open = true;
     loop {
         if !open && running.is_empty() {
@@ -546,7 +550,7 @@ async fn serve_endpoint(
         }
         tokio::select! {
             biased;
-            _ = cancel.cancelled(), if open => open = false,
+            _ = &mut cancelled, if open => open = false,
             Some(()) = running.next() => {}
             p = std::future::poll_fn(|cx| permits.poll_acquire(cx)), if open && permit.is_none() => match p {
                 Some(p) => permit = Some(p),
