@@ -4,24 +4,23 @@
 //! group imports only the groups listed before it (see the exceptions below):
 //!
 //! - **foundation**: the [envelope], validated [subjects](subject), [errors](error),
-//!   the [connection](Bus) and a local [`nats-server`](server);
+//!   [retry policies](retry) with back-off, the [connection](Bus) and a local
+//!   [`nats-server`](server);
 //! - [`observe`]: Prometheus [metrics] and the [trace] context;
 //! - [`messaging`]: durable and fire-and-forget [publish], core [subscriptions](subscribe);
 //! - [`middleware`]: the tower layers every handler runs through;
 //! - [`registry`]: who is on the mesh, with its [KV helpers](kv) and the [tools](tool)
 //!   endpoints become for agents and MCP;
-//! - [`durable`]: [durable consumers](consumer) with [retry policies](retry),
-//!   [dead letters](dlq), [replay] and the mesh's JetStream [resources];
+//! - [`durable`]: [durable consumers](consumer), [dead letters](dlq), [replay] and the
+//!   mesh's JetStream [resources];
 //! - [`invoke`]: the caller's side of request-reply and [streaming](stream);
 //! - [`service`]: the serving side: endpoints, handlers, streamed replies, NATS micro
 //!   services;
 //! - [`runs`]: the journal and queue of durable runs;
 //! - with the `testing` feature, a test harness.
 //!
-//! Two exceptions: the [connection](Bus) keeps the connection's reply inbox and
-//! registry watch, so `connect` also names those two types; and a durable publish
-//! backs off with a [retry policy](retry), a module that imports nothing but the
-//! [errors](error).
+//! One exception: the [connection](Bus) keeps the connection's reply inbox and
+//! registry watch, so `connect` also names those two types.
 //!
 //! The wire contract (subjects, envelope, headers, streams, buckets) is described in
 //! `docs/protocol.md`.
@@ -35,6 +34,7 @@ pub mod messaging;
 pub mod middleware;
 pub mod observe;
 pub mod registry;
+pub mod retry;
 pub mod runs;
 pub mod server;
 pub mod service;
@@ -51,7 +51,7 @@ pub mod subject;
 pub mod testing;
 
 /// Durable delivery's modules at their earlier paths (`weft_bus::consumer`, …).
-pub use durable::{consumer, dlq, replay, resources, retry};
+pub use durable::{consumer, dlq, replay, resources};
 /// Core messaging's modules at their earlier paths (`weft_bus::publish`, …).
 pub use messaging::{publish, subscribe};
 /// Observability's modules at their earlier paths (`weft_bus::metrics`, …).

@@ -105,11 +105,11 @@ use tower::{Layer, Service as _, ServiceExt as _};
 
 use crate::connect::Bus;
 use crate::durable::dlq::{self, DeadLetter, Reason};
-use crate::durable::retry::RetryPolicy;
 use crate::envelope::{Envelope, now_rfc3339};
 use crate::error::{Error, ErrorKind, Result};
 use crate::middleware::{BoxFuture, LayerError, RecoverLayer, TimeoutLayer, TraceLayer};
 use crate::observe::metrics;
+use crate::retry::RetryPolicy;
 use crate::subject::{EventPattern, validate_token};
 
 /// A durable handler with its middleware: a cloneable tower service.

@@ -21,10 +21,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::connect::Bus;
-use crate::durable::retry::{Backoff, RetryPolicy};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::observe::metrics;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::subject::EventType;
 use tracing::Instrument as _;
 

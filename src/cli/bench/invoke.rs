@@ -218,6 +218,9 @@ impl Responder {
     }
 }
 
+/// One operation of a side: its invoke of `bench.noop`.
+pub type Caller = Arc<dyn Fn() -> OpFuture + Send + Sync>;
+
 /// Which side of the bench.
 #[derive(Debug, Clone, Copy)]
 pub enum Side {
@@ -238,26 +241,26 @@ pub enum Side {
 pub async fn with_side<T>(
     b: &Bench,
     side: Side,
-    measure: impl AsyncFnOnce(Box<dyn Fn() -> OpFuture + Send + Sync>) -> T,
+    measure: impl AsyncFnOnce(Caller) -> T,
 ) -> anyhow::Result<(T, usize)> {
     let (server, client) = (b.connect("service").await?, b.connect("client").await?);
     let wires = raw_wires(b, client.client())?;
     let message_bytes = wires.request.message_bytes();
-    let (responder, caller): (_, Box<dyn Fn() -> OpFuture + Send + Sync>) = match side {
+    let (responder, caller): (_, Caller) = match side {
         Side::Weft => (
             Responder::Weft(Box::new(serve_noop(&server, None).await?)),
-            Box::new(weft_caller(&client, b)?),
+            Arc::new(weft_caller(&client, b)?),
         ),
         Side::Hand => {
             let (request, reply) = hand_shapes(b, client.client())?;
             (
                 Responder::Twin(serve_hand(&server, reply).await?),
-                Box::new(hand_caller(&client, request)?),
+                Arc::new(hand_caller(&client, request)?),
             )
         }
         Side::Raw => (
             Responder::Twin(serve_raw(&server, wires.reply.clone()).await?),
-            Box::new(raw_caller(&client, Arc::new(wires.request))?),
+            Arc::new(raw_caller(&client, Arc::new(wires.request))?),
         ),
     };
     let out = measure(caller).await;
@@ -300,7 +303,6 @@ pub async fn sequential(
 pub async fn throughput(b: &Bench) -> anyhow::Result<Figure> {
     let rate = async |side| {
         with_side(b, side, async |op| {
-            let op: Arc<dyn Fn() -> OpFuture + Send + Sync> = Arc::from(op);
             warm_and_measure(b, IN_FLIGHT, move || op()).await
         })
         .await

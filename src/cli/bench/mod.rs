@@ -302,6 +302,17 @@ impl<T> Sides<T> {
 }
 
 impl Sides<Run> {
+    /// The sides there are, by name: `weft`, `hand`, `raw`.
+    fn named(&self) -> impl Iterator<Item = (&'static str, &Run)> {
+        [
+            ("weft", Some(&self.weft)),
+            ("hand", self.hand.as_ref()),
+            ("raw", self.raw.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, run)| Some((name, run?)))
+    }
+
     /// Fails when a side completed nothing; `what` names the scenario.
     fn require_ops(self, what: &str) -> anyhow::Result<Sides<Run>> {
         let twin = |run: Option<Run>, side: &str| {
@@ -743,21 +754,15 @@ fn print_text(r: &Report) {
         if let Some(bytes) = f.message_bytes {
             notes.push(format!("{bytes}-byte messages"));
         }
-        let c = &f.counts;
-        let dropped = [
-            ("weft", Some(&c.weft)),
-            ("hand", c.hand.as_ref()),
-            ("raw", c.raw.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(side, run)| Some(format!("{side} {}", run?.dropped?)))
-        .collect::<Vec<_>>();
+        let dropped = f
+            .counts
+            .named()
+            .filter_map(|(side, run)| Some(format!("{side} {}", run.dropped?)))
+            .collect::<Vec<_>>();
         if dropped.len() > 1 {
             notes.push(format!("dropped: {}", dropped.join(", ")));
         }
-        let errors = c.weft.errors
-            + c.hand.as_ref().map_or(0, |r| r.errors)
-            + c.raw.as_ref().map_or(0, |r| r.errors);
+        let errors: u64 = f.counts.named().map(|(_, run)| run.errors).sum();
         if errors > 0 {
             notes.push(format!("{errors} errors"));
         }
@@ -1213,6 +1218,38 @@ mod tests {
         assert_eq!(two[0].ratio_raw, Some(1.5));
         let one = Figure::median_of(vec![round(90.0, 100.0, 0)]);
         assert_eq!((one[0].ratio_raw, one[0].ratio_range), (Some(0.9), None));
+    }
+
+    #[test]
+    fn rounds_rank_by_the_hand_twin_when_there_is_one() {
+        let run = |ops: u64| Run {
+            ops,
+            elapsed_ms: 1000.0,
+            ..Run::default()
+        };
+        // weft/raw is 0.5, 0.8, 0.5 (its median a round of 0.5); weft/hand is 0.9,
+        // 0.8, 0.7: the hand median is the second round.
+        let round = |weft, hand, raw| {
+            vec![Figure::rate(
+                "pubsub",
+                "msgs/s",
+                Sides::all(run(weft), run(hand), run(raw)),
+            )]
+        };
+        let rounds = vec![
+            round(90, 100, 180),
+            round(80, 100, 100),
+            round(70, 100, 140),
+        ];
+        let [f] = <[Figure; 1]>::try_from(Figure::median_of(rounds)).unwrap();
+        assert_eq!(f.ratio_hand, Some(0.8));
+        assert_eq!(f.ratio_raw, Some(0.8));
+        let (low, high) = f.ratio_range.unwrap();
+        assert!(
+            (low - 0.7).abs() < 1e-12 && (high - 0.9).abs() < 1e-12,
+            "{low} {high}"
+        );
+        assert_eq!(f.counts.hand.unwrap().ops, 300);
     }
 
     #[test]

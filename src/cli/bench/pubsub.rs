@@ -65,23 +65,9 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
     drop((publisher, subscriber));
 
     let shape = Shape::of(&Envelope::event(&event_type, b.payload.clone()))?;
-    let hand = core_side(b, &subject, true, async |publisher, subject| {
-        let (bytes, headers) = shape.message();
-        publisher
-            .publish_with_headers(subject.clone(), headers, bytes.into())
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await?;
-
-    let raw = core_side(b, &subject, false, async |publisher, subject| {
-        let (bytes, headers) = wire.next();
-        publisher
-            .publish_with_headers(subject.clone(), headers, bytes.into())
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await?;
+    let decoded = |m: &async_nats::Message| hand::decode(&m.payload).is_ok();
+    let hand = core_side(b, &subject, decoded, || shape.message()).await?;
+    let raw = core_side(b, &subject, |_| true, || wire.next()).await?;
 
     Ok(Figure::rate(
         "pubsub",
@@ -92,26 +78,25 @@ pub async fn run(b: &Bench) -> anyhow::Result<Figure> {
     .note("messages received per second"))
 }
 
-/// A twin's side on bare clients: a subscriber counting what arrives on `subject`
-/// (decoding each message into a `Value` when `decode`), measured with `publish`.
+/// A twin's side on bare clients: `publish_with_headers` of the messages `next` makes,
+/// a subscriber counting what arrives on `subject` and what `valid` accepts.
 async fn core_side(
     b: &Bench,
     subject: &str,
-    decode: bool,
-    publish: impl AsyncFn(&async_nats::Client, &async_nats::Subject) -> Result<(), String>,
+    valid: fn(&async_nats::Message) -> bool,
+    next: impl Fn() -> (Vec<u8>, async_nats::HeaderMap),
 ) -> anyhow::Result<Run> {
     let (pub_bus, sub_bus) = (b.connect("pub").await?, b.connect("sub").await?);
     let (publisher, subscriber) = (pub_bus.client(), sub_bus.client());
-    let valid: fn(&async_nats::Message) -> bool = if decode {
-        |m: &async_nats::Message| hand::decode(&m.payload).is_ok()
-    } else {
-        |_: &async_nats::Message| true
-    };
     let counting = Counting::start(subscriber.subscribe(subject.to_owned()).await?, valid);
     subscriber.flush().await?;
     let subject = async_nats::Subject::from(subject);
     Ok(measure(b, publisher, counting, async || {
-        publish(publisher, &subject).await
+        let (bytes, headers) = next();
+        publisher
+            .publish_with_headers(subject.clone(), headers, bytes.into())
+            .await
+            .map_err(|e| e.to_string())
     })
     .await)
 }
