@@ -110,9 +110,11 @@ pub enum Command {
     /// Replay stored events from a sequence or a time: print them, or deliver them
     /// again to one durable consumer.
     Replay(replay::ReplayArgs),
-    /// Measure Weft beside the raw async-nats client doing the same work with the same
-    /// bytes: pub/sub, durable publish, invoke latency and throughput, durable consume,
-    /// flows. Starts a local nats-server unless --server is given.
+    /// Measure Weft beside two twins doing the same work: `hand` (async-nats and
+    /// serde_json, as a user writes it without Weft) and `raw` (async-nats moving the
+    /// same bytes): pub/sub, durable publish, invoke latency and throughput, durable
+    /// consume, agents, bridges, flows. Starts a local nats-server unless --server is
+    /// given.
     Bench(bench::BenchArgs),
 }
 

@@ -57,14 +57,15 @@ pub const PAYLOAD_BYTES: usize = 128;
 /// `weft bench [--duration-ms MS] [--quick] [--only SCENARIO,…]`
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// How long each side (Weft, raw) of each scenario is measured, in ms.
+    /// How long each side (weft, hand, raw) of each scenario is measured, in ms.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub duration_ms: u64,
     /// A short run (300 ms per side): checks that everything works, figures are rough.
     #[arg(long, conflicts_with = "duration_ms")]
     pub quick: bool,
-    /// Run every scenario this many times, Weft and raw taking turns, and report the
-    /// median round of each figure (by ratio) and the range of ratios: steadier
+    /// Run every scenario this many times, the sides taking turns, and report the
+    /// median round of each figure (by weft/hand, or weft/raw where there is no hand
+    /// twin) and the range of that ratio: steadier
     /// figures on a machine whose load changes. An odd count has a true median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
