@@ -62,6 +62,10 @@ pub struct RunsArgs {
     /// Show at most the newest N runs.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Print only the run ids, one per line (nothing when none match), for scripts:
+    /// `weft flow approve $(weft flow runs greeted --status waiting --limit 1 -q) approve`.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +232,12 @@ async fn runs(g: &Global, args: RunsArgs) -> anyhow::Result<()> {
     if g.json {
         let out: Vec<_> = runs.iter().map(Run::summary).collect();
         return print_json(&out);
+    }
+    if args.quiet {
+        for r in &runs {
+            println!("{}", r.id);
+        }
+        return Ok(());
     }
     if runs.is_empty() {
         println!("no runs match");

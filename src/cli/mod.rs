@@ -10,6 +10,7 @@ mod flow;
 mod journal;
 mod ls;
 mod mcp;
+mod new;
 mod pubsub;
 mod replay;
 mod resources;
@@ -87,6 +88,12 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// List registered services, agents, flows and gateways with instance counts.
     Ls,
+    /// Scaffold a service (a Cargo project), an agent (YAML) or a flow (JSON) in
+    /// ./NAME, ready to run against the mesh; its README gives the next commands.
+    /// Examples: weft new service hello; weft new agent helper --manages hello;
+    /// weft new flow greeted --on greeting.sent
+    #[command(subcommand)]
+    New(new::NewCommand),
     /// Flows: list runs, run a worker.
     #[command(subcommand)]
     Flow(flow::FlowCommand),
@@ -155,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => call::run(g, args).await,
         Command::Chat(args) => chat::run(g, args).await,
         Command::Ls => ls::ls(g).await,
+        Command::New(cmd) => new::run(g, cmd).await,
         Command::Flow(cmd) => flow::run(g, cmd).await,
         Command::Agent(cmd) => agent::agent(g, cmd).await,
         Command::Bench(args) => bench::run(g, args).await,
